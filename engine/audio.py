@@ -1,0 +1,679 @@
+"""Pluggable audio sources and sinks; the pipeline only sees `AudioSource` / `AudioSink`.
+
+Every endpoint moves 80 ms frames of 1920 float32 samples at 24 kHz mono:
+
+* a source calls `on_frame(pcm, t_cap_ns)` once per frame from its own thread (a device's
+  audio callback thread, or a daemon thread for files and silence), with
+  `t_cap_ns = time.monotonic_ns()` taken when the frame is handed over;
+* a sink calls `pull(t_play_ns)` once per 80 ms output period, with `t_play_ns` the
+  `time.monotonic_ns()` at the start of that period (the device callback, or the tick), and plays
+  or writes what it returns (None -> silence).  `latency_s` is the device-reported output
+  latency, to add to `t_play_ns` for the moment the sound leaves the speaker.
+
+Software-paced endpoints (files, silence, null) tick on an absolute schedule t0 + n * 80 ms, so no
+drift accumulates.  A source hands over frame n at t0 + (n+1) * 80 ms (a microphone delivers a
+frame once its 80 ms have been captured); a sink pulls period n at t0 + n * 80 ms (a device asks
+for a period before it plays it).  When the thread wakes late, every period that has come due is
+handled back-to-back to catch up, up to `MAX_BURST` (5 frames = 400 ms, about what a host audio
+buffer absorbs).  Beyond that, like a real device, the excess periods are lost rather than
+burst: a file source skips those frames of the file (counted in `overflows`), a file/null sink
+writes silence for them without pulling (counted in `underflows`).  The timeline of every
+endpoint therefore stays locked to the wall clock: the output file has one frame per elapsed
+period.
+
+Errors raised inside a callback or a pacing thread are caught and recorded (`error` holds the
+first message, `errors` counts them); the endpoint keeps running.  A device stream that ends on
+its own (device unplugged) records an error and sets `finished` on sources.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import AudioError
+from .wavio import Resampler, WavWriter, read_wav
+
+FRAME = 1920
+SAMPLE_RATE = 24000
+FRAME_NS = FRAME * 1_000_000_000 // SAMPLE_RATE  # 80 ms
+MAX_BURST = 5
+
+OnFrame = Callable[[np.ndarray, int], None]
+Pull = Callable[[int], "np.ndarray | None"]
+
+
+@runtime_checkable
+class AudioSource(Protocol):
+    label: str
+    finished: threading.Event
+    error: str | None
+
+    def start(self, on_frame: OnFrame) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@runtime_checkable
+class AudioSink(Protocol):
+    label: str
+    latency_s: float
+    error: str | None
+
+    def start(self, pull: Pull) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+class _Endpoint:
+    """Error bookkeeping and start/stop state shared by every source and sink."""
+
+    label = ""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.errors = 0
+        self._started = False
+        self._stopped = False
+        self._state_lock = threading.Lock()
+
+    def _record(self, exc_or_msg) -> None:
+        self.errors += 1
+        if self.error is None:
+            if isinstance(exc_or_msg, BaseException):
+                self.error = f"{type(exc_or_msg).__name__}: {exc_or_msg}"
+            else:
+                self.error = str(exc_or_msg)
+
+    def _begin(self) -> None:
+        with self._state_lock:
+            if self._started:
+                raise RuntimeError(f"{self.label}: already started (endpoints are single-use)")
+            self._started = True
+
+    def _end(self) -> bool:
+        """True the first time stop() is called."""
+        with self._state_lock:
+            if self._stopped:
+                return False
+            self._stopped = True
+            return True
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label!r}>"
+
+
+def _as_frame(x, owner: _Endpoint) -> np.ndarray:
+    """What a pull returned, as exactly FRAME float32 samples (None -> zeros)."""
+    if x is None:
+        return np.zeros(FRAME, np.float32)
+    a = np.asarray(x, dtype=np.float32).reshape(-1)
+    if a.shape[0] != FRAME:
+        owner._record(f"pull returned {a.shape[0]} samples instead of {FRAME}")
+        out = np.zeros(FRAME, np.float32)
+        n = min(FRAME, a.shape[0])
+        out[:n] = a[:n]
+        return out
+    return a
+
+
+class _Paced(_Endpoint):
+    """A daemon thread calling `_tick()` on the absolute schedule t0 + (n + lead) * 80 ms."""
+
+    _lead = 0  # 1 for sources (deliver after the period), 0 for sinks (pull at its start)
+    _thread_name = "audio-paced"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stop_evt = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.periods = 0  # periods handled so far (ticked or skipped)
+        self.max_late_ms = 0.0  # worst wake-up lateness seen
+
+    def _start_thread(self) -> None:
+        self._t0 = time.monotonic_ns()
+        self._thread = threading.Thread(target=self._loop, name=self._thread_name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop_evt.is_set():
+                now = time.monotonic_ns()
+                due = self._t0 + (self.periods + self._lead) * FRAME_NS
+                if now < due:
+                    self._stop_evt.wait((due - now) / 1e9)
+                    continue
+                late = now - due
+                self.max_late_ms = max(self.max_late_ms, late / 1e6)
+                pending = late // FRAME_NS + 1  # periods due now, this one included
+                if pending > MAX_BURST:
+                    lost = int(pending - MAX_BURST)
+                    self._skip(lost)
+                    self.periods += lost
+                    pending = MAX_BURST
+                for _ in range(int(pending)):
+                    if self._stop_evt.is_set():
+                        break
+                    more = self._tick(time.monotonic_ns())
+                    self.periods += 1
+                    if not more:
+                        self._stop_evt.set()
+                        break
+        except BaseException as e:  # the thread must not die silently
+            self._record(e)
+        finally:
+            self._done()
+
+    def _tick(self, t_ns: int) -> bool:
+        """Handle one period; return False when there is nothing more to do."""
+        raise NotImplementedError
+
+    def _skip(self, n: int) -> None:
+        """`n` periods were missed (the thread woke far too late)."""
+
+    def _done(self) -> None:
+        """Runs in the thread once it ends (normally or not)."""
+
+    def _join(self) -> None:
+        self._stop_evt.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=5.0)
+
+
+# --------------------------------------------------------------------------- file / silence
+
+
+class WavFileSource(_Paced):
+    """A WAV file (any format read_wav accepts) delivered in real time, one frame per 80 ms.
+
+    The last frame is padded with zeros.  With loop=True the file restarts (after its padded
+    last frame) and `finished` is never set.
+    """
+
+    _lead = 1
+    _thread_name = "audio-file-source"
+
+    def __init__(self, path, loop: bool = False):
+        super().__init__()
+        self.path = os.fspath(path)
+        pcm = read_wav(self.path)
+        self.samples = len(pcm)
+        self.duration_s = self.samples / SAMPLE_RATE
+        n = -(-self.samples // FRAME)
+        buf = np.zeros(n * FRAME, np.float32)
+        buf[: self.samples] = pcm
+        self._frames = buf.reshape(n, FRAME)
+        self.n_frames = n
+        self.loop = bool(loop)
+        self.label = f"file {os.path.basename(self.path)} ({self.duration_s:.1f} s)"
+        if self.loop:
+            self.label += ", looped"
+        self.finished = threading.Event()
+        self.overflows = 0  # frames skipped because the thread woke > MAX_BURST periods late
+        self.frames_delivered = 0
+        self._pos = 0
+        self._on_frame: OnFrame | None = None
+
+    def start(self, on_frame: OnFrame) -> None:
+        self._begin()
+        self._on_frame = on_frame
+        self._start_thread()
+
+    def _advance(self) -> np.ndarray | None:
+        if self._pos >= self.n_frames:
+            if not self.loop:
+                return None
+            self._pos = 0
+        f = self._frames[self._pos]
+        self._pos += 1
+        return f
+
+    def _skip(self, n: int) -> None:
+        for _ in range(n):
+            if self._advance() is None:
+                break
+            self.overflows += 1
+
+    def _tick(self, t_ns: int) -> bool:
+        f = self._advance()
+        if f is None:
+            return False
+        try:
+            self._on_frame(f.copy(), time.monotonic_ns())
+        except Exception as e:
+            self._record(e)
+        self.frames_delivered += 1
+        return self.loop or self._pos < self.n_frames
+
+    def _done(self) -> None:
+        if not self.loop and self._pos >= self.n_frames:
+            self.finished.set()
+
+    def stop(self) -> None:
+        if self._end():
+            self._join()
+
+
+class SilenceSource(_Paced):
+    """Zeros paced like a microphone; endless when seconds is None."""
+
+    _lead = 1
+    _thread_name = "audio-silence-source"
+
+    def __init__(self, seconds: float | None = None):
+        super().__init__()
+        if seconds is not None and not (seconds >= 0 and math.isfinite(seconds)):
+            raise AudioError(f"invalid silence duration: {seconds}", exit_code=2)
+        self.seconds = seconds
+        self.n_frames = None if seconds is None else int(math.ceil(seconds * SAMPLE_RATE / FRAME))
+        self.label = "silence" if seconds is None else f"silence ({seconds:.1f} s)"
+        self.finished = threading.Event()
+        self.overflows = 0
+        self.frames_delivered = 0
+        self._on_frame: OnFrame | None = None
+
+    def start(self, on_frame: OnFrame) -> None:
+        self._begin()
+        self._on_frame = on_frame
+        if self.n_frames == 0:
+            self.finished.set()
+            return
+        self._start_thread()
+
+    def _skip(self, n: int) -> None:
+        self.overflows += n
+
+    def _tick(self, t_ns: int) -> bool:
+        if self.n_frames is not None and self.periods >= self.n_frames:
+            return False
+        try:
+            self._on_frame(np.zeros(FRAME, np.float32), time.monotonic_ns())
+        except Exception as e:
+            self._record(e)
+        self.frames_delivered += 1
+        return self.n_frames is None or self.periods + 1 < self.n_frames
+
+    def _done(self) -> None:
+        if self.n_frames is not None and self.periods >= self.n_frames:
+            self.finished.set()
+
+    def stop(self) -> None:
+        if self._end():
+            self._join()
+
+
+class NullSink(_Paced):
+    """Pulls one frame per 80 ms period and discards it."""
+
+    _thread_name = "audio-null-sink"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.label = "null"
+        self.latency_s = 0.0
+        self.underflows = 0  # periods lost because the thread woke > MAX_BURST periods late
+        self.frames_pulled = 0
+        self._pull: Pull | None = None
+
+    def start(self, pull: Pull) -> None:
+        self._begin()
+        self._pull = pull
+        self._start_thread()
+
+    def _fetch(self, t_ns: int) -> np.ndarray:
+        try:
+            out = _as_frame(self._pull(t_ns), self)
+        except Exception as e:
+            self._record(e)
+            out = np.zeros(FRAME, np.float32)
+        self.frames_pulled += 1
+        return out
+
+    def _tick(self, t_ns: int) -> bool:
+        self._fetch(t_ns)
+        return True
+
+    def _skip(self, n: int) -> None:
+        self.underflows += n
+
+    def stop(self) -> None:
+        if self._end():
+            self._join()
+
+
+class WavFileSink(NullSink):
+    """Writes one frame per 80 ms period to a 16-bit WAV (valid on disk after every frame).
+
+    The file is created when the sink is constructed (so an unwritable path fails early).
+    """
+
+    _thread_name = "audio-file-sink"
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = os.fspath(path)
+        self._writer = WavWriter(self.path, SAMPLE_RATE)
+        self.label = f"file {os.path.basename(self.path)}"
+
+    @property
+    def frames_written(self) -> int:
+        return self._writer.samples_written // FRAME
+
+    def _tick(self, t_ns: int) -> bool:
+        frame = self._fetch(t_ns)
+        try:
+            self._writer.write(frame)
+        except Exception as e:
+            self._record(e)
+        return True
+
+    def _skip(self, n: int) -> None:
+        self.underflows += n
+        try:
+            self._writer.write(np.zeros(n * FRAME, np.float32))
+        except Exception as e:
+            self._record(e)
+
+    def stop(self) -> None:
+        if self._end():
+            self._join()
+        self._writer.close()
+
+    def _done(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def load_sounddevice():
+    """Import sounddevice (PortAudio) on first use; failures become one-line AudioErrors."""
+    try:
+        import sounddevice as sd
+    except OSError as e:  # raised by sounddevice when the PortAudio library is missing
+        raise AudioError(
+            f"cannot use audio devices: {e} (on Linux install libportaudio2; "
+            "or use --input FILE.wav / --output FILE.wav)"
+        ) from None
+    except ImportError as e:
+        raise AudioError(f"cannot use audio devices: {e}") from None
+    return sd
+
+
+def _pa_message(e: BaseException) -> str:
+    msg = e.args[0] if getattr(e, "args", None) else str(e)
+    return str(msg)
+
+
+def _describe(sd, device, kind: str) -> tuple[int, str, int]:
+    """(index, name, default rate) of a device index, or of the default device for None."""
+    try:
+        info = sd.query_devices(device, kind) if device is not None else sd.query_devices(kind=kind)
+    except Exception as e:
+        if device is None:
+            raise AudioError(
+                f"no audio {kind} device found: use --{kind} FILE.wav (see `moshi-tui devices`)",
+                exit_code=2,
+            ) from None
+        raise AudioError(f"unknown {kind} device {device!r}: {_pa_message(e)}", exit_code=2) from None
+    return int(info["index"]), str(info["name"]), int(round(info["default_samplerate"] or 0))
+
+
+def _choose_rate(sd, index: int, kind: str, default_rate: int, label: str) -> int:
+    """24000 if the device takes it, else its default rate (resampled in software)."""
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    try:
+        check(device=index, channels=1, dtype="float32", samplerate=SAMPLE_RATE)
+        return SAMPLE_RATE
+    except Exception as first:
+        if default_rate and default_rate != SAMPLE_RATE:
+            try:
+                check(device=index, channels=1, dtype="float32", samplerate=default_rate)
+                return default_rate
+            except Exception:
+                pass
+        raise AudioError(
+            f"{kind} {label} cannot run at {SAMPLE_RATE} Hz"
+            + (f" nor at its default {default_rate} Hz" if default_rate else "")
+            + f": {_pa_message(first)}"
+        ) from None
+
+
+class _Rechunker:
+    """Cuts a stream of arbitrary-size blocks into FRAME-sized frames."""
+
+    def __init__(self) -> None:
+        self._buf = np.zeros(4 * FRAME, np.float32)
+        self._n = 0
+
+    def push(self, x: np.ndarray) -> list[np.ndarray]:
+        need = self._n + len(x)
+        if need > len(self._buf):
+            nb = np.zeros(max(need, 2 * len(self._buf)), np.float32)
+            nb[: self._n] = self._buf[: self._n]
+            self._buf = nb
+        self._buf[self._n : need] = x
+        self._n = need
+        out = []
+        i = 0
+        while self._n - i >= FRAME:
+            out.append(self._buf[i : i + FRAME].copy())
+            i += FRAME
+        if i:
+            rest = self._n - i
+            self._buf[:rest] = self._buf[i : self._n]
+            self._n = rest
+        return out
+
+
+class DeviceSource(_Endpoint):
+    """A PortAudio input device: 24 kHz mono float32 blocks of 1920 samples.
+
+    If the device refuses 24 kHz it is opened at its default rate and each block is resampled
+    in software (streaming polyphase filter, ~5 ms of extra latency); `device_rate` tells which.
+    Blocks of another size than asked for (some hosts) are re-chunked to 1920 samples.
+    """
+
+    def __init__(self, device: int | None = None, *, latency: str | float = "low"):
+        super().__init__()
+        sd = load_sounddevice()
+        self._sd = sd
+        self.index, self.name, default_rate = _describe(sd, device, "input")
+        self.label = f"device {self.index}: {self.name}"
+        self.device_rate = _choose_rate(sd, self.index, "input", default_rate, self.label)
+        if self.device_rate != SAMPLE_RATE:
+            self.label += f" ({self.device_rate} Hz, resampled)"
+        self.latency = latency
+        self.finished = threading.Event()
+        self.overflows = 0  # callbacks flagged with input overflow (audio was lost)
+        self.frames_delivered = 0
+        self.callbacks = 0
+        self.last_callback_ns = 0
+        self.latency_s = 0.0  # device-reported input latency, known once started
+        self._stream = None
+        self._on_frame: OnFrame | None = None
+        self._chunker = _Rechunker()
+        self._rs = Resampler(self.device_rate, SAMPLE_RATE) if self.device_rate != SAMPLE_RATE else None
+        self._stopping = False
+
+    def start(self, on_frame: OnFrame) -> None:
+        self._begin()
+        self._on_frame = on_frame
+        sd = self._sd
+        block = FRAME if self._rs is None else round(FRAME * self.device_rate / SAMPLE_RATE)
+        try:
+            self._stream = sd.InputStream(
+                samplerate=self.device_rate, channels=1, blocksize=block, dtype="float32",
+                device=self.index, latency=self.latency,
+                callback=self._callback, finished_callback=self._finished,
+            )
+            self._stream.start()
+            self.latency_s = float(self._stream.latency)
+        except Exception as e:
+            self._close_stream()
+            raise AudioError(f"cannot open input {self.label}: {_pa_message(e)}") from None
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        t = time.monotonic_ns()
+        self.callbacks += 1
+        self.last_callback_ns = t
+        try:
+            if status.input_overflow:
+                self.overflows += 1
+            x = indata[:, 0]
+            if self._rs is None and frames == FRAME and self._chunker._n == 0:
+                frames_out = [x.copy()]
+            else:
+                if self._rs is not None:
+                    x = self._rs.process(x)
+                frames_out = self._chunker.push(x)
+            for f in frames_out:
+                self._on_frame(f, t)
+                self.frames_delivered += 1
+        except Exception as e:
+            self._record(e)
+
+    def _finished(self) -> None:
+        if not self._stopping:
+            self._record("input device stopped unexpectedly (disconnected?)")
+            self.finished.set()
+
+    def _close_stream(self) -> None:
+        s, self._stream = self._stream, None
+        if s is None:
+            return
+        try:
+            s.abort()
+        except Exception:
+            pass
+        try:
+            s.close()
+        except Exception:
+            pass
+
+    def stop(self) -> None:
+        if not self._end():
+            return
+        self._stopping = True
+        self._close_stream()
+
+
+class DeviceSink(_Endpoint):
+    """A PortAudio output device: one `pull()` per 80 ms period, played as 24 kHz mono.
+
+    A device that refuses 24 kHz is opened at its default rate with software resampling; the
+    resampler is primed with a few ms of silence so that each callback still pulls exactly once.
+    """
+
+    def __init__(self, device: int | None = None, *, latency: str | float = "low"):
+        super().__init__()
+        sd = load_sounddevice()
+        self._sd = sd
+        self.index, self.name, default_rate = _describe(sd, device, "output")
+        self.label = f"device {self.index}: {self.name}"
+        self.device_rate = _choose_rate(sd, self.index, "output", default_rate, self.label)
+        if self.device_rate != SAMPLE_RATE:
+            self.label += f" ({self.device_rate} Hz, resampled)"
+        self.latency = latency
+        self.latency_s = 0.0
+        self.underflows = 0  # callbacks flagged with output underflow (a gap was heard)
+        self.frames_pulled = 0
+        self.callbacks = 0
+        self.last_callback_ns = 0
+        self.finished = threading.Event()  # set if the stream ends on its own
+        self._stream = None
+        self._pull: Pull | None = None
+        self._rs = Resampler(SAMPLE_RATE, self.device_rate) if self.device_rate != SAMPLE_RATE else None
+        self._pending = np.zeros(0, np.float32)
+        self._stopping = False
+
+    def start(self, pull: Pull) -> None:
+        self._begin()
+        self._pull = pull
+        sd = self._sd
+        block = FRAME
+        if self._rs is not None:
+            block = round(FRAME * self.device_rate / SAMPLE_RATE)
+            r = self._rs
+            prime = int(math.ceil(r.q * r.block_in * self.device_rate / SAMPLE_RATE)) + 2
+            self._pending = np.zeros(prime, np.float32)
+        try:
+            self._stream = sd.OutputStream(
+                samplerate=self.device_rate, channels=1, blocksize=block, dtype="float32",
+                device=self.index, latency=self.latency,
+                callback=self._callback, finished_callback=self._finished,
+            )
+            self.latency_s = float(self._stream.latency)
+            if self._rs is not None:
+                self.latency_s += self._rs.latency_s
+            self._stream.start()
+        except Exception as e:
+            self._close_stream()
+            raise AudioError(f"cannot open output {self.label}: {_pa_message(e)}") from None
+
+    def _fetch(self, t_ns: int) -> np.ndarray:
+        try:
+            f = _as_frame(self._pull(t_ns), self)
+        except Exception as e:
+            self._record(e)
+            f = np.zeros(FRAME, np.float32)
+        self.frames_pulled += 1
+        return f
+
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        t = time.monotonic_ns()
+        self.callbacks += 1
+        self.last_callback_ns = t
+        try:
+            if status.output_underflow:
+                self.underflows += 1
+            if self._rs is None and frames == FRAME and len(self._pending) == 0:
+                outdata[:, 0] = self._fetch(t)
+            else:
+                pending = self._pending
+                while len(pending) < frames:
+                    f = self._fetch(t)
+                    if self._rs is not None:
+                        f = self._rs.process(f)
+                    pending = np.concatenate([pending, f])
+                outdata[:, 0] = pending[:frames]
+                self._pending = pending[frames:]
+            if outdata.shape[1] > 1:
+                outdata[:, 1:] = outdata[:, :1]
+        except Exception as e:
+            self._record(e)
+            outdata.fill(0)
+
+    def _finished(self) -> None:
+        if not self._stopping:
+            self._record("output device stopped unexpectedly (disconnected?)")
+            self.finished.set()
+
+    def _close_stream(self) -> None:
+        s, self._stream = self._stream, None
+        if s is None:
+            return
+        try:
+            s.abort()
+        except Exception:
+            pass
+        try:
+            s.close()
+        except Exception:
+            pass
+
+    def stop(self) -> None:
+        if not self._end():
+            return
+        self._stopping = True
+        self._close_stream()

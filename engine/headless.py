@@ -1,0 +1,91 @@
+"""`moshi-tui --headless`: the session with one status line per second on stdout."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+from .session import Session
+from .stats import build_stats, status_line, write_json_atomic
+
+
+def _check_writable(path: str | None, what: str) -> None:
+    import os
+    from pathlib import Path
+
+    from .errors import UsageError
+
+    if not path:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {what} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"cannot write {what} {path}: permission denied")
+
+
+def run_headless(args, cfg, out=sys.stdout) -> int:
+    _check_writable(args.stats_json, "stats to")
+    _check_writable(args.trace, "trace to")
+    session = Session(cfg)
+    session.prepare()
+
+    stop = threading.Event()
+
+    def _on_signal(signum, frame):
+        stop.set()
+        session.request_stop()
+
+    old = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            old[sig] = signal.signal(sig, _on_signal)
+
+    interrupted = False
+    last_state = None
+    try:
+        session.start()
+        next_status = time.monotonic() + 1.0
+        while not session.wait(0.1):
+            snap = session.snapshot()
+            if snap.state != "live" and (snap.state, snap.state_detail) != last_state:
+                last_state = (snap.state, snap.state_detail)
+                print(f"[{snap.state}] {snap.state_detail}", file=out, flush=True)
+            if snap.state == "live" and time.monotonic() >= next_status:
+                next_status += 1.0
+                print(status_line(snap), file=out, flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        session.request_stop()
+    finally:
+        session.stop()
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    snap = session.snapshot()
+    reason = "interrupted" if interrupted or stop.is_set() else session.end_reason
+    if snap.state != "error" and snap.frames_processed:
+        print(status_line(snap), file=out, flush=True)
+    stats = build_stats(
+        session.tel,
+        options={k: v for k, v in vars(args).items() if not k.startswith("_")},
+        processes=session.cpu,
+        end_reason=reason,
+    )
+    if args.stats_json:
+        write_json_atomic(args.stats_json, stats)
+    if args.trace:
+        from .trace import write_trace
+
+        write_trace(args.trace, session.tel)
+    if snap.error:
+        print(f"moshi-tui: error: {snap.error}", file=sys.stderr, flush=True)
+        return session.exit_code or 1
+    print(f"session ended ({reason}): {snap.frames_processed} frames, "
+          f"{len(session.tel.tokens)} text tokens", file=out, flush=True)
+    if snap.text.strip():
+        print(f"transcript: {snap.text.strip()}", file=out, flush=True)
+    return 0

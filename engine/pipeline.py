@@ -1,0 +1,362 @@
+"""The client side of the pipeline: four loops around a rustymimi StreamTokenizer.
+
+    source callback -> input q -> [send] encode -> [send2] -> pipe -> server
+    sink callback   <- output q <- [recv] decode <- [recv2] <- pipe <- server
+
+The official CLI polls each loop every 1 ms, all the time.  Here each loop blocks on the event
+it waits for (a queue item, a pipe message); only while rustymimi has work outstanding do the
+send2/recv loops poll its result, first sleeping most of the expected codec time (the running
+median), then in short steps.  Idle loops cost nothing; busy loops wake a few times per frame.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from .telemetry import FrameRecord, Telemetry
+
+FRAME = 1920
+
+
+class ServerGone(Exception):
+    pass
+
+
+def _rms(pcm: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(pcm, dtype=np.float32)))) if pcm.size else 0.0
+
+
+class _CodecWaiter:
+    """Poll a rustymimi result getter efficiently while results are outstanding."""
+
+    def __init__(self, getter, fine_s: float = 0.0005):
+        self.getter = getter
+        self.fine_s = fine_s
+        self.expected_s = 0.020
+        self.hist: deque[float] = deque(maxlen=32)
+        self.polls = 0
+
+    def wait(self, submitted_ns: int, stop: threading.Event):
+        # Sleep until ~85 % of the typical codec time has elapsed since submission, then poll.
+        target = submitted_ns + int(self.expected_s * 0.85e9)
+        now = time.monotonic_ns()
+        if target > now:
+            time.sleep((target - now) / 1e9)
+        while not stop.is_set():
+            self.polls += 1
+            out = self.getter()
+            if out is not None:
+                took = (time.monotonic_ns() - submitted_ns) / 1e9
+                self.hist.append(took)
+                if len(self.hist) >= 4:
+                    self.expected_s = float(np.median(self.hist))
+                return out
+            time.sleep(self.fine_s)
+        return None
+
+
+class ClientPipeline:
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        audio_tokenizer,
+        conn,
+        text_tokenizer,
+        *,
+        input_max: int = 6,
+        inflight_max: int = 4,
+        output_max: int = 6,
+        resync_after: int = 3,
+        codec_max: int = 2,
+        on_server_error=None,
+    ):
+        self.tel = telemetry
+        self.tok = audio_tokenizer
+        self.conn = conn
+        self.spm = text_tokenizer
+        self.input_q: queue.Queue = queue.Queue(maxsize=input_max)
+        self.output_q: deque = deque()
+        self.output_max = output_max
+        self.inflight_max = inflight_max
+        self.resync_after = resync_after
+        self.on_server_error = on_server_error
+        self.stop_ev = threading.Event()
+        self.send_lock = threading.Lock()
+        self._enc_pending: deque = deque()  # (rec, t_submit) awaiting get_encoded
+        self._dec_pending: deque = deque()  # (rec, t_submit) awaiting get_decoded
+        self._enc_ev = threading.Event()
+        self._enc_room = threading.Event()
+        self.codec_max = codec_max
+        self._dec_ev = threading.Event()
+        self._enc_wait = _CodecWaiter(audio_tokenizer.get_encoded)
+        self._dec_wait = _CodecWaiter(audio_tokenizer.get_decoded)
+        # Frames sent to the server whose result has not come back = sent - returned; each
+        # counter has a single writer thread, so no lock is needed.
+        self._sent = 0
+        self._returned = 0
+        self._frame_id = 0
+        self._playing = False
+        self._backlog_run = 0
+        self.muted = False
+        self.threads: list[threading.Thread] = []
+        self.server_error: str | None = None
+        self.server_exit_code = 1
+        self.pcm_in_listeners: list = []  # called with (pcm) from the send loop (recording)
+
+    # ---------------------------------------------------------------- source / sink callbacks
+    def on_frame(self, pcm: np.ndarray, t_cap: int) -> None:
+        """Audio source callback: stamp, enqueue, never block."""
+        if self.stop_ev.is_set():
+            return
+        if self.muted:
+            pcm = np.zeros_like(pcm)
+        rec = self.tel.new_frame(self._frame_id, t_cap)
+        self._frame_id += 1
+        self.tel.add_level("input", _rms(pcm))
+        try:
+            self.input_q.put_nowait((rec, pcm))
+        except queue.Full:
+            # The pipeline is behind: drop the oldest frame so latency cannot creep.
+            try:
+                old, _ = self.input_q.get_nowait()
+                self.tel.frame_retired(old)
+                self.tel.count("drops_input")
+                self.tel.warn("input dropped: pipeline behind real time")
+            except queue.Empty:
+                pass
+            try:
+                self.input_q.put_nowait((rec, pcm))
+            except queue.Full:
+                self.tel.frame_retired(rec)
+                self.tel.count("drops_input")
+        self.tel.sample_queues(self.depths())
+
+    def pull(self, t_play: int):
+        """Audio sink callback: the PCM to play now, or None (silence)."""
+        q = self.output_q
+        if len(q) > 1:
+            # A backlog that persists adds 80 ms per frame of mic-to-speaker latency for the
+            # rest of the session: drop the stale frames and play the newest.
+            self._backlog_run += 1
+            if self._backlog_run >= self.resync_after:
+                while len(q) > 1:
+                    rec, _ = q.popleft()
+                    self.tel.count("drops_output")
+                    self.tel.frame_retired(rec)
+                self.tel.warn("playback resynchronised: stale output dropped")
+                self._backlog_run = 0
+        else:
+            self._backlog_run = 0
+        try:
+            rec, pcm = q.popleft()
+        except IndexError:
+            if self._playing:
+                self.tel.count("underruns")
+            self.tel.add_level("output", 0.0)
+            return None
+        self._playing = True
+        rec.t_play = t_play
+        self.tel.frame_played(rec)
+        self.tel.add_level("output", _rms(pcm))
+        return pcm
+
+    @property
+    def inflight(self) -> int:
+        return self._sent - self._returned
+
+    def depths(self) -> dict[str, int]:
+        return {
+            "input": self.input_q.qsize() + len(self._enc_pending),
+            "c2s": self.inflight,
+            "s2c": len(self._dec_pending),
+            "output": len(self.output_q),
+        }
+
+    # ---------------------------------------------------------------- the four loops
+    def _send_loop(self) -> None:
+        """input q -> rustymimi encode."""
+        while not self.stop_ev.is_set():
+            if len(self._enc_pending) >= self.codec_max:
+                # rustymimi is behind: leave frames in the bounded input queue (which drops the
+                # oldest) instead of an unbounded backlog inside the encoder.
+                self._enc_room.wait(0.2)
+                self._enc_room.clear()
+                continue
+            try:
+                rec, pcm = self.input_q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if self.inflight >= self.inflight_max:
+                # The server is behind: dropping here keeps the c2s queue bounded.
+                self.tel.frame_retired(rec)
+                self.tel.count("drops_input")
+                self.tel.warn("input dropped: model step slower than real time")
+                continue
+            for cb in self.pcm_in_listeners:
+                cb(pcm)
+            rec.t_enc0 = time.monotonic_ns()
+            self._enc_pending.append(rec)
+            self.tok.encode(pcm)
+            self._enc_ev.set()
+
+    def _send2_loop(self) -> None:
+        """rustymimi encoded codes -> server."""
+        while not self.stop_ev.is_set():
+            if not self._enc_pending:
+                self._enc_ev.wait(0.2)
+                self._enc_ev.clear()
+                continue
+            rec = self._enc_pending[0]
+            codes = self._enc_wait.wait(rec.t_enc0, self.stop_ev)
+            if codes is None:
+                return
+            rec.t_enc = time.monotonic_ns()
+            self._enc_pending.popleft()
+            self._enc_room.set()
+            self._sent += 1
+            try:
+                with self.send_lock:
+                    self.conn.send(("frame", rec.frame, codes))
+            except (BrokenPipeError, EOFError, OSError):
+                self._server_died("connection to the model server lost")
+                return
+
+    def _recv2_loop(self) -> None:
+        """server -> text token + rustymimi decode."""
+        tel = self.tel
+        while not self.stop_ev.is_set():
+            try:
+                if not self.conn.poll(0.2):
+                    continue
+                msg = self.conn.recv()
+            except (EOFError, OSError, BrokenPipeError):
+                if not self.stop_ev.is_set():
+                    self._server_died("the model server process died")
+                return
+            kind = msg[0]
+            if kind == "result":
+                _, frame_id, step, text_token, audio, t_in, t0, t1 = msg
+                self._returned += 1
+                tel.steps = step + 1
+                rec = tel.frames.get(frame_id) or FrameRecord(frame=frame_id)
+                rec.step, rec.t_srv_in, rec.t_step0, rec.t_step1 = step, t_in, t0, t1
+                if text_token not in (0, 3):
+                    piece = self.spm.id_to_piece(text_token).replace("\u2581", " ")
+                    tel.add_token(piece, text_token, step, t1)
+                if audio is None:
+                    tel.count("delay_steps")
+                    for name in ("encode", "uplink", "queue", "model"):
+                        ms = rec.stages_ms().get(name)
+                        if ms is not None:
+                            tel.add_stage(name, ms)
+                    tel.frame_retired(rec)
+                    continue
+                if len(self._dec_pending) >= self.codec_max:
+                    # The decoder is behind: skip this frame rather than queue stale audio.
+                    tel.count("drops_output")
+                    tel.warn("output dropped: decoder behind real time")
+                    tel.frame_retired(rec)
+                    continue
+                rec.has_audio = True
+                rec.t_dec0 = time.monotonic_ns()
+                self._dec_pending.append(rec)
+                self.tok.decode(audio)
+                self._dec_ev.set()
+            elif kind == "segment":
+                tel.mark_segment(msg[1], time.monotonic_ns())
+            elif kind == "error":
+                self.server_exit_code = msg[2] if len(msg) > 2 else 1
+                self._server_died(msg[1])
+                return
+
+    def _recv_loop(self) -> None:
+        """rustymimi decoded PCM -> output q."""
+        while not self.stop_ev.is_set():
+            if not self._dec_pending:
+                self._dec_ev.wait(0.2)
+                self._dec_ev.clear()
+                continue
+            rec = self._dec_pending[0]
+            pcm = self._dec_wait.wait(rec.t_dec0, self.stop_ev)
+            if pcm is None:
+                return
+            rec.t_dec = time.monotonic_ns()
+            self._dec_pending.popleft()
+            self.tel.frame_decoded(rec)
+            pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+            self.output_q.append((rec, pcm))
+            while len(self.output_q) > self.output_max:
+                old, _ = self.output_q.popleft()
+                self.tel.count("drops_output")
+                self.tel.frame_retired(old)
+
+    # ---------------------------------------------------------------- lifecycle
+    def _server_died(self, message: str) -> None:
+        if self.server_error is None:
+            self.server_error = message
+            self.tel.error = message
+            self.tel.set_state("error", message)
+            if self.on_server_error:
+                self.on_server_error(message)
+
+    def start(self) -> None:
+        for fn in (self._send_loop, self._send2_loop, self._recv2_loop, self._recv_loop):
+            t = threading.Thread(target=fn, name=fn.__name__.strip("_"), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def idle(self) -> bool:
+        """Nothing left in flight between capture and the output queue."""
+        return (
+            self.input_q.empty()
+            and not self._enc_pending
+            and self.inflight <= 0
+            and not self._dec_pending
+        )
+
+    def stop(self) -> None:
+        # Collect outstanding codec results first: dropping a StreamTokenizer while its threads
+        # still work makes rustymimi print "sending on a closed channel".
+        deadline = time.monotonic() + 0.3
+        while (self._enc_pending or self._dec_pending) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.stop_ev.set()
+        self._enc_ev.set()
+        self._dec_ev.set()
+        for t in self.threads:
+            t.join(timeout=1.0)
+
+    def send_control(self, *msg) -> None:
+        try:
+            with self.send_lock:
+                self.conn.send(msg)
+        except (BrokenPipeError, EOFError, OSError):
+            pass
+
+
+def warm_codec(audio_tokenizer, frames: int = 4, timeout_s: float = 20.0) -> float:
+    """Push a few silent frames through encode and decode so the first live frame is fast."""
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + timeout_s
+    pcm = np.zeros(FRAME, dtype=np.float32)
+    for _ in range(frames):
+        audio_tokenizer.encode(pcm)
+        codes = None
+        while codes is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the audio codec did not answer during warmup")
+            time.sleep(0.002)
+            codes = audio_tokenizer.get_encoded()
+        audio_tokenizer.decode(np.asarray(codes, dtype=np.uint32).reshape(1, -1)[:, :8])
+        out = None
+        while out is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the audio codec did not answer during warmup")
+            time.sleep(0.002)
+            out = audio_tokenizer.get_decoded()
+    return (time.perf_counter() - t0) * 1000.0

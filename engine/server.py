@@ -1,0 +1,157 @@
+"""The server process: MLX inference only.
+
+It loads the LM, warms it up, then answers one message per 80 ms frame with the text token, the
+audio tokens (or None during the codebook delays) and its own stamps.  It exits when the client's
+end of the pipe closes or the parent process disappears, so it can never be orphaned.
+
+Messages client -> server:  ("frame", frame_id, codes uint32 (8, 1)) | ("reset",) | ("stop",)
+Messages server -> client:  ("progress", text) | ("ready", info) | ("error", message, exit_code)
+                            ("result", frame_id, step, text_token, audio (1, 8) uint32 | None,
+                             t_srv_in, t_step0, t_step1)
+                            ("segment", step)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the parent dies (covers the loading phase, when the pipe is not being read)."""
+    while True:
+        time.sleep(0.25)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+        if sys.platform != "win32":
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+
+
+class Stepper:
+    """LmGen plus the segment logic: when the context is about to fill, start a new segment."""
+
+    def __init__(self, model, max_steps: int):
+        from .modelload import make_gen
+
+        self.model = model
+        self.max_steps = max_steps
+        self._make_gen = make_gen
+        self.gen = make_gen(model, max_steps)
+        self.total_steps = 0
+
+    def reset(self) -> None:
+        for c in self.model.transformer_cache:
+            c.reset()
+        self.gen = self._make_gen(self.model, self.max_steps)
+
+    def step(self, codes):
+        import mlx.core as mx
+        import numpy as np
+
+        segment = False
+        if self.gen.step_idx >= self.max_steps - 1:
+            self.reset()
+            segment = True
+        data = mx.array(codes).transpose(1, 0)[:, :8]
+        text_token = self.gen.step(data)
+        text_token = int(text_token[0].item())
+        audio = self.gen.last_audio_tokens()
+        if audio is not None:
+            audio = np.array(audio).astype(np.uint32)
+        self.total_steps += 1
+        return text_token, audio, segment
+
+
+def warm(stepper: Stepper, n: int = 6) -> float:
+    """Run a few real steps so every kernel is compiled, then reset to a fresh conversation."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    codes = np.zeros((8, 1), dtype=np.uint32)
+    for _ in range(n):
+        stepper.step(codes)
+    stepper.reset()
+    stepper.total_steps = 0
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def server_main(conn, resolved, options: dict) -> None:
+    """Entry point of the spawned server process."""
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    # The client handles Ctrl+C; the server must not die on the terminal's SIGINT before the
+    # client has asked it to stop.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def send(*msg) -> None:
+        try:
+            conn.send(msg)
+        except (BrokenPipeError, EOFError, OSError):
+            os._exit(0)
+
+    try:
+        from .errors import MoshiTuiError
+        from .modelload import load_lm
+
+        t0 = time.perf_counter()
+        model, cfg = load_lm(resolved, progress=lambda s: send("progress", s))
+        load_ms = (time.perf_counter() - t0) * 1000.0
+        send("progress", "warming up")
+        stepper = Stepper(model, int(options.get("max_steps") or 3000))
+        warm_ms = warm(stepper)
+        if options.get("step_delay_ms"):
+            delay = float(options["step_delay_ms"]) / 1000.0
+        else:
+            delay = 0.0
+        import mlx.core as mx
+
+        send(
+            "ready",
+            {
+                "load_ms": round(load_ms, 1),
+                "warmup_ms": round(warm_ms, 1),
+                "max_steps": stepper.max_steps,
+                "mlx_device": str(mx.default_device()),
+                "pid": os.getpid(),
+            },
+        )
+    except MoshiTuiError as e:
+        send("error", str(e), e.exit_code)
+        return
+    except Exception as e:  # any failure while loading must reach the client as one line
+        send("error", f"server failed while loading the model: {type(e).__name__}: {e}", 1)
+        return
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        kind = msg[0]
+        if kind == "frame":
+            t_in = time.monotonic_ns()
+            _, frame_id, codes = msg
+            t0 = time.monotonic_ns()
+            try:
+                text_token, audio, segment = stepper.step(codes)
+            except Exception as e:
+                send("error", f"model step failed: {type(e).__name__}: {e}", 1)
+                return
+            if delay:
+                time.sleep(delay)
+            t1 = time.monotonic_ns()
+            if segment:
+                send("segment", stepper.total_steps - 1)
+            send("result", frame_id, stepper.total_steps - 1, text_token, audio, t_in, t0, t1)
+        elif kind == "reset":
+            stepper.reset()
+        elif kind == "stop":
+            return

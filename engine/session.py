@@ -1,0 +1,331 @@
+"""One conversation: the spawned server, the client pipeline, the audio source and sink.
+
+`Session` is what the headless CLI, the bench and the Textual app all drive:
+    s = Session(cfg); s.prepare(); s.start(); ...; s.snapshot(); ...; s.stop()
+`prepare()` validates everything that can be checked before loading a model (files, devices),
+so bad input fails in a second with one line, not after a model load.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MoshiTuiError
+from .model_source import ModelOptions, resolve
+from .telemetry import Telemetry
+
+BUNDLED_SPEECH = Path(__file__).with_name("data") / "speech.wav"
+
+
+@dataclass
+class SessionConfig:
+    model: ModelOptions = field(default_factory=ModelOptions)
+    input: str | None = None  # device index/name, FILE.wav, "silence"; None = default device
+    output: str | None = None  # device index/name, FILE.wav, "null"; None = default device
+    seconds: float | None = None
+    max_steps: int | None = None  # LM context length before a new segment starts
+    step_delay_ms: float = 0.0  # diagnostic: slow every model step down (simulates a slow machine)
+    input_max: int = 3
+    inflight_max: int = 4
+    keep_records: bool = False  # keep every FrameRecord (for --trace)
+
+
+class Session:
+    def __init__(self, cfg: SessionConfig, telemetry: Telemetry | None = None):
+        self.cfg = cfg
+        self.tel = telemetry or Telemetry()
+        self.tel.keep_records = cfg.keep_records
+        self.source = None
+        self.sink = None
+        self.pipeline = None
+        self.server: mp.Process | None = None
+        self.conn = None
+        self.resolved = None
+        self.done = threading.Event()  # the session has ended (any reason)
+        self.live = threading.Event()
+        self.end_reason = ""
+        self._stop_req = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.cpu = {}  # cpu/rss measurements filled by stop()
+        self._cpu0 = None
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self) -> None:
+        """Cheap validation: audio endpoints and model files. Raises MoshiTuiError."""
+        from .devices import open_sink, open_source
+        from .errors import AudioError
+
+        try:
+            self.source = open_source(self.cfg.input)
+        except AudioError:
+            # The demo must run anywhere: with no microphone at all, the bundled speech
+            # recording stands in for one.  An explicit --input never falls back.
+            if self.cfg.input is not None or not self.cfg.model.demo:
+                raise
+            self.source = open_source(str(BUNDLED_SPEECH))
+            self.tel.warn("no input device: playing the bundled speech recording as the microphone")
+        try:
+            self.sink = open_sink(self.cfg.output)
+        except AudioError:
+            if self.cfg.output is not None or not self.cfg.model.demo:
+                raise
+            self.sink = open_sink("null")
+            self.tel.warn("no output device: Moshi's audio is not played")
+        self.tel.info.update(input=self.source.label, output=self.sink.label)
+
+    def start(self) -> None:
+        """Load and go live in a background thread; progress shows in the telemetry state."""
+        if self.source is None:
+            self.prepare()
+        self._thread = threading.Thread(target=self._run, name="session", daemon=True)
+        self._thread.start()
+
+    def _progress(self, text: str) -> None:
+        self.tel.set_state(self.tel.state if self.tel.state != "starting" else "loading", text)
+
+    def _run(self) -> None:
+        try:
+            self._startup()
+        except MoshiTuiError as e:
+            self._fail(str(e), e.exit_code)
+            return
+        except Exception as e:  # unexpected: still one line, and the session ends cleanly
+            self._fail(f"{type(e).__name__}: {e}", 1)
+            return
+        self._watch()
+
+    def _fail(self, message: str, exit_code: int = 1) -> None:
+        self.tel.error = message
+        self.exit_code = exit_code
+        self.tel.set_state("error", message)
+        self.end_reason = "error"
+        self.done.set()
+
+    exit_code = 0
+
+    def _startup(self) -> None:
+        import rustymimi
+        import sentencepiece
+
+        from .pipeline import ClientPipeline, warm_codec
+        from .server import server_main
+
+        tel = self.tel
+        tel.set_state("loading", "resolving model files")
+        self.resolved = resolve(self.cfg.model, progress=self._progress)
+        tel.info["model"] = self.resolved.label
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        options = {"max_steps": self.cfg.max_steps, "step_delay_ms": self.cfg.step_delay_ms}
+        self.server = ctx.Process(
+            target=server_main, args=(child, self.resolved, options), name="moshi-tui-server",
+            daemon=True,
+        )
+        self.server.start()
+        child.close()
+        self.conn = parent
+        tel.info["server_pid"] = self.server.pid
+        tel.set_state("loading", "loading model in the server process")
+
+        # The codec and text tokenizer load here while the server loads the LM.
+        from .modelload import ModelLoadError, load_text_tokenizer
+
+        try:
+            audio_tok = rustymimi.StreamTokenizer(str(self.resolved.mimi_weight))
+        except Exception as e:
+            raise ModelLoadError(f"cannot load Mimi weights {self.resolved.mimi_weight}: {e}") from None
+        spm = load_text_tokenizer(self.resolved.tokenizer)
+        assert isinstance(spm, sentencepiece.SentencePieceProcessor)
+        codec_warm_ms = warm_codec(audio_tok)
+
+        # Wait for the server: it reports progress, then ready or an error.
+        while True:
+            if self._stop_req.is_set():
+                raise MoshiTuiError("stopped during loading", exit_code=1)
+            if not parent.poll(0.1):
+                if not self.server.is_alive():
+                    raise MoshiTuiError(
+                        f"the model server process died while loading (exit code {self.server.exitcode})",
+                        exit_code=1,
+                    )
+                continue
+            try:
+                msg = parent.recv()
+            except (EOFError, OSError):
+                raise MoshiTuiError("the model server process died while loading", exit_code=1) from None
+            if msg[0] == "progress":
+                tel.set_state("warming up" if "warm" in msg[1] else "loading", msg[1])
+            elif msg[0] == "error":
+                raise MoshiTuiError(msg[1], exit_code=msg[2])
+            elif msg[0] == "ready":
+                tel.info.update({f"server_{k}": v for k, v in msg[1].items()})
+                break
+        tel.info["codec_warmup_ms"] = round(codec_warm_ms, 1)
+
+        self.pipeline = ClientPipeline(
+            tel, audio_tok, parent, spm,
+            input_max=self.cfg.input_max, inflight_max=self.cfg.inflight_max,
+        )
+        self.pipeline.start()
+        self._cpu_start()
+        self.sink.start(self.pipeline.pull)
+        tel.info["output_latency_ms"] = round(getattr(self.sink, "latency_s", 0.0) * 1000.0, 1)
+        self.source.start(self.pipeline.on_frame)
+        tel.set_state("live", "")
+        self.live.set()
+
+    def _watch(self) -> None:
+        """End the session when the input runs out, time is up, the server dies, or stop()."""
+        t_live = time.monotonic()
+        drain_deadline = None
+        while not self._stop_req.wait(0.05):
+            if self.pipeline.server_error:
+                self.exit_code = self.pipeline.server_exit_code
+                self.end_reason = "server died"
+                break
+            if self.server is not None and not self.server.is_alive():
+                self.pipeline._server_died(
+                    f"the model server process died (exit code {self.server.exitcode})"
+                )
+                continue
+            for end in (self.source, self.sink):
+                err = getattr(end, "error", None)
+                if err:
+                    self.tel.warn(err)
+            if self.cfg.seconds is not None and time.monotonic() - t_live >= self.cfg.seconds:
+                self.end_reason = "time limit"
+                break
+            if self.source.finished.is_set():
+                # Let the last frames through the pipeline and out to the sink (at most 2 s).
+                drain_deadline = drain_deadline or time.monotonic() + 2.0
+                drained = self.pipeline.idle() and not self.pipeline.output_q
+                # A paced sink (file/null) stops one period after the input's length, so an
+                # output WAV matches its input WAV even when the machine is overloaded.
+                periods = getattr(self.sink, "periods", None)
+                covered = periods is not None and periods >= self.tel.frames_captured + 1
+                if drained or covered or time.monotonic() > drain_deadline:
+                    self.end_reason = "end of input"
+                    break
+        else:
+            self.end_reason = self.end_reason or "stopped"
+        self.done.set()
+
+    # ------------------------------------------------------------------ control
+    def snapshot(self):
+        if self.pipeline is not None:
+            self.tel.muted = self.pipeline.muted
+        return self.tel.snapshot()
+
+    def set_muted(self, muted: bool) -> None:
+        if self.pipeline is not None:
+            self.pipeline.muted = muted
+        self.tel.muted = muted
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    def request_stop(self) -> None:
+        self._stop_req.set()
+
+    def stop(self) -> None:
+        """Stop everything; idempotent; the server is gone when this returns (<= ~2 s)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stop_req.set()
+        self._cpu_end()
+        for end in (self.source, self.sink):
+            if end is not None:
+                try:
+                    end.stop()
+                except Exception:
+                    pass
+        if self.pipeline is not None:
+            self.pipeline.send_control("stop")
+            self.pipeline.stop()
+        elif self.conn is not None:
+            try:
+                self.conn.send(("stop",))
+            except Exception:
+                pass
+        self._stop_server()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        if self.tel.state not in ("error",):
+            self.tel.set_state("stopped", self.end_reason)
+        self.done.set()
+
+    def _stop_server(self) -> None:
+        p = self.server
+        if p is None:
+            return
+        p.join(timeout=1.0)
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=0.5)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=0.5)
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------------ process figures
+    def _procs(self):
+        import psutil
+
+        out = {"client": psutil.Process(os.getpid())}
+        if self.server is not None and self.server.pid and self.server.is_alive():
+            try:
+                out["server"] = psutil.Process(self.server.pid)
+            except psutil.Error:
+                pass
+        return out
+
+    def _cpu_start(self) -> None:
+        try:
+            self._cpu0 = (time.monotonic(), {k: p.cpu_times() for k, p in self._procs().items()})
+        except Exception:
+            self._cpu0 = None
+
+    def process_figures(self) -> dict:
+        """CPU % (since live) and RSS of each process, now."""
+        import psutil
+
+        out = {}
+        if self._cpu0 is None:
+            return out
+        t0, times0 = self._cpu0
+        wall = time.monotonic() - t0
+        for k, p in self._procs().items():
+            try:
+                ct = p.cpu_times()
+                rss = p.memory_info().rss
+            except psutil.Error:
+                continue
+            c0 = times0.get(k)
+            cpu = None
+            if c0 is not None and wall > 0:
+                cpu = 100.0 * ((ct.user + ct.system) - (c0.user + c0.system)) / wall
+            out[k] = {"cpu_percent": None if cpu is None else round(cpu, 1), "rss_mb": round(rss / 2**20, 1)}
+        return out
+
+    def _cpu_end(self) -> None:
+        try:
+            self.cpu = self.process_figures()
+        except Exception:
+            self.cpu = {}
+
+    @property
+    def session_path(self) -> Path | None:
+        return None

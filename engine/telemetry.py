@@ -1,0 +1,302 @@
+"""Per-frame telemetry: one definition shared by the UI, the headless CLI, the bench and the trace.
+
+Stamps are `time.monotonic_ns()` values taken where the event happens (audio callback, codec
+result, server step) -- monotonic time is system-wide, so client and server stamps compare.
+
+Writers are the audio callbacks and the four client loops; each touches only its own fields and
+appends to deques/arrays (GIL-atomic), so no writer ever takes a lock.  Readers (UI timer,
+status printer) call `snapshot()`, which copies bounded windows and never blocks a writer.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FRAME_MS = 80.0
+
+# Stage name -> (start stamp, end stamp).  See DESIGN.md "Telemetry".
+STAGE_DEFS: dict[str, tuple[str, str]] = {
+    "encode": ("t_cap", "t_enc"),
+    "uplink": ("t_enc", "t_srv_in"),
+    "queue": ("t_srv_in", "t_step0"),
+    "model": ("t_step0", "t_step1"),
+    "decode": ("t_step1", "t_dec"),  # downlink + decode
+    "processing": ("t_cap", "t_dec"),
+    "playback": ("t_cap", "t_play"),  # mic-to-speaker
+}
+STAGES = tuple(STAGE_DEFS)
+# Pure codec work, measured from the call into rustymimi to its result (no queue waits).
+WORK_STAGES = ("encode_work", "decode_work")
+ALL_STAGES = STAGES + WORK_STAGES
+QUEUES = ("input", "c2s", "s2c", "output")
+STAMPS = ("t_cap", "t_enc0", "t_enc", "t_srv_in", "t_step0", "t_step1", "t_dec0", "t_dec", "t_play")
+
+WINDOW = 250  # frames in the rolling windows (20 s)
+
+
+def percentiles(values, qs=(50, 95, 99)) -> dict[str, float | None]:
+    """p50/p95/p99/max (and count) of a sequence of milliseconds; None when empty."""
+    out: dict[str, float | None] = {}
+    if len(values) == 0:
+        for q in qs:
+            out[f"p{q}"] = None
+        out["max"] = None
+        out["mean"] = None
+        out["n"] = 0
+        return out
+    a = np.asarray(values, dtype=np.float64)
+    for q, v in zip(qs, np.percentile(a, qs)):
+        out[f"p{q}"] = round(float(v), 3)
+    out["max"] = round(float(a.max()), 3)
+    out["mean"] = round(float(a.mean()), 3)
+    out["n"] = int(a.size)
+    return out
+
+
+@dataclass
+class FrameRecord:
+    """All stamps of one frame, indexed by capture id; `step` is the server step that used it."""
+
+    frame: int
+    step: int = -1
+    t_cap: int = 0
+    t_enc0: int = 0
+    t_enc: int = 0
+    t_srv_in: int = 0
+    t_step0: int = 0
+    t_step1: int = 0
+    t_dec0: int = 0
+    t_dec: int = 0
+    t_play: int = 0
+    has_audio: bool = False
+
+    def stages_ms(self) -> dict[str, float]:
+        out = {}
+        for name, (a, b) in STAGE_DEFS.items():
+            ta, tb = getattr(self, a), getattr(self, b)
+            if ta and tb:
+                out[name] = (tb - ta) / 1e6
+        if self.t_enc0 and self.t_enc:
+            out["encode_work"] = (self.t_enc - self.t_enc0) / 1e6
+        if self.t_dec0 and self.t_dec:
+            out["decode_work"] = (self.t_dec - self.t_dec0) / 1e6
+        return out
+
+
+@dataclass
+class Token:
+    text: str
+    token_id: int
+    step: int
+    t_ms: float  # since session start (first captured frame)
+    segment: int = 0
+
+
+@dataclass
+class Snapshot:
+    """A cheap, immutable copy of everything a UI or status line shows."""
+
+    t: float
+    state: str
+    state_detail: str
+    elapsed_s: float
+    frames_captured: int
+    frames_processed: int
+    frames_played: int
+    steps: int
+    delay_steps: int
+    segments: int
+    counters: dict[str, int]
+    queues: dict[str, int]
+    queue_history: dict[str, list[int]]
+    stage_history: dict[str, list[float]]
+    stage_stats: dict[str, dict[str, float | None]]
+    text: str
+    tokens_count: int
+    input_level: float
+    output_level: float
+    level_history: dict[str, list[float]]
+    muted: bool
+    info: dict
+    error: str | None
+    first_frame_ms: float | None
+    startup_ms: float | None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Telemetry:
+    """Collects stamps, stage durations, queue depths, counters and the transcript."""
+
+    def __init__(self, window: int = WINDOW):
+        self.window = window
+        self.t_launch = time.monotonic_ns()
+        self.t_start: int | None = None  # first captured frame
+        self.t_first_out: int | None = None  # first decoded frame
+        self.frames: dict[int, FrameRecord] = {}
+        self.stage_hist: dict[str, deque] = {s: deque(maxlen=window) for s in ALL_STAGES}
+        self.stage_all: dict[str, array] = {s: array("d") for s in ALL_STAGES}
+        self.queue_hist: dict[str, deque] = {q: deque(maxlen=window) for q in QUEUES}
+        self.queue_depth: dict[str, int] = dict.fromkeys(QUEUES, 0)
+        self.queue_max: dict[str, int] = dict.fromkeys(QUEUES, 0)
+        self.level_hist: dict[str, deque] = {"input": deque(maxlen=window), "output": deque(maxlen=window)}
+        self.counters: dict[str, int] = {
+            "underruns": 0,  # output period with nothing to play after playback started
+            "drops_input": 0,  # captured frames dropped because the pipeline was behind
+            "drops_output": 0,  # decoded frames dropped to resynchronise playback
+            "overruns": 0,  # device input overflow flags
+            "underflows": 0,  # device output underflow flags
+            "delay_steps": 0,  # server steps that returned no audio (codebook delays)
+            "segments": 0,  # context resets
+        }
+        self.frames_captured = 0
+        self.frames_processed = 0
+        self.frames_played = 0
+        self.steps = 0
+        self.tokens: list[Token] = []
+        self._text_parts: list[str] = []
+        self.segment = 0
+        self.state = "starting"
+        self.state_detail = ""
+        self.error: str | None = None
+        self.info: dict = {}
+        self.input_level = 0.0
+        self.output_level = 0.0
+        self.muted = False
+        self.warnings: deque[str] = deque(maxlen=8)
+        self.done_frames: deque[FrameRecord] = deque()  # completed records, for the trace
+        self.keep_records = False
+        self.queue_samples: deque = deque()  # (t_ns, depths) per frame, with keep_records
+
+    # --- writers (called from audio callbacks and loops; never block) ---
+    def set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        self.state_detail = detail
+
+    def new_frame(self, frame: int, t_cap: int) -> FrameRecord:
+        rec = FrameRecord(frame=frame, t_cap=t_cap)
+        self.frames[frame] = rec
+        if self.t_start is None:
+            self.t_start = t_cap
+        self.frames_captured += 1
+        return rec
+
+    def sample_queues(self, depths: dict[str, int]) -> None:
+        if self.keep_records:
+            self.queue_samples.append((time.monotonic_ns(), depths))
+        for q, d in depths.items():
+            self.queue_depth[q] = d
+            self.queue_hist[q].append(d)
+            if d > self.queue_max[q]:
+                self.queue_max[q] = d
+
+    def add_level(self, kind: str, rms: float) -> None:
+        if kind == "input":
+            self.input_level = rms
+        else:
+            self.output_level = rms
+        self.level_hist[kind].append(rms)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def warn(self, message: str) -> None:
+        if not self.warnings or self.warnings[-1] != message:
+            self.warnings.append(message)
+
+    def add_stage(self, name: str, ms: float) -> None:
+        self.stage_hist[name].append(ms)
+        self.stage_all[name].append(ms)
+
+    def frame_decoded(self, rec: FrameRecord) -> None:
+        """Called when the PCM of `rec` is ready: fold every stage up to decode."""
+        if self.t_first_out is None:
+            self.t_first_out = rec.t_dec
+        self.frames_processed += 1
+        for name, ms in rec.stages_ms().items():
+            if name != "playback":
+                self.add_stage(name, ms)
+
+    def frame_played(self, rec: FrameRecord) -> None:
+        self.frames_played += 1
+        if rec.t_play and rec.t_cap:
+            self.add_stage("playback", (rec.t_play - rec.t_cap) / 1e6)
+        self.frames.pop(rec.frame, None)
+        if self.keep_records:
+            self.done_frames.append(rec)
+
+    def frame_retired(self, rec: FrameRecord) -> None:
+        """A frame whose step produced no audio, or whose PCM was dropped."""
+        self.frames.pop(rec.frame, None)
+        if self.keep_records:
+            self.done_frames.append(rec)
+
+    def add_token(self, text: str, token_id: int, step: int, t_ns: int) -> None:
+        t0 = self.t_start or t_ns
+        self.tokens.append(Token(text, token_id, step, (t_ns - t0) / 1e6, self.segment))
+        self._text_parts.append(text)
+
+    def mark_segment(self, step: int, t_ns: int) -> None:
+        self.segment += 1
+        self.count("segments")
+        self.warn(f"context full at step {step}: new segment started")
+
+    # --- readers ---
+    @property
+    def text(self) -> str:
+        return "".join(self._text_parts)
+
+    def stage_stats(self, full: bool = False) -> dict[str, dict[str, float | None]]:
+        src = self.stage_all if full else self.stage_hist
+        return {s: percentiles(list(src[s])) for s in ALL_STAGES}
+
+    def snapshot(self) -> Snapshot:
+        now = time.monotonic_ns()
+        elapsed = (now - self.t_start) / 1e9 if self.t_start else 0.0
+        stage_history = {s: list(d) for s, d in self.stage_hist.items()}
+        return Snapshot(
+            t=now / 1e9,
+            state=self.state,
+            state_detail=self.state_detail,
+            elapsed_s=elapsed,
+            frames_captured=self.frames_captured,
+            frames_processed=self.frames_processed,
+            frames_played=self.frames_played,
+            steps=self.steps,
+            delay_steps=self.counters["delay_steps"],
+            segments=self.counters["segments"],
+            counters=dict(self.counters),
+            queues=dict(self.queue_depth),
+            queue_history={q: list(d) for q, d in self.queue_hist.items()},
+            stage_history=stage_history,
+            stage_stats={s: percentiles(v) for s, v in stage_history.items()},
+            text=self.text,
+            tokens_count=len(self.tokens),
+            input_level=self.input_level,
+            output_level=self.output_level,
+            level_history={k: list(d) for k, d in self.level_hist.items()},
+            muted=self.muted,
+            info=dict(self.info),
+            error=self.error,
+            first_frame_ms=self.first_frame_ms,
+            startup_ms=self.startup_ms,
+            warnings=list(self.warnings),
+        )
+
+    @property
+    def first_frame_ms(self) -> float | None:
+        """First captured frame to first decoded PCM."""
+        if self.t_start is None or self.t_first_out is None:
+            return None
+        return (self.t_first_out - self.t_start) / 1e6
+
+    @property
+    def startup_ms(self) -> float | None:
+        """Launch to first processed frame."""
+        if self.t_first_out is None:
+            return None
+        return (self.t_first_out - self.t_launch) / 1e6

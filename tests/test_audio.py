@@ -1,0 +1,567 @@
+"""engine.audio and engine.devices: paced file/silence endpoints, devices under a JACK dummy
+server (real PortAudio callbacks, looped back), a fake PortAudio for the resampling/re-chunking
+paths no JACK server can exercise, and device-spec resolution."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import types
+
+import numpy as np
+import pytest
+
+from engine import audio, devices
+from engine.audio import (
+    FRAME,
+    AudioSink,
+    AudioSource,
+    DeviceSink,
+    DeviceSource,
+    NullSink,
+    SilenceSource,
+    WavFileSink,
+    WavFileSource,
+)
+from engine.devices import format_devices, list_devices, open_sink, open_source, resolve_device
+from engine.errors import AudioError
+from engine.wavio import read_wav, write_wav
+
+SR = 24000
+
+
+class Collector:
+    def __init__(self):
+        self.frames: list[np.ndarray] = []
+        self.times: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, pcm, t_ns):
+        assert pcm.dtype == np.float32 and pcm.shape == (FRAME,)
+        with self.lock:
+            self.frames.append(pcm)
+            self.times.append(t_ns)
+
+
+def intervals_ms(times) -> np.ndarray:
+    return np.diff(np.asarray(times, dtype=np.int64)) / 1e6
+
+
+# --------------------------------------------------------------------------- paced endpoints
+
+
+def test_wav_file_source_paces_frames_and_finishes(tmp_path):
+    n = 10 * FRAME + 700  # not a whole number of frames: the last one is zero-padded
+    x = (np.random.default_rng(0).uniform(-0.5, 0.5, n)).astype(np.float32)
+    p = tmp_path / "in.wav"
+    write_wav(p, x)
+    x = read_wav(p)  # what 16-bit quantisation left
+    src = WavFileSource(p)
+    assert isinstance(src, AudioSource)
+    assert src.label == "file in.wav (0.8 s)"
+    got = Collector()
+    t0 = time.monotonic_ns()
+    src.start(got)
+    assert src.finished.wait(5.0)
+    src.stop()
+    src.stop()  # idempotent
+    assert len(got.frames) == -(-n // FRAME) == 11
+    assert all(b > a for a, b in zip(got.times, got.times[1:]))  # monotonic
+    d = intervals_ms(got.times)
+    assert 60 < float(np.median(d)) < 100  # ~80 ms, not a burst
+    # absolute schedule: frame k is delivered around t0 + (k + 1) * 80 ms
+    assert (got.times[-1] - t0) / 1e6 > 11 * 80 - 40
+    sent = np.concatenate(got.frames)
+    np.testing.assert_array_equal(sent[:n], x)
+    assert not sent[n:].any()
+    assert src.error is None and src.overflows == 0
+
+
+def test_wav_file_source_loops(tmp_path):
+    p = tmp_path / "short.wav"
+    write_wav(p, np.full(FRAME + 10, 0.25, np.float32))
+    src = WavFileSource(p, loop=True)
+    got = Collector()
+    src.start(got)
+    time.sleep(0.5)
+    src.stop()
+    assert len(got.frames) >= 4
+    assert not src.finished.is_set()
+    # frames alternate: full frame of 0.25, then 10 samples + padding
+    assert got.frames[2][0] == pytest.approx(0.25, abs=1e-4)
+    assert got.frames[3][10:].max() == 0
+
+
+def test_silence_source_duration_and_endless():
+    src = SilenceSource(0.4)
+    got = Collector()
+    src.start(got)
+    assert src.finished.wait(3.0)
+    assert len(got.frames) == 5 and not any(f.any() for f in got.frames)
+    assert src.label == "silence (0.4 s)"
+    endless = SilenceSource()
+    got2 = Collector()
+    endless.start(got2)
+    time.sleep(0.3)
+    endless.stop()
+    n = len(got2.frames)
+    time.sleep(0.2)
+    assert len(got2.frames) == n >= 2  # stopped means stopped
+    assert not endless.finished.is_set() and endless.label == "silence"
+
+
+def test_source_catches_up_then_drops_like_a_device(tmp_path):
+    """A consumer that blocks 1 s: up to MAX_BURST late frames are delivered back-to-back,
+    the rest are skipped (counted as overflows), and the timeline stays on the wall clock."""
+    p = tmp_path / "long.wav"
+    write_wav(p, np.zeros(30 * FRAME, np.float32))
+    src = WavFileSource(p)
+    got = Collector()
+
+    def slow(pcm, t):
+        got(pcm, t)
+        if len(got.frames) == 1:
+            time.sleep(1.0)
+
+    src.start(slow)
+    assert src.finished.wait(5.0)
+    src.stop()
+    assert src.overflows > 0
+    assert len(got.frames) + src.overflows == 30
+    d = intervals_ms(got.times)
+    burst = d[1 : audio.MAX_BURST]
+    assert (burst < 20).all()  # the catch-up frames came back-to-back
+
+
+def test_callback_exceptions_are_recorded_not_fatal(tmp_path):
+    calls = []
+
+    def boom(pcm, t):
+        calls.append(t)
+        raise ValueError("consumer bug")
+
+    src = SilenceSource(0.4)
+    src.start(boom)
+    assert src.finished.wait(3.0)
+    assert len(calls) == 5
+    assert src.error == "ValueError: consumer bug" and src.errors == 5
+
+
+def test_wav_file_sink_writes_one_frame_per_period(tmp_path):
+    p = tmp_path / "out.wav"
+    sink = WavFileSink(p)
+    assert isinstance(sink, AudioSink) and sink.latency_s == 0.0
+    pulled = []
+
+    def pull(t_ns):
+        pulled.append(t_ns)
+        k = len(pulled)
+        if k % 3 == 0:
+            return None  # silence
+        return np.full(FRAME, k / 100, np.float32)
+
+    t0 = time.monotonic()
+    sink.start(pull)
+    time.sleep(1.0)
+    sink.stop()
+    elapsed = time.monotonic() - t0
+    sink.stop()
+    y = read_wav(p)
+    frames = y.reshape(-1, FRAME)
+    assert len(frames) == len(pulled) == sink.frames_written
+    assert abs(len(frames) - elapsed / 0.08) <= 2  # one frame per elapsed period
+    for k, f in enumerate(frames, start=1):
+        expect = 0.0 if k % 3 == 0 else k / 100
+        assert np.allclose(f, expect, atol=1e-4)
+    assert 60 < float(np.median(intervals_ms(pulled))) < 100
+    assert sink.error is None
+
+
+def test_sink_records_bad_pulls(tmp_path):
+    sink = WavFileSink(tmp_path / "bad.wav")
+    n = [0]
+
+    def pull(t):
+        n[0] += 1
+        if n[0] == 1:
+            raise RuntimeError("pipeline bug")
+        return np.ones(100, np.float32)  # wrong size: padded with zeros
+
+    sink.start(pull)
+    time.sleep(0.3)
+    sink.stop()
+    assert sink.error == "RuntimeError: pipeline bug" and sink.errors >= 2
+    y = read_wav(tmp_path / "bad.wav").reshape(-1, FRAME)
+    assert not y[0].any() and y[1][:100].min() > 0.99 and not y[1][100:].any()
+
+
+def test_null_sink_pulls():
+    sink = NullSink()
+    pulled = []
+    sink.start(lambda t: pulled.append(t))
+    time.sleep(0.35)
+    sink.stop()
+    assert 3 <= len(pulled) <= 6 and sink.label == "null"
+
+
+def test_file_source_and_sink_same_length(speech_wav, tmp_path):
+    """File in -> file out for as long as the input lasts: lengths agree within one frame."""
+    src = open_source(str(speech_wav))
+    src_total = src.n_frames
+    # 2 s of the speech file is enough to check the contract without a 13 s test
+    short = tmp_path / "speech2s.wav"
+    write_wav(short, read_wav(speech_wav)[: 2 * SR])
+    src = open_source(str(short))
+    sink = open_sink(str(tmp_path / "echo.wav"))
+    q: list[np.ndarray] = []
+    lock = threading.Lock()
+
+    def on_frame(pcm, t):
+        with lock:
+            q.append(pcm)
+
+    def pull(t):
+        with lock:
+            return q.pop(0) if q else None
+
+    sink.start(pull)
+    src.start(on_frame)
+    assert src.finished.wait(5.0)
+    sink.stop()
+    src.stop()
+    out = read_wav(tmp_path / "echo.wav")
+    assert abs(len(out) // FRAME - src.n_frames) <= 1
+    assert src_total == -(-len(read_wav(speech_wav)) // FRAME)
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def test_open_source_and_sink_specs(tmp_path, speech_wav):
+    assert isinstance(open_source("silence"), SilenceSource)
+    assert open_source("silence:2").n_frames == 25
+    assert isinstance(open_source("SILENCE"), SilenceSource)
+    assert isinstance(open_sink("null"), NullSink)
+    src = open_source(str(speech_wav))
+    assert isinstance(src, WavFileSource) and src.label.startswith("file speech.wav (13.")
+    sink = open_sink(str(tmp_path / "x.WAV"))
+    assert isinstance(sink, WavFileSink)
+    sink.stop()
+    with pytest.raises(AudioError, match=r"^cannot read .*missing\.wav: \[Errno 2\]"):
+        open_source(str(tmp_path / "missing.wav"))
+    with pytest.raises(AudioError, match=r"^cannot write "):
+        open_sink(str(tmp_path / "nodir" / "out.wav"))
+    with pytest.raises(AudioError, match="invalid silence duration"):
+        open_source("silence:abc")
+
+
+def test_endpoints_are_single_use():
+    s = SilenceSource(0.1)
+    s.start(lambda f, t: None)
+    with pytest.raises(RuntimeError):
+        s.start(lambda f, t: None)
+    s.stop()
+
+
+FAKE_DEVICES = [
+    {"index": 0, "name": "MacBook Pro Microphone", "hostapi": "Core Audio",
+     "max_input_channels": 1, "max_output_channels": 0, "default_samplerate": 48000.0,
+     "default_input": True, "default_output": False},
+    {"index": 1, "name": "MacBook Pro Speakers", "hostapi": "Core Audio",
+     "max_input_channels": 0, "max_output_channels": 2, "default_samplerate": 48000.0,
+     "default_input": False, "default_output": True},
+    {"index": 2, "name": "USB Audio Mic", "hostapi": "Core Audio",
+     "max_input_channels": 2, "max_output_channels": 0, "default_samplerate": 44100.0,
+     "default_input": False, "default_output": False},
+    {"index": 3, "name": "USB Audio Mic Pro", "hostapi": "Core Audio",
+     "max_input_channels": 2, "max_output_channels": 2, "default_samplerate": 44100.0,
+     "default_input": False, "default_output": False},
+]
+
+
+def test_resolve_device_with_fake_list(monkeypatch):
+    monkeypatch.setattr(devices, "list_devices", lambda: FAKE_DEVICES)
+    assert resolve_device("macbook", "input") == 0
+    assert resolve_device("MACBOOK", "output") == 1
+    assert resolve_device("2", "input") == 2
+    assert resolve_device(None, "input") is None
+    assert resolve_device("default", "output") is None
+    assert resolve_device("usb audio mic", "input") == 2  # exact name beats substrings
+    with pytest.raises(AudioError, match=r"ambiguous input device 'usb'.*2: USB Audio Mic.*3: "):
+        resolve_device("usb", "input")
+    with pytest.raises(AudioError) as ei:
+        resolve_device("xyz", "input")
+    assert str(ei.value) == "unknown input device 'xyz' (see `moshi-tui devices`)"
+    assert ei.value.exit_code == 2
+    with pytest.raises(AudioError, match=r"^unknown output device '9'"):
+        resolve_device("9", "output")
+    with pytest.raises(AudioError, match=r"device 1 \(MacBook Pro Speakers\) has no input"):
+        resolve_device("1", "input")
+    text = format_devices(FAKE_DEVICES)
+    assert "MacBook Pro Microphone" in text and "> default input" in text
+    assert text.splitlines()[1].startswith(">") and text.splitlines()[2].startswith("<")
+
+
+def test_resolve_pro_is_ambiguous_for_output(monkeypatch):
+    monkeypatch.setattr(devices, "list_devices", lambda: FAKE_DEVICES)
+    with pytest.raises(AudioError, match="ambiguous output device 'pro'"):
+        resolve_device("pro", "output")
+
+
+def test_no_devices_at_all(monkeypatch):
+    monkeypatch.setattr(devices, "list_devices", lambda: [])
+    with pytest.raises(AudioError) as ei:
+        resolve_device("mic", "input")
+    assert str(ei.value) == (
+        "no audio input device found: use --input FILE.wav (see `moshi-tui devices`)"
+    )
+    assert "no audio devices found" in format_devices([])
+
+
+def test_missing_portaudio_is_an_audio_error(monkeypatch):
+    class NoPortAudio:
+        def find_spec(self, name, path=None, target=None):
+            if name == "sounddevice":
+                raise OSError("PortAudio library not found")
+            return None
+
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [NoPortAudio()] + sys.meta_path)
+    with pytest.raises(AudioError, match="PortAudio library not found.*libportaudio2"):
+        list_devices()
+    with pytest.raises(AudioError, match="PortAudio library not found"):
+        open_source(None)
+    # files and silence never touch PortAudio
+    assert isinstance(open_source("silence"), SilenceSource)
+
+
+# --------------------------------------------------------------------------- fake PortAudio
+
+
+class FakeFlags:
+    def __init__(self, overflow=False, underflow=False):
+        self.input_overflow = overflow
+        self.output_underflow = underflow
+
+
+class FakeStream:
+    instances: list = []
+
+    def __init__(self, *, samplerate, channels, blocksize, dtype, device, latency,
+                 callback, finished_callback):
+        self.samplerate, self.blocksize, self.device = samplerate, blocksize, device
+        self.callback, self.finished_callback = callback, finished_callback
+        self.latency = 0.0123
+        self.active = False
+        FakeStream.instances.append(self)
+
+    def start(self):
+        self.active = True
+
+    def abort(self):
+        if self.active:
+            self.active = False
+            self.finished_callback()
+
+    def close(self):
+        pass
+
+
+def fake_sounddevice(native_rate=48000):
+    """A sounddevice stand-in whose one device refuses 24 kHz."""
+    sd = types.SimpleNamespace()
+    info = {"index": 7, "name": "Fake 48k", "hostapi": 0, "default_samplerate": float(native_rate),
+            "max_input_channels": 1, "max_output_channels": 2}
+
+    def query_devices(device=None, kind=None):
+        return info
+
+    def check(device=None, channels=None, dtype=None, samplerate=None):
+        if samplerate != native_rate:
+            raise RuntimeError("Invalid sample rate")
+
+    sd.query_devices = query_devices
+    sd.check_input_settings = check
+    sd.check_output_settings = check
+    sd.InputStream = FakeStream
+    sd.OutputStream = FakeStream
+    return sd
+
+
+def test_device_source_resamples_and_rechunks(monkeypatch):
+    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(48000))
+    FakeStream.instances.clear()
+    src = DeviceSource(None)
+    assert src.label == "device 7: Fake 48k (48000 Hz, resampled)" and src.device_rate == 48000
+    got = Collector()
+    src.start(got)
+    stream = FakeStream.instances[-1]
+    assert stream.samplerate == 48000 and stream.blocksize == 3840
+    assert src.latency_s == pytest.approx(0.0123)
+    rng = np.random.default_rng(3)
+    t = np.arange(48000 * 2) / 48000
+    x = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    i = 0
+    while i < len(x):  # a host that ignores the block size we asked for
+        n = int(rng.integers(100, 5000))
+        block = x[i : i + n].reshape(-1, 1)
+        stream.callback(block, len(block), None, FakeFlags(overflow=(i == 0)))
+        i += n
+    assert src.overflows == 1 and src.error is None
+    y = np.concatenate(got.frames)
+    assert len(got.frames) == 24  # 2 s = 25 frames, less the resampler's few ms of look-ahead
+    ref = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(len(y)) / SR)
+    assert np.abs(y[100:] - ref[100:]).max() < 1e-3
+    src.stop()
+    assert src.error is None and not src.finished.is_set()  # our own stop is not an error
+
+
+def test_device_source_exact_blocks_pass_through(monkeypatch):
+    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(24000))
+    FakeStream.instances.clear()
+    src = DeviceSource(None)
+    got = Collector()
+    src.start(got)
+    stream = FakeStream.instances[-1]
+    block = np.arange(FRAME, dtype=np.float32).reshape(-1, 1) / FRAME
+    stream.callback(block, FRAME, None, FakeFlags())
+    block[:] = 0  # the source must have copied the host's buffer
+    assert len(got.frames) == 1 and got.frames[0][-1] == pytest.approx((FRAME - 1) / FRAME)
+    src.stop()
+
+
+def test_device_vanishing_sets_error(monkeypatch):
+    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(24000))
+    FakeStream.instances.clear()
+    src = DeviceSource(None)
+    src.start(lambda f, t: None)
+    FakeStream.instances[-1].finished_callback()  # PortAudio ended the stream on its own
+    assert src.finished.is_set()
+    assert src.error == "input device stopped unexpectedly (disconnected?)"
+    src.stop()
+
+
+def test_device_sink_resamples_with_one_pull_per_period(monkeypatch):
+    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(48000))
+    FakeStream.instances.clear()
+    sink = DeviceSink(None)
+    pulls = []
+
+    def pull(t):
+        k = len(pulls)
+        pulls.append(t)
+        n = np.arange(FRAME) + k * FRAME
+        return (0.5 * np.sin(2 * np.pi * 1000 * n / SR)).astype(np.float32)
+
+    sink.start(pull)
+    stream = FakeStream.instances[-1]
+    assert stream.blocksize == 3840 and sink.latency_s > 0.0123
+    out = []
+    per_cb = []
+    for k in range(25):
+        buf = np.zeros((3840, 1), np.float32)
+        before = len(pulls)
+        stream.callback(buf, 3840, None, FakeFlags(underflow=(k == 3)))
+        per_cb.append(len(pulls) - before)
+        out.append(buf[:, 0].copy())
+    assert per_cb == [1] * 25  # priming keeps the 80 ms pull cadence
+    assert sink.underflows == 1 and sink.error is None
+    y = np.concatenate(out)
+    f = np.abs(np.fft.rfft(y[4000:] * np.hanning(len(y) - 4000)))
+    assert abs(np.argmax(f) * 48000 / (len(y) - 4000) - 1000) < 3
+    sink.stop()
+
+
+# --------------------------------------------------------------------------- JACK devices
+
+
+def test_jack_device_listing_and_resolution(jack_server):
+    devs = list_devices()
+    names = [d["name"] for d in devs]
+    assert "system" in names
+    idx = names.index("system")
+    sys_dev = devs[idx]
+    assert sys_dev["hostapi"].startswith("JACK") and sys_dev["default_samplerate"] == 24000
+    assert sys_dev["default_input"] and sys_dev["default_output"]
+    assert resolve_device("system", "input") == sys_dev["index"]
+    assert resolve_device("SYS", "output") == sys_dev["index"]
+    assert resolve_device(str(sys_dev["index"]), "input") == sys_dev["index"]
+    with pytest.raises(AudioError) as ei:
+        resolve_device("xyz", "input")
+    assert str(ei.value) == "unknown input device 'xyz' (see `moshi-tui devices`)"
+    assert "system" in format_devices(devs)
+    src = open_source("system")
+    assert isinstance(src, DeviceSource) and src.label == f"device {sys_dev['index']}: system"
+    sink = open_sink(None)
+    assert isinstance(sink, DeviceSink) and sink.device_rate == 24000
+    src.stop()
+    sink.stop()
+
+
+def test_jack_loopback(jack_server, record_property):
+    """DeviceSink -> JACK -> DeviceSource: 80 ms callbacks, and the sink's audio comes back."""
+    rng = np.random.default_rng(7)
+    sent: list[np.ndarray] = []
+    pull_times: list[int] = []
+
+    def pull(t_ns):
+        pull_times.append(t_ns)
+        k = len(sent)
+        n = np.arange(FRAME) + k * FRAME
+        f = (0.4 * np.sin(2 * np.pi * 1000 * n / SR) + rng.uniform(-0.05, 0.05, FRAME))
+        f = f.astype(np.float32)
+        sent.append(f)
+        return f
+
+    got = Collector()
+    sink = open_sink(None)
+    src = open_source(None)
+    sink.start(pull)
+    src.start(got)
+    try:
+        t = time.perf_counter()
+        pairs = jack_server.connect_loopback()
+        connect_ms = (time.perf_counter() - t) * 1e3
+        assert pairs
+        time.sleep(2.0)
+    finally:
+        src.stop()
+        sink.stop()
+    assert src.error is None and sink.error is None
+    d_in = intervals_ms(got.times)
+    d_out = intervals_ms(pull_times)
+    assert len(got.frames) >= 20 and len(pull_times) >= 20
+    assert 75 < float(np.median(d_in)) < 85 and 75 < float(np.median(d_out)) < 85
+    # the last frames carry the 1 kHz tone at the sink's level
+    tail = np.concatenate(got.frames[-10:])
+    spec = np.abs(np.fft.rfft(tail * np.hanning(len(tail))))
+    assert abs(np.argmax(spec) * SR / len(tail) - 1000) < 5
+    assert 0.35 < np.abs(tail).max() < 0.5
+    # bit-exact: find the lag (whole frames) between what was sent and what came back
+    lag = None
+    for i, f in enumerate(got.frames):
+        for j, s in enumerate(sent):
+            if f.any() and np.array_equal(f, s):
+                lag = (i, j)
+                break
+        if lag:
+            break
+    assert lag is not None, "no frame came back bit-exact"
+    i, j = lag
+    lag_ms = (got.times[i] - pull_times[j]) / 1e6
+    stats = {
+        "jack_setup_s": round(jack_server.setup_s, 3),
+        "connect_ms": round(connect_ms, 2),
+        "in_interval_ms_median": round(float(np.median(d_in)), 3),
+        "in_jitter_p95_ms": round(float(np.percentile(np.abs(d_in - 80), 95)), 3),
+        "out_interval_ms_median": round(float(np.median(d_out)), 3),
+        "out_jitter_p95_ms": round(float(np.percentile(np.abs(d_out - 80), 95)), 3),
+        "pull_to_capture_ms": round(lag_ms, 2),
+        "sink_latency_s": sink.latency_s,
+        "overflows": src.overflows,
+        "underflows": sink.underflows,
+    }
+    for k, v in stats.items():
+        record_property(k, v)
+    print("jack loopback:", stats)

@@ -1,0 +1,141 @@
+"""End-to-end: the real two-process pipeline, the demo model, real rustymimi, real processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from engine.wavio import read_wav
+from engine.telemetry import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["conftest_models"]
+
+
+def run_cli(args, env, timeout=120, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "tui.cli", *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=timeout, **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def headless_run(demo_env, speech_wav, tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    out_wav, stats = d / "out.wav", d / "stats.json"
+    trace = d / "trace.json"
+    r = run_cli(["--demo", "--headless", "--input", str(speech_wav), "--output", str(out_wav),
+                 "--stats-json", str(stats), "--trace", str(trace)], demo_env)
+    assert r.returncode == 0, r.stderr
+    return r, out_wav, json.loads(stats.read_text()), trace
+
+
+def test_output_wav_has_input_length(headless_run, speech_wav):
+    _, out_wav, stats, _ = headless_run
+    n_in = math.ceil(read_wav(speech_wav).size / 1920)
+    out = read_wav(out_wav)
+    assert abs(out.size / 1920 - n_in) <= 1, (out.size / 1920, n_in)
+    assert np.abs(out).max() > 0, "the model's audio never reached the output file"
+    assert stats["frames"]["captured"] == n_in
+
+
+def test_transcript_and_stages(headless_run):
+    r, _, stats, _ = headless_run
+    tokens = stats["transcript"]["tokens"]
+    assert tokens, "no text tokens in the transcript"
+    steps = [t["step"] for t in tokens]
+    assert steps == sorted(steps)
+    assert stats["transcript"]["text"] == "".join(t["text"] for t in tokens)
+    for stage in STAGES:
+        st = stats["stages_ms"][stage]
+        assert st["n"] > 0, stage
+        assert 0 <= st["p50"] <= st["p95"] <= st["p99"] <= st["max"], (stage, st)
+    # The codebook delays: the first steps give no audio, and are counted.
+    assert stats["frames"]["delay_steps"] == 2
+    assert stats["frames"]["processed"] == stats["frames"]["steps"] - 2
+    assert stats["startup"]["launch_to_first_frame_ms"] > 0
+    # one status line per second while live
+    assert sum("processing p50" in line for line in r.stdout.splitlines()) >= 5
+
+
+def test_trace_frames_aligned_by_step(headless_run):
+    _, _, stats, trace = headless_run
+    ev = json.loads(trace.read_text())["traceEvents"]
+    slices = [e for e in ev if e["ph"] == "X"]
+    by_name: dict[str, list] = {}
+    for e in slices:
+        by_name.setdefault(e["name"], []).append(e)
+    assert {"encode", "model step", "decode"} <= set(by_name)
+    assert {e["pid"] for e in by_name["model step"]} == {2}
+    assert {e["pid"] for e in by_name["encode"]} == {1}
+    steps = [e["args"]["step"] for e in by_name["model step"]]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    # every decode slice belongs to a step that was modelled before it
+    model_end = {e["args"]["step"]: e["ts"] + e["dur"] for e in by_name["model step"]}
+    for e in by_name["decode"]:
+        assert e["ts"] >= model_end[e["args"]["step"]] - 1e-3
+
+
+def _descendants(pid):
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _wait_gone(procs, timeout):
+    gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    return alive
+
+
+def test_no_server_remains_after_session(headless_run):
+    _, _, stats, _ = headless_run
+    pid = stats["model"]["server_pid"]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_client_killed_leaves_no_process(demo_env, sig, tmp_path):
+    stats = tmp_path / "stats.json"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "--demo", "--headless", "--input", "silence",
+         "--output", "null", "--stats-json", str(stats)],
+        cwd=ROOT, env=demo_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        for line in p.stdout:
+            if "processing p50" in line or time.monotonic() > deadline:
+                break
+        kids = _descendants(p.pid)
+        assert kids, "no server process was started"
+        p.send_signal(sig)
+        p.wait(timeout=10)
+        alive = _wait_gone(kids, timeout=2.0)
+        assert not alive, f"orphans after {sig!r}: {[k.pid for k in alive]}"
+        if sig != signal.SIGKILL:
+            # a clean stop still writes complete statistics
+            data = json.loads(stats.read_text())
+            assert data["frames"]["processed"] > 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_bad_input_one_line_exit_2(demo_env, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"this is not audio")
+    r = run_cli(["--demo", "--headless", "--input", str(bad), "--output", "null"], demo_env)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "not a WAV file" in r.stderr

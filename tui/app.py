@@ -1,0 +1,373 @@
+"""The Textual app: a conversation with Moshi and, beside it, where every 80 ms frame goes.
+
+The app owns a session (`engine.session.Session`, or anything with the same `start`/`snapshot`/
+`set_muted`/`stop` surface -- tests inject a recorded feed). One 8 Hz timer reads a snapshot and
+assigns it to a reactive that the widgets are bound to; nothing in the UI runs per audio frame,
+and no audio or codec thread ever touches a widget.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import Footer, RichLog
+from textual.worker import Worker, WorkerState
+
+from engine.errors import MoshiTuiError
+from engine.export import default_session_dir, export, write_session_files
+from engine.stats import build_stats
+from engine.telemetry import Snapshot
+
+from .screens.error import ErrorScreen
+from .screens.export import ExportChoice, ExportScreen
+from .screens.help import HelpScreen
+from .widgets.latency import LatencyPanel
+from .widgets.levels import LevelMeter
+from .widgets.loading import LoadingView
+from .widgets.queues import QueuesPanel
+from .widgets.status_bar import StatusBar
+from .widgets.transcript import TranscriptView
+
+REFRESH_HZ = 8
+LAG_HOLD_S = 3.0  # the LAG badge stays this long after the last underrun
+ALERT_HOLD_S = 8.0  # a new engine warning stays in the status bar this long
+
+
+class SessionLike(Protocol):
+    tel: Any  # engine.telemetry.Telemetry: `tokens` for the transcript, and build_stats()
+    done: Any  # threading.Event
+    end_reason: str
+    exit_code: int
+    cpu: dict
+
+    def start(self) -> None: ...
+    def snapshot(self) -> Snapshot: ...
+    def set_muted(self, muted: bool) -> None: ...
+    def stop(self) -> None: ...
+    def process_figures(self) -> dict: ...
+
+
+class MoshiApp(App[int]):
+    """Full-screen conversation with live diagnostics."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "moshi-tui"
+    ENABLE_COMMAND_PALETTE = False  # every action has a key; the footer needs the room
+    HORIZONTAL_BREAKPOINTS = [(0, "-stacked"), (70, "-narrow"), (120, "-wide")]
+    BINDINGS = [
+        Binding("l", "toggle('show_latency')", "Latency", tooltip="Show/hide the per-stage latency panel"),
+        Binding("u", "toggle('show_queues')", "Queues", tooltip="Show/hide the queue depths panel"),
+        Binding("g", "toggle('show_log')", "Log", tooltip="Show/hide the log of state changes and warnings"),
+        Binding("m", "toggle_mute", "Mute", tooltip="Mute/unmute the microphone (Moshi hears silence)"),
+        Binding("p", "toggle('paused')", "Pause", tooltip="Freeze/resume the display; the audio keeps going"),
+        Binding("e", "export", "Export", tooltip="Save the transcript as Markdown or JSON"),
+        Binding("f8", "screenshot", "Shot", tooltip="Save an SVG screenshot in the session folder"),
+        Binding("f1", "help", "Help", tooltip="List every key"),
+        Binding("q", "quit", "Quit", tooltip="Stop the session, save its files and quit"),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
+
+    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
+    """Latest telemetry snapshot; every panel is bound to it."""
+    show_latency: reactive[bool] = reactive(True)
+    """Latency panel visible."""
+    show_queues: reactive[bool] = reactive(True)
+    """Queues panel visible."""
+    show_log: reactive[bool] = reactive(False)
+    """Log panel visible (on by default on wide screens)."""
+    paused: reactive[bool] = reactive(False)
+    """Display frozen; the session keeps running."""
+    muted: reactive[bool] = reactive(False, init=False)
+    """Microphone muted."""
+    lag: reactive[bool] = reactive(False)
+    """Underruns in the last LAG_HOLD_S seconds."""
+    alert: reactive[str] = reactive("")
+    """The latest warning, while recent."""
+    stopping: reactive[bool] = reactive(False)
+    """Quit requested: the session is shutting down and its files are being written."""
+
+    def __init__(self, session_factory: Callable[[], SessionLike], *, session_dir: Path | None = None,
+                 options: dict | None = None, clock: Callable[[], float] = time.monotonic,
+                 refresh_hz: float = REFRESH_HZ, show_log: bool | None = None) -> None:
+        super().__init__()
+        self.session = session_factory()
+        self.session_dir = Path(session_dir) if session_dir else default_session_dir()
+        self.options = options or {}
+        self.clock = clock
+        self.refresh_hz = refresh_hz
+        self._show_log_default = show_log
+        self.started_at = _dt.datetime.now()
+        self.saved_files: list[Path] = []
+        self.shutdown_error: str | None = None
+        self._t0 = clock()
+        self._last_state: tuple[str, str] | None = None
+        self._went_live = False
+        self._warnings: list[str] = []
+        self._underruns = 0
+        self._lag_until = 0.0
+        self._alert_until = 0.0
+        self._error_shown = False
+        self._ended_logged = False
+        self._stop_requested = False
+        self._ui_ready = False  # set once the main screen is composed
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield StatusBar().data_bind(MoshiApp.snapshot, MoshiApp.lag, MoshiApp.paused, MoshiApp.alert,
+                                    MoshiApp.stopping)
+        with Horizontal(id="body"):
+            with Vertical(id="conversation"):
+                yield LoadingView(id="loading").data_bind(MoshiApp.snapshot)
+                yield TranscriptView(id="transcript")
+                with Horizontal(id="levels"):
+                    yield LevelMeter("input", id="mic").data_bind(MoshiApp.snapshot)
+                    yield LevelMeter("output", id="spk").data_bind(MoshiApp.snapshot)
+            with Vertical(id="side"):
+                yield LatencyPanel(id="latency").data_bind(MoshiApp.snapshot)
+                yield QueuesPanel(id="queues").data_bind(MoshiApp.snapshot)
+                yield RichLog(id="log", max_lines=1000, wrap=True, markup=False)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        # Widgets of the main screen, kept so the timer never queries whatever screen is on top.
+        self.main_screen = self.screen
+        self.body = self.query_one("#body", Horizontal)
+        self.transcript = self.query_one(TranscriptView)
+        self.loading = self.query_one(LoadingView)
+        self.event_log = self.query_one("#log", RichLog)
+        self._ui_ready = True
+        self.transcript.border_title = "Conversation"
+        self.event_log.border_title = "Log"
+        show_log = self._show_log_default
+        self.show_log = self.size.width >= 120 if show_log is None else show_log
+        try:
+            self.session_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self.log_event(f"cannot create the session folder {self.session_dir}: {e}", "bold red")
+        self.log_event(f"session folder: {self.session_dir}")
+        try:
+            self.session.start()
+        except MoshiTuiError as e:
+            self._show_error(str(e))
+        self.poll()
+        self.set_interval(1.0 / self.refresh_hz, self.poll, name="snapshot")
+
+    # ------------------------------------------------------------------ the 8 Hz refresh
+    def poll(self) -> None:
+        """Read one snapshot from the session and push it to the widgets (unless paused)."""
+        snap = self.session.snapshot()
+        self._observe(snap)
+        self.loading.frame = int((self.clock() - self._t0) * 10)
+        if self.paused:
+            return
+        self.snapshot = snap
+        tokens = self.session.tel.tokens
+        if len(tokens) > self.transcript.count:
+            self.transcript.add_tokens(tokens[self.transcript.count:])
+
+    def _observe(self, snap: Snapshot) -> None:
+        """Turn changes between snapshots into log lines, badges and the error modal."""
+        now = self.clock()
+        state = (snap.state, snap.state_detail)
+        if state != self._last_state:
+            if snap.state != "error":
+                detail = f" — {snap.state_detail}" if snap.state_detail else ""
+                self.log_event(f"{snap.state}{detail}", "green" if snap.state == "live" else "")
+            self._last_state = state
+        if snap.state == "live" and not self._went_live:
+            self._went_live = True
+            self.main_screen.add_class("-live")
+            if snap.startup_ms is not None:
+                self.log_event(f"first frame {snap.startup_ms / 1000:.1f} s after launch")
+        from .format import new_items
+
+        for w in new_items(self._warnings, snap.warnings):
+            self.log_event(f"warning: {w}", "yellow")
+            self.alert, self._alert_until = w, now + ALERT_HOLD_S
+        self._warnings = list(snap.warnings)
+        if self.alert and now >= self._alert_until:
+            self.alert = ""
+        underruns = snap.counters.get("underruns", 0)
+        if underruns > self._underruns:
+            if now >= self._lag_until:
+                self.log_event(f"LAG: output underrun ({underruns} in total)", "bold red")
+            self._lag_until = now + LAG_HOLD_S
+        self._underruns = underruns
+        self.lag = now < self._lag_until
+        if snap.error and not self._error_shown:
+            self._error_shown = True
+            self.log_event(f"error: {snap.error}", "bold red")
+            self._show_error(snap.error)
+        if self.session.done.is_set() and not self._ended_logged and not self.stopping:
+            self._ended_logged = True
+            if snap.state != "error":
+                self.log_event(f"session ended: {self.session.end_reason or 'stopped'}")
+                self._stop_session()
+
+    def log_event(self, text: str, style: str = "") -> None:
+        from .format import clock
+
+        line = Text.assemble((f"{clock(self.clock() - self._t0)} ", "dim"), (text, style))
+        self.event_log.write(line)
+
+    def _show_error(self, message: str, title: str | None = None) -> None:
+        screen = ErrorScreen(message) if title is None else ErrorScreen(message, title=title)
+        self.push_screen(screen)
+
+    # ------------------------------------------------------------------ panels and keys
+    def watch_show_latency(self, show: bool) -> None:
+        self._toggle_panel("#latency", show, "-no-latency")
+
+    def watch_show_queues(self, show: bool) -> None:
+        self._toggle_panel("#queues", show, "-no-queues")
+
+    def watch_show_log(self, show: bool) -> None:
+        self._toggle_panel("#log", show, "-no-log")
+
+    def _toggle_panel(self, selector: str, show: bool, cls: str) -> None:
+        if not self._ui_ready:
+            return
+        self.body.set_class(not show, cls)
+        panel = self.main_screen.query_one(selector)
+        if show and hasattr(panel, "watch_snapshot"):  # hidden panels skip updates: catch up now
+            panel.watch_snapshot(panel.snapshot)
+
+    def watch_paused(self, paused: bool) -> None:
+        if self._ui_ready:
+            self.log_event("display paused (audio continues)" if paused else "display resumed")
+
+    def action_toggle_mute(self) -> None:
+        self.muted = not self.muted
+
+    def watch_muted(self, muted: bool) -> None:
+        self.session.set_muted(muted)
+        self.log_event("microphone muted" if muted else "microphone unmuted")
+
+    def action_help(self) -> None:
+        rows = [(self.get_key_display(b), b.description, b.tooltip)
+                for b in self._help_bindings()]
+        self.push_screen(HelpScreen(rows))
+
+    def _help_bindings(self) -> list[Binding]:
+        return [b for b in self.BINDINGS if isinstance(b, Binding) and b.show]
+
+    def action_screenshot(self) -> None:
+        try:
+            path = self.save_screenshot(path=str(self.session_dir))
+        except OSError as e:
+            self.notify(f"screenshot failed: {e}", severity="error")
+            return
+        self.log_event(f"screenshot saved: {path}")
+        self.notify(f"Screenshot saved to {path}", title="Screenshot")
+
+    # ------------------------------------------------------------------ export
+    def collect_stats(self) -> dict:
+        """The session summary (engine.stats) with the wall-clock start the exports show."""
+        s = self.session
+        processes = s.cpu or s.process_figures()
+        stats = build_stats(s.tel, options=self.options, processes=processes, end_reason=s.end_reason)
+        stats.setdefault("started_at", self.started_at.isoformat(timespec="seconds"))
+        return stats
+
+    def action_export(self) -> None:
+        if self.stopping:
+            return
+        self.push_screen(ExportScreen(self.session_dir), callback=self._export_chosen)
+
+    def _export_chosen(self, choice: ExportChoice | None) -> None:
+        if choice is not None:
+            self.run_worker(lambda: export(self.collect_stats(), choice.path, choice.fmt), thread=True,
+                            exclusive=True, exit_on_error=False, group="export", name=str(choice.path))
+
+    # ------------------------------------------------------------------ stop and quit
+    def _stop_session(self) -> None:
+        """The input ended (or the server died): stop cleanly, keep the app open for export."""
+        if not self._stop_requested:
+            self._stop_requested = True
+            self.run_worker(self.session.stop, thread=True, exit_on_error=False, group="stop")
+
+    async def action_quit(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.log_event("stopping the session and saving its files…")
+        self.run_worker(self._shutdown_session, thread=True, exclusive=True, exit_on_error=False, group="shutdown")
+
+    def _shutdown_session(self) -> list[Path]:
+        self.session.stop()
+        stats = self.collect_stats()
+        self.saved_files = write_session_files(self.session_dir, stats)
+        return self.saved_files
+
+    def exit_code(self) -> int:
+        snap = self.snapshot
+        return (self.session.exit_code or 1) if snap is not None and snap.error else 0
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if event.state == WorkerState.SUCCESS and worker.group == "export":
+            self.log_event(f"exported: {worker.result}")
+            self.notify(f"Saved {worker.result}", title="Export")
+        elif event.state == WorkerState.SUCCESS and worker.group == "shutdown":
+            self.exit(self.exit_code())
+        elif event.state == WorkerState.ERROR:
+            message = f"{type(worker.error).__name__}: {worker.error}"
+            if worker.group == "shutdown":
+                self.shutdown_error = message
+                self.exit(self.exit_code() or 1)
+            elif worker.group == "export":
+                self.log_event(f"export failed: {message}", "bold red")
+                self._show_error(message, title=f"Export to {worker.name} failed")
+            else:
+                self.log_event(f"{worker.group} failed: {message}", "bold red")
+                self._show_error(message, title="Internal error")
+
+
+def run_app(args, cfg) -> int:
+    """`moshi-tui` without --headless: validate, run the app, then report where the files went."""
+    from engine.session import Session
+
+    session_dir = Path(args.session_dir).expanduser() if getattr(args, "session_dir", None) else default_session_dir()
+    try:
+        session_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MoshiTuiError(f"cannot create the session folder {session_dir}: {e}", exit_code=2) from None
+    session = Session(cfg)
+    session.prepare()  # bad devices/files fail here, before the screen switches
+    options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    app = MoshiApp(lambda: session, session_dir=session_dir, options=options)
+    try:
+        code = app.run()
+    finally:
+        session.stop()  # idempotent; covers exits that bypassed the quit action
+    if not app.saved_files:  # the app died before writing: save what there is
+        try:
+            app.saved_files = write_session_files(session_dir, app.collect_stats())
+        except Exception as e:  # noqa: BLE001 - report, do not mask the exit
+            print(f"moshi-tui: error: could not save the session files: {e}", file=sys.stderr)
+    if getattr(args, "stats_json", None):
+        from engine.stats import write_json_atomic
+
+        write_json_atomic(args.stats_json, app.collect_stats())
+    if getattr(args, "trace", None):
+        from engine.trace import write_trace
+
+        write_trace(args.trace, session.tel)
+    if app.shutdown_error:
+        print(f"moshi-tui: error while saving: {app.shutdown_error}", file=sys.stderr)
+    snap = session.snapshot()
+    if snap.error:
+        print(f"moshi-tui: error: {snap.error}", file=sys.stderr)
+    print(f"session saved in {session_dir}")
+    if isinstance(code, int):
+        return code
+    return (session.exit_code or 1) if snap.error else 0

@@ -1,0 +1,31 @@
+"""A modal that shows an engine error; closing it leaves the transcript and export usable."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Static
+
+
+class ErrorScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,enter", "dismiss", "Close", show=False)]
+
+    def __init__(self, message: str, *, title: str = "The session stopped with an error") -> None:
+        super().__init__(classes="dialog-screen")
+        self.message = message
+        self.title_text = title
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="error-dialog", classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Static(self.message, id="error-message", markup=False)
+            yield Static("The transcript so far is kept: press [b]e[/] to export it, [b]q[/] to quit "
+                         "(the session files are written on exit).", classes="dialog-hint")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Close", variant="error", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss()

@@ -1,0 +1,91 @@
+"""The conversation: Moshi's words as they stream, in timed paragraphs, following the newest text.
+
+Only the last paragraph is re-rendered when words arrive. The view is anchored to the bottom
+(`Widget.anchor`): scrolling up releases the anchor so the text stays put while reading, and
+scrolling back to the end re-anchors it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+from textual.containers import VerticalScroll
+from textual.content import Content
+from textual.widgets import Static
+
+from engine.export import PARAGRAPH_GAP_MS, mmss, starts_paragraph
+
+
+class TokenLike(Protocol):
+    text: str
+    t_ms: float
+    segment: int
+
+
+class Paragraph(Static):
+    DEFAULT_CSS = """
+    Paragraph { margin-bottom: 1; }
+    """
+
+    def __init__(self, t_ms: float, segment_break: bool, segment: int) -> None:
+        super().__init__(classes="para")
+        self.t_ms = t_ms
+        self.segment_break = segment_break
+        self.segment = segment
+        self.words = ""
+
+    def add(self, text: str) -> None:
+        self.words += text
+        head = []
+        if self.segment_break:
+            head.append((f"── context full: segment {self.segment + 1} ──\n", "$text-warning italic"))
+        self.update(Content.assemble(*head, (f"[{mmss(self.t_ms)}] ", "bold $text-accent"),
+                                     self.words.lstrip()))
+
+
+class TranscriptView(VerticalScroll, can_focus=True):
+    """Append-only transcript; `add_tokens` takes the new engine tokens since the last call."""
+
+    def __init__(self, *, gap_ms: float = PARAGRAPH_GAP_MS, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.gap_ms = gap_ms
+        self.count = 0  # tokens shown so far
+        self._prev: tuple[float, int] | None = None
+        self._current: Paragraph | None = None
+
+    def compose(self):
+        yield Static("Moshi's words will appear here as it speaks.", id="placeholder")
+
+    @property
+    def following(self) -> bool:
+        """Is the view following new text (not scrolled up by the user)?"""
+        return not self.is_anchored or not self._anchor_released
+
+    def _anchor_when_full(self) -> None:
+        # Anchored before it overflows, Textual bottom-aligns the text (chat style); a transcript
+        # reads better from the top, so anchor only once there is something to scroll.
+        if not self.is_anchored and self.max_scroll_y > 0:
+            self.anchor()
+
+    def add_tokens(self, tokens: Iterable[TokenLike]) -> None:
+        new_paras: list[Paragraph] = []
+        pending: dict[Paragraph, str] = {}
+        for tok in tokens:
+            self.count += 1
+            prev_t, prev_seg = self._prev if self._prev else (None, 0)
+            if self._current is None or starts_paragraph(prev_t, prev_seg, tok.t_ms, tok.segment, self.gap_ms):
+                self._current = Paragraph(tok.t_ms, prev_t is not None and tok.segment != prev_seg, tok.segment)
+                new_paras.append(self._current)
+            pending[self._current] = pending.get(self._current, "") + tok.text
+            self._prev = (tok.t_ms, tok.segment)
+        for para, text in pending.items():
+            para.add(text)
+        if new_paras:
+            self.query("#placeholder").remove()
+            self.mount_all(new_paras)
+        if not self.is_anchored:
+            self.call_after_refresh(self._anchor_when_full)
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        self.border_subtitle = "" if self.following else "scrolled up · End to follow"
