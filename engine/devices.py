@@ -4,8 +4,9 @@ A spec is one of:
     None / "default"        the system's default device
     "silence", "silence:S"  (input) zeros, endless or S seconds      "null" is accepted too
     "null"                  (output) discard                         "silence" is accepted too
-    PATH.wav, or any existing file     a WAV file (input: paced in real time; output: written)
+    PATH.wav                a WAV file (input: paced in real time; output: written)
     an integer              a device index (as listed by `moshi-tui devices`)
+    an existing file        a WAV file too (read_wav then says if it is not one)
     anything else           a case-insensitive substring of a device name
 
 sounddevice (and so PortAudio) is imported only when a device is listed or used, so file and
@@ -176,7 +177,10 @@ def _on_default_hostapi(matches: list[dict], kind: str) -> int | None:
 
 
 def _is_file_spec(spec: str) -> bool:
-    return spec.lower().endswith(".wav") or os.path.isfile(spec)
+    """PATH.wav always; another existing file unless the spec is a device index."""
+    if spec.lower().endswith(".wav"):
+        return True
+    return not spec.strip().lstrip("-").isdigit() and os.path.isfile(spec)
 
 
 def _silence_seconds(spec: str) -> float | None | bool:

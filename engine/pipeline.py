@@ -258,7 +258,7 @@ class ClientPipeline:
                     continue
                 if len(self._dec_pending) >= self.codec_max:
                     # The decoder is behind: skip this frame rather than queue stale audio.
-                    tel.count("drops_output")
+                    tel.count("drops_decode")
                     tel.warn("output dropped: decoder behind real time")
                     tel.frame_retired(rec)
                     continue

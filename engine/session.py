@@ -249,8 +249,8 @@ class Session:
                 except Exception:
                     pass
         if self.pipeline is not None:
+            self.pipeline.stop()  # first: the server closing its pipe is then not an error
             self.pipeline.send_control("stop")
-            self.pipeline.stop()
         elif self.conn is not None:
             try:
                 self.conn.send(("stop",))

@@ -25,7 +25,7 @@ def status_line(s: Snapshot) -> str:
         f"{s.elapsed_s:6.1f}s frames {s.frames_processed:5d} | processing p50 {f(proc.get('p50'))}"
         f" p95 {f(proc.get('p95'))} ms | model p50 {f(model.get('p50'))} ms"
         f" | queues in {q['input']} c2s {q['c2s']} s2c {q['s2c']} out {q['output']}"
-        f" | underruns {c['underruns']} drops {c['drops_input'] + c['drops_output']}"
+        f" | underruns {c['underruns']} drops {c['drops_input'] + c['drops_output'] + c['drops_decode']}"
     )
     return line
 

@@ -148,6 +148,7 @@ class Telemetry:
             "underruns": 0,  # output period with nothing to play after playback started
             "drops_input": 0,  # captured frames dropped because the pipeline was behind
             "drops_output": 0,  # decoded frames dropped to resynchronise playback
+            "drops_decode": 0,  # model frames not decoded because the decoder was behind
             "overruns": 0,  # device input overflow flags
             "underflows": 0,  # device output underflow flags
             "delay_steps": 0,  # server steps that returned no audio (codebook delays)

@@ -131,7 +131,7 @@ def test_source_catches_up_then_drops_like_a_device(tmp_path):
     assert len(got.frames) + src.overflows == 30
     d = intervals_ms(got.times)
     burst = d[1 : audio.MAX_BURST]
-    assert (burst < 20).all()  # the catch-up frames came back-to-back
+    assert (burst < 40).all()  # the catch-up frames came back-to-back
 
 
 def test_callback_exceptions_are_recorded_not_fatal(tmp_path):

@@ -35,6 +35,7 @@ from .widgets.levels import LevelMeter
 from .widgets.loading import LoadingView
 from .widgets.queues import QueuesPanel
 from .widgets.status_bar import StatusBar
+from .stderr_guard import start_resource_tracker, stderr_to_file
 from .widgets.transcript import TranscriptView
 
 REFRESH_HZ = 8
@@ -99,6 +100,7 @@ class MoshiApp(App[int]):
                  options: dict | None = None, clock: Callable[[], float] = time.monotonic,
                  refresh_hz: float = REFRESH_HZ, show_log: bool | None = None) -> None:
         super().__init__()
+        start_resource_tracker()  # before Textual captures sys.stderr (see stderr_guard)
         self.session = session_factory()
         self.session_dir = Path(session_dir) if session_dir else default_session_dir()
         self.options = options or {}
@@ -346,7 +348,8 @@ def run_app(args, cfg) -> int:
     options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     app = MoshiApp(lambda: session, session_dir=session_dir, options=options)
     try:
-        code = app.run()
+        with stderr_to_file(session_dir / "stderr.log"):
+            code = app.run()
     finally:
         session.stop()  # idempotent; covers exits that bypassed the quit action
     if not app.saved_files:  # the app died before writing: save what there is
