@@ -389,9 +389,6 @@ class WavFileSink(NullSink):
             self._join()
         self._writer.close()
 
-    def _done(self) -> None:
-        pass
-
 
 # --------------------------------------------------------------------------- devices
 

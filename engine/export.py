@@ -35,6 +35,7 @@ COUNTER_LABELS = {
     "underruns": "output underruns",
     "drops_input": "input frames dropped",
     "drops_output": "output frames dropped",
+    "drops_decode": "frames not decoded (decoder behind)",
     "overruns": "input device overruns",
     "underflows": "output device underflows",
     "delay_steps": "steps without audio (codebook delays)",

@@ -82,10 +82,14 @@ def run_headless(args, cfg, out=sys.stdout) -> int:
 
         write_trace(args.trace, session.tel)
     if snap.error:
+        if session.folder is not None:
+            print(f"session files: {session.folder}", file=out, flush=True)
         print(f"moshi-tui: error: {snap.error}", file=sys.stderr, flush=True)
         return session.exit_code or 1
     print(f"session ended ({reason}): {snap.frames_processed} frames, "
           f"{len(session.tel.tokens)} text tokens", file=out, flush=True)
     if snap.text.strip():
         print(f"transcript: {snap.text.strip()}", file=out, flush=True)
+    if session.folder is not None:
+        print(f"session files: {session.folder}", file=out, flush=True)
     return 0

@@ -37,7 +37,11 @@ def add_session_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seconds", type=float, help="stop after N seconds of live audio")
     g.add_argument("--stats-json", metavar="PATH", help="write session statistics as JSON")
     g.add_argument("--trace", metavar="PATH", help="write a Perfetto/Chrome trace of every frame")
-    g.add_argument("--session-dir", metavar="DIR", help="folder for this session's files")
+    g.add_argument("--session-dir", metavar="DIR",
+                   help="folder for this session's recordings, transcript and stats "
+                   "(default: a new folder under the user data dir)")
+    g.add_argument("--no-save", action="store_true",
+                   help="do not write a session folder")
     g.add_argument("--max-steps", type=int, help="LM context length before a new segment starts")
     g.add_argument("--debug-step-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
 
@@ -80,4 +84,7 @@ def session_config(args) -> SessionConfig:
         max_steps=args.max_steps,
         step_delay_ms=args.debug_step_delay_ms,
         keep_records=bool(getattr(args, "trace", None)),
+        session_dir=args.session_dir,
+        save=not args.no_save,
+        options={k: v for k, v in vars(args).items() if not k.startswith("_")},
     )

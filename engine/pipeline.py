@@ -106,7 +106,7 @@ class ClientPipeline:
         self.threads: list[threading.Thread] = []
         self.server_error: str | None = None
         self.server_exit_code = 1
-        self.pcm_in_listeners: list = []  # called with (pcm) from the send loop (recording)
+        self.recorder = None  # optional: .input(pcm) / .output(pcm | None), never blocking
 
     # ---------------------------------------------------------------- source / sink callbacks
     def on_frame(self, pcm: np.ndarray, t_cap: int) -> None:
@@ -115,6 +115,8 @@ class ClientPipeline:
             return
         if self.muted:
             pcm = np.zeros_like(pcm)
+        if self.recorder is not None:
+            self.recorder.input(pcm)
         rec = self.tel.new_frame(self._frame_id, t_cap)
         self._frame_id += 1
         self.tel.add_level("input", _rms(pcm))
@@ -138,6 +140,12 @@ class ClientPipeline:
 
     def pull(self, t_play: int):
         """Audio sink callback: the PCM to play now, or None (silence)."""
+        pcm = self._pull(t_play)
+        if self.recorder is not None:
+            self.recorder.output(pcm)
+        return pcm
+
+    def _pull(self, t_play: int):
         q = self.output_q
         if len(q) > 1:
             # A backlog that persists adds 80 ms per frame of mic-to-speaker latency for the
@@ -197,8 +205,6 @@ class ClientPipeline:
                 self.tel.count("drops_input")
                 self.tel.warn("input dropped: model step slower than real time")
                 continue
-            for cb in self.pcm_in_listeners:
-                cb(pcm)
             rec.t_enc0 = time.monotonic_ns()
             self._enc_pending.append(rec)
             self.tok.encode(pcm)

@@ -33,6 +33,9 @@ class SessionConfig:
     input_max: int = 3
     inflight_max: int = 4
     keep_records: bool = False  # keep every FrameRecord (for --trace)
+    session_dir: str | None = None  # None: a new folder under the user data dir
+    save: bool = True  # write the session folder (recordings, transcript, stats)
+    options: dict = field(default_factory=dict)  # the command line, recorded in stats
 
 
 class Session:
@@ -55,6 +58,8 @@ class Session:
         self._stopped = False
         self.cpu = {}  # cpu/rss measurements filled by stop()
         self._cpu0 = None
+        self.folder: Path | None = None
+        self.recorder = None
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> None:
@@ -79,6 +84,11 @@ class Session:
             self.sink = open_sink("null")
             self.tel.warn("no output device: Moshi's audio is not played")
         self.tel.info.update(input=self.source.label, output=self.sink.label)
+        if self.cfg.save:
+            from .recorder import prepare_session_dir
+
+            self.folder = prepare_session_dir(self.cfg.session_dir)
+            self.tel.info["session_dir"] = str(self.folder)
 
     def start(self) -> None:
         """Load and go live in a background thread; progress shows in the telemetry state."""
@@ -173,6 +183,12 @@ class Session:
             tel, audio_tok, parent, spm,
             input_max=self.cfg.input_max, inflight_max=self.cfg.inflight_max,
         )
+        if self.folder is not None:
+            from .recorder import SessionRecorder
+
+            self.recorder = SessionRecorder(self.folder, tel, self.cfg.options,
+                                            processes=self.process_figures)
+            self.pipeline.recorder = self.recorder
         self.pipeline.start()
         self._cpu_start()
         self.sink.start(self.pipeline.pull)
@@ -261,6 +277,9 @@ class Session:
             self._thread.join(timeout=2.0)
         if self.tel.state not in ("error",):
             self.tel.set_state("stopped", self.end_reason)
+        if self.recorder is not None:
+            self.recorder.processes = lambda: self.cpu
+            self.recorder.close(self.end_reason, trace=self.cfg.keep_records)
         self.done.set()
 
     def _stop_server(self) -> None:
@@ -326,6 +345,3 @@ class Session:
         except Exception:
             self.cpu = {}
 
-    @property
-    def session_path(self) -> Path | None:
-        return None

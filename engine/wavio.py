@@ -179,11 +179,12 @@ def _decode(raw: bytes, path) -> tuple[np.ndarray, int]:
 
 
 def _looks_like_chunk(raw: bytes, pos: int) -> bool:
-    """True when `pos` starts a plausible chunk header (4 printable ASCII bytes + a size)."""
+    """True when `pos` starts a plausible chunk: 4 printable ASCII bytes and a size that fits."""
     if pos + 8 > len(raw):
         return len(raw) == pos  # nothing after: an honest empty data chunk
     cid = raw[pos : pos + 4]
-    return all(32 <= c < 127 for c in cid)
+    (size,) = struct.unpack_from("<I", raw, pos + 4)
+    return all(32 <= c < 127 for c in cid) and pos + 8 + size <= len(raw)
 
 
 def wav_duration_s(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:

@@ -36,9 +36,29 @@ def headless_run(demo_env, speech_wav, tmp_path_factory):
     out_wav, stats = d / "out.wav", d / "stats.json"
     trace = d / "trace.json"
     r = run_cli(["--demo", "--headless", "--input", str(speech_wav), "--output", str(out_wav),
-                 "--stats-json", str(stats), "--trace", str(trace)], demo_env)
+                 "--stats-json", str(stats), "--trace", str(trace),
+                 "--session-dir", str(d / "session")], demo_env)
     assert r.returncode == 0, r.stderr
     return r, out_wav, json.loads(stats.read_text()), trace
+
+
+def test_session_folder(headless_run, speech_wav):
+    r, out_wav, stats, _ = headless_run
+    folder = out_wav.parent / "session"
+    assert f"session files: {folder}" in r.stdout
+    # the microphone recording is the input, frame for frame
+    rec_in = read_wav(folder / "input.wav")
+    src = read_wav(speech_wav)
+    assert rec_in.size == math.ceil(src.size / 1920) * 1920
+    assert np.allclose(rec_in[: src.size], src, atol=2e-4)
+    # the speaker recording is what the output file received
+    assert abs(read_wav(folder / "output.wav").size - read_wav(out_wav).size) <= 1920
+    saved = json.loads((folder / "stats.json").read_text())
+    assert saved["transcript"]["text"] == stats["transcript"]["text"]
+    md = (folder / "transcript.md").read_text()
+    assert stats["transcript"]["tokens"][0]["text"].strip() in md
+    assert json.loads((folder / "transcript.json").read_text())
+    assert json.loads((folder / "trace.json").read_text())["traceEvents"]
 
 
 def test_output_wav_has_input_length(headless_run, speech_wav):
@@ -114,7 +134,7 @@ def test_client_killed_leaves_no_process(demo_env, sig, tmp_path):
     stats = tmp_path / "stats.json"
     p = subprocess.Popen(
         [sys.executable, "-m", "tui.cli", "--demo", "--headless", "--input", "silence",
-         "--output", "null", "--stats-json", str(stats)],
+         "--output", "null", "--stats-json", str(stats), "--session-dir", str(tmp_path / "s")],
         cwd=ROOT, env=demo_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -129,6 +149,8 @@ def test_client_killed_leaves_no_process(demo_env, sig, tmp_path):
         p.wait(timeout=10)
         alive = _wait_gone(kids, timeout=2.0)
         assert not alive, f"orphans after {sig!r}: {[k.pid for k in alive]}"
+        # whatever killed it, the recording so far is a valid WAV
+        assert read_wav(tmp_path / "s" / "input.wav").size > 0
         if sig != signal.SIGKILL:
             # a clean stop still writes complete statistics
             data = json.loads(stats.read_text())
@@ -141,7 +163,8 @@ def test_client_killed_leaves_no_process(demo_env, sig, tmp_path):
 def test_bad_input_one_line_exit_2(demo_env, tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"this is not audio")
-    r = run_cli(["--demo", "--headless", "--input", str(bad), "--output", "null"], demo_env)
+    r = run_cli(["--demo", "--headless", "--input", str(bad), "--output", "null", "--no-save"],
+                demo_env)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "not a WAV file" in r.stderr

@@ -41,6 +41,7 @@ from .widgets.transcript import TranscriptView
 REFRESH_HZ = 8
 LAG_HOLD_S = 3.0  # the LAG badge stays this long after the last underrun
 ALERT_HOLD_S = 8.0  # a new engine warning stays in the status bar this long
+WARNING_REPEAT_S = 5.0  # the same warning is logged at most this often
 
 
 class SessionLike(Protocol):
@@ -114,6 +115,8 @@ class MoshiApp(App[int]):
         self._last_state: tuple[str, str] | None = None
         self._went_live = False
         self._warnings: list[str] = []
+        self._warned_at: dict[str, float] = {}
+        self._warn_repeats: dict[str, int] = {}
         self._underruns = 0
         self._lag_until = 0.0
         self._alert_until = 0.0
@@ -193,8 +196,14 @@ class MoshiApp(App[int]):
         from .format import new_items
 
         for w in new_items(self._warnings, snap.warnings):
-            self.log_event(f"warning: {w}", "yellow")
             self.alert, self._alert_until = w, now + ALERT_HOLD_S
+            last = self._warned_at.get(w)
+            if last is not None and now - last < WARNING_REPEAT_S:  # repeats: count, log later
+                self._warn_repeats[w] = self._warn_repeats.get(w, 0) + 1
+                continue
+            repeats = self._warn_repeats.pop(w, 0)
+            self._warned_at[w] = now
+            self.log_event(f"warning: {w}" + (f" (and {repeats} more times)" if repeats else ""), "yellow")
         self._warnings = list(snap.warnings)
         if self.alert and now >= self._alert_until:
             self.alert = ""
@@ -320,12 +329,14 @@ class MoshiApp(App[int]):
             self.log_event(f"exported: {worker.result}")
             self.notify(f"Saved {worker.result}", title="Export")
         elif event.state == WorkerState.SUCCESS and worker.group == "shutdown":
-            self.exit(self.exit_code())
+            code = self.exit_code()
+            self.exit(code, return_code=code)
         elif event.state == WorkerState.ERROR:
             message = f"{type(worker.error).__name__}: {worker.error}"
             if worker.group == "shutdown":
                 self.shutdown_error = message
-                self.exit(self.exit_code() or 1)
+                code = self.exit_code() or 1
+                self.exit(code, return_code=code)
             elif worker.group == "export":
                 self.log_event(f"export failed: {message}", "bold red")
                 self._show_error(message, title=f"Export to {worker.name} failed")

@@ -12,8 +12,8 @@ from engine.telemetry import QUEUES, Snapshot
 from .spark import Spark
 
 LABELS = {"input": "input", "c2s": "c→s", "s2c": "s→c", "output": "output"}
-COUNTERS = (("underruns", "underruns"), ("drops_input", "drops in"), ("drops_output", "drops out"),
-            ("overruns", "overruns"))
+COUNTERS = {"underruns": "underruns", "drops_input": "drops in", "drops_output": "drops out",
+            "overruns": "overruns"}
 
 
 class QueueRow(Horizontal):
@@ -60,7 +60,9 @@ class QueuesPanel(Vertical):
         for row in self.query(QueueRow):
             row.show(snap.queues.get(row.queue, 0), snap.queue_history.get(row.queue, []))
         parts = []
-        for key, label in COUNTERS:
+        keys = list(COUNTERS) + [k for k in snap.counters if k.startswith("drops_") and k not in COUNTERS]
+        for key in keys:
+            label = COUNTERS.get(key) or key.replace("drops_", "drops ")
             n = snap.counters.get(key, 0)
             parts.append(f"[$text-error b]{label} {n}[/]" if n else f"[dim]{label} {n}[/]")
         self.query_one("#counters", Static).update("  ".join(parts))

@@ -43,7 +43,7 @@ class StatusBar(Widget):
             return Content.assemble(("● starting", "bold $text-warning"))
         state = "stopping" if self.stopping else s.state
         info = s.info
-        sep = ("  │  ", "$text-muted")
+        sep = ("   ", "")
         line1 = Content.assemble(
             (f"● {state.upper()}", f"bold {STATE_STYLE.get(state, '')}"),
             "  ", (clock(s.elapsed_s), "bold"),
