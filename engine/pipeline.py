@@ -199,7 +199,7 @@ class ClientPipeline:
                 rec, pcm = self.input_q.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if self.inflight >= self.inflight_max:
+            if self.inflight + len(self._enc_pending) >= self.inflight_max:
                 # The server is behind: dropping here keeps the c2s queue bounded.
                 self.tel.frame_retired(rec)
                 self.tel.count("drops_input")

@@ -155,3 +155,80 @@ def server_main(conn, resolved, options: dict) -> None:
             stepper.reset()
         elif kind == "stop":
             return
+
+
+def bench_step_main(conn, resolved, options: dict) -> None:
+    """Entry point of the spawned process of `moshi-tui bench step`.
+
+    Loads and warms the model exactly as `server_main` does (same `load_lm`, dtype, quantization,
+    `Stepper`, `warm`), then times `options["steps"]` calls of `Stepper.step` -- `LmGen.step` +
+    `last_audio_tokens()` and their conversions, the span a session's "model" stage measures --
+    on dummy codes, back to back.  Sends ("progress", text)..., then ("bench", result) or
+    ("error", message, exit_code).
+    """
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def send(*msg) -> None:
+        try:
+            conn.send(msg)
+        except (BrokenPipeError, EOFError, OSError):
+            os._exit(0)
+
+    try:
+        import numpy as np
+
+        from .errors import MoshiTuiError
+        from .modelload import load_lm
+
+        t0 = time.perf_counter()
+        model, _cfg = load_lm(resolved, progress=lambda s: send("progress", s))
+        load_ms = (time.perf_counter() - t0) * 1000.0
+        send("progress", "warming up")
+        stepper = Stepper(model, int(options.get("max_steps") or 3000))
+        warm_ms = warm(stepper)
+        import mlx.core as mx
+
+        steps = max(1, int(options.get("steps") or 100))
+        send("progress", f"timing {steps} steps")
+        codes = np.zeros((8, 1), dtype=np.uint32)
+        times_ns: list[int] = []
+        audio_none = segments = 0
+        cpu0, wall0 = time.process_time(), time.monotonic_ns()
+        for _ in range(steps):
+            a = time.monotonic_ns()
+            _text, audio, segment = stepper.step(codes)
+            b = time.monotonic_ns()
+            times_ns.append(b - a)
+            audio_none += audio is None
+            segments += bool(segment)
+        wall_ns = time.monotonic_ns() - wall0
+        cpu_s = time.process_time() - cpu0
+        try:
+            import psutil
+
+            rss_mb = round(psutil.Process().memory_info().rss / 2**20, 1)
+        except Exception:
+            rss_mb = None
+        send(
+            "bench",
+            {
+                "times_ns": times_ns,
+                "wall_s": wall_ns / 1e9,
+                "cpu_s": cpu_s,
+                "load_ms": round(load_ms, 1),
+                "warmup_ms": round(warm_ms, 1),
+                "audio_none_steps": audio_none,
+                "segments": segments,
+                "max_steps": stepper.max_steps,
+                "mlx_device": str(mx.default_device()),
+                "pid": os.getpid(),
+                "rss_mb": rss_mb,
+            },
+        )
+    except MoshiTuiError as e:
+        send("error", str(e), e.exit_code)
+    except Exception as e:
+        send("error", f"bench step failed: {type(e).__name__}: {e}", 1)

@@ -129,7 +129,7 @@ def test_no_server_remains_after_session(headless_run):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_client_killed_leaves_no_process(demo_env, sig, tmp_path):
     stats = tmp_path / "stats.json"
     p = subprocess.Popen(

@@ -10,7 +10,12 @@ from textual.widgets import Button, Label, Static
 
 
 class ErrorScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,enter", "dismiss", "Close", show=False)]
+    # A modal hides the app's bindings: offer export and quit here too.
+    BINDINGS = [
+        Binding("escape,enter", "dismiss", "Close", show=False),
+        Binding("e", "export", "Export", show=False),
+        Binding("q", "app.quit", "Quit", show=False),
+    ]
 
     def __init__(self, message: str, *, title: str = "The session stopped with an error") -> None:
         super().__init__(classes="dialog-screen")
@@ -25,6 +30,10 @@ class ErrorScreen(ModalScreen[None]):
                          "(the session files are written on exit).", classes="dialog-hint")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Close", variant="error", id="close")
+
+    def action_export(self) -> None:
+        self.dismiss()
+        self.app.action_export()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()

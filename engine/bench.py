@@ -1,0 +1,300 @@
+"""`moshi-tui bench step|codec|pipeline`: where the time goes, one command away.
+
+    bench step     [model options] [--steps N]                 LmGen.step in a server process
+    bench codec    [--mimi-weight PATH | model options] [--frames N]   rustymimi per frame
+    bench pipeline [model options] [--seconds N] [--input ..]  floor + a full headless session
+
+Each prints an aligned table (progress goes to stderr) and, with `--json PATH`, writes the
+figures with the machine, the versions and the exact options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import UsageError
+from .options import _Parser, add_model_options, model_options
+from .stats import machine_info, write_json_atomic
+
+STAGE_ROWS = ("encode", "encode_work", "uplink", "queue", "model", "decode", "decode_work",
+              "processing", "playback")
+BREAKDOWN_ROWS = ("input_wait", "downlink_wait", "output_wait", "plumbing")
+
+
+# ----------------------------------------------------------------------------------- tables
+
+
+def fmt(v, nd: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def table(headers: list[str], rows: list[list], first_left: bool = True) -> str:
+    """An aligned text table: first column left-aligned, the others right-aligned."""
+    cells = [[str(h) for h in headers]] + [[fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        out = []
+        for i, (c, w) in enumerate(zip(r, widths)):
+            out.append(c.ljust(w) if i == 0 and first_left else c.rjust(w))
+        lines.append("  ".join(out).rstrip())
+    return "\n".join(lines)
+
+
+PCT_HEAD = ["p50", "p95", "p99", "max", "mean", "n"]
+
+
+def pct_row(name: str, st: dict | None) -> list:
+    st = st or {}
+    return [name] + [st.get(k) for k in ("p50", "p95", "p99", "max", "mean", "n")]
+
+
+# ----------------------------------------------------------------------------------- output
+
+
+def _progress(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def _check_json_path(path: str | None) -> None:
+    if not path:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write --json {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"cannot write --json {path}: permission denied")
+
+
+def _envelope(kind: str, args, argv: list[str]) -> dict:
+    machine = machine_info()
+    try:
+        machine["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        machine["loadavg"] = None
+    opts = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
+    return {
+        "bench": kind,
+        "version": 1,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine,
+        "options": opts,
+        "argv": ["bench", *argv],
+    }
+
+
+# ----------------------------------------------------------------------------------- step
+
+
+def format_step(r: dict, label: str) -> str:
+    lines = [
+        f"bench step: {label}, {r['steps']} steps after warmup ({r['mlx_device']})",
+        table(["", *PCT_HEAD], [pct_row("step ms", r["step_ms"])]),
+        f"steps/s {fmt(r['steps_per_s'])}  (wall {fmt(r['wall_s'], 2)} s, server CPU "
+        f"{fmt(r['cpu_percent'])} %, RSS {fmt(r['rss_mb'])} MB)",
+        f"load {fmt(r['load_ms'], 0)} ms, warmup {fmt(r['warmup_ms'], 0)} ms; "
+        f"{r['audio_none_steps']} step(s) without audio (codebook delays)",
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_step(args, argv) -> int:
+    from .bench_measure import run_step
+    from .model_source import resolve
+
+    if args.steps < 1:
+        raise UsageError("--steps must be at least 1")
+    _check_json_path(args.json)
+    out = _envelope("step", args, argv)
+    resolved = resolve(model_options(args), progress=lambda s: _progress(f"model: {s}"))
+    r = run_step(resolved, args.steps, max_steps=args.max_steps, progress=_progress)
+    out["model"] = resolved.label
+    out["result"] = r
+    print(format_step(r, resolved.label))
+    if args.json:
+        write_json_atomic(args.json, out)
+    return 0
+
+
+# ----------------------------------------------------------------------------------- codec
+
+
+def format_codec(r: dict) -> str:
+    rows = []
+    for api, key in (("sync", "Tokenizer.encode_step/decode_step"),
+                     ("stream", "StreamTokenizer submit+poll")):
+        d = r[api]
+        rows.append(pct_row(f"encode  ({key})", d["encode_ms"]))
+        rows.append(pct_row(f"decode  ({key})", d["decode_ms"]))
+        rows.append(pct_row(f"enc+dec ({key})", d["encode_decode_ms"]))
+    lines = [
+        f"bench codec: {r['mimi_weight']}, {r['sync']['frames']} frames of 80 ms speech",
+        table(["ms per 80 ms frame", *PCT_HEAD], rows),
+        f"CPU per frame: sync {fmt(r['sync']['cpu_ms_per_frame'])} ms, stream "
+        f"{fmt(r['stream']['cpu_ms_per_frame'])} ms (stream polls every "
+        f"{fmt(r['stream']['poll_ms'], 2)} ms)",
+    ]
+    return "\n".join(lines)
+
+
+def _mimi_path(args) -> tuple[str, str]:
+    from .model_source import resolve
+
+    if args.mimi_weight:
+        p = Path(args.mimi_weight).expanduser()
+        if not p.is_file():
+            raise UsageError(f"mimi weights not found: {p}")
+        return str(p), p.name
+    resolved = resolve(model_options(args), progress=lambda s: _progress(f"model: {s}"))
+    return str(resolved.mimi_weight), resolved.label
+
+
+def _cmd_codec(args, argv) -> int:
+    from .bench_measure import run_codec
+
+    if args.frames < 1:
+        raise UsageError("--frames must be at least 1")
+    _check_json_path(args.json)
+    out = _envelope("codec", args, argv)
+    path, label = _mimi_path(args)
+    r = run_codec(path, args.frames, wav=args.wav, progress=_progress)
+    out["model"] = label
+    out["result"] = r
+    print(format_codec(r))
+    if args.json:
+        write_json_atomic(args.json, out)
+    return 0
+
+
+# ----------------------------------------------------------------------------------- pipeline
+
+
+def format_pipeline(r: dict) -> str:
+    s = r["summary"]
+    st = r["session"]["stages_ms"]
+    fl = r["floor"]
+    lines = [f"bench pipeline: {r['model']}, {fmt(r['session']['duration_s'])} s live, "
+             f"input {r['session']['audio']['input']}, output {r['session']['audio']['output']}"]
+    rows = [pct_row(name, st.get(name)) for name in STAGE_ROWS]
+    rows += [pct_row(f"({name})", r["frame_breakdown_ms"].get(name)) for name in BREAKDOWN_ROWS]
+    lines.append(table(["stage ms", *PCT_HEAD], rows))
+    lines.append("")
+    cs, cst, sp = fl["codec"]["sync"], fl["codec"]["stream"], fl["step"]["step_ms"]
+    floor_rows = [
+        ["isolated encode p50", cs["encode_ms"]["p50"], cst["encode_ms"]["p50"]],
+        ["isolated step p50", sp["p50"], sp["p50"]],
+        ["isolated decode p50", cs["decode_ms"]["p50"], cst["decode_ms"]["p50"]],
+        ["compute floor", s["floor_ms"], s["floor_stream_ms"]],
+    ]
+    lines.append(table(["floor ms (same run)", "sync codec", "StreamTokenizer"], floor_rows))
+    lines.append("")
+    procs = s["processes"] or {}
+    rss = s["rss"] or {}
+    sum_rows = [
+        ["processing p50 / p99 ms", f"{fmt(s['processing_p50_ms'])} / {fmt(s['processing_p99_ms'])}"],
+        ["pipeline overhead (processing p50 - floor)",
+         f"{fmt(s['overhead_ms'])} ms  (x{fmt(s['processing_over_floor'], 3)} floor)"],
+        ["plumbing (processing - enc/model/dec work, p50s)",
+         f"{fmt(s['plumbing_ms'])} ms  (per frame p50 {fmt(s['plumbing_per_frame_p50_ms'])} ms)"],
+        ["mic-to-speaker p50", f"{fmt(s['playback_p50_ms'])} ms  (+ device "
+         f"{fmt(s['device_output_latency_ms'])} ms = {fmt(s['playback_with_device_p50_ms'])} ms)"],
+        ["underruns / drops (input, decode, output)",
+         f"{s['underruns']} / {s['drops']['drops_input']}, {s['drops']['drops_decode']}, "
+         f"{s['drops']['drops_output']}"],
+        ["startup (session start to first frame)", f"{fmt(s['startup_ms'])} ms"],
+        ["first live frame processing",
+         f"{fmt(s['first_live_frame_processing_ms'])} ms  (first capture to first output "
+         f"{fmt(s['first_capture_to_first_output_ms'])} ms)"],
+    ]
+    for proc in ("client", "server"):
+        p = procs.get(proc) or {}
+        g = rss.get(proc) or {}
+        work = s["work_share"].get(
+            "client_codec_work_percent" if proc == "client" else "server_model_work_percent")
+        sum_rows.append([
+            f"{proc} process",
+            f"CPU {fmt(p.get('cpu_percent'))} % (codec/model work {fmt(work)} % of wall), "
+            f"RSS {fmt(p.get('rss_mb'))} MB (growth {fmt(g.get('growth_percent'), 2)} %)",
+        ])
+    lines.append(table(["summary", ""], sum_rows))
+    lines.append("")
+    lines.append("diagnosis:")
+    for v in r["verdicts"]:
+        lines.append(f"  [{v['level']}] {v['text']}")
+    return "\n".join(lines)
+
+
+def _cmd_pipeline(args, argv) -> int:
+    from .bench_pipeline import run_pipeline
+
+    if args.seconds <= 0:
+        raise UsageError("--seconds must be positive")
+    if args.floor_steps < 1 or args.floor_frames < 1:
+        raise UsageError("--floor-steps and --floor-frames must be at least 1")
+    _check_json_path(args.json)
+    _check_json_path(args.trace)
+    out = _envelope("pipeline", args, argv)
+    r = run_pipeline(
+        model_options(args), input_spec=args.input, output_spec=args.output,
+        seconds=args.seconds, floor_steps=args.floor_steps, floor_frames=args.floor_frames,
+        max_steps=args.max_steps, trace=args.trace, progress=_progress,
+    )
+    out.update(r)
+    print(format_pipeline(r))
+    if args.json:
+        write_json_atomic(args.json, out)
+    if r["error"]:
+        print(f"moshi-tui: error: {r['error']}", file=sys.stderr)
+        return r["exit_code"] or 1
+    return 0
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="moshi-tui bench", description="Measure where the time goes.")
+    sub = p.add_subparsers(dest="command", metavar="step|codec|pipeline")
+    sub.required = True
+
+    s = sub.add_parser("step", help="LmGen.step in a server process, on dummy codes")
+    add_model_options(s)
+    s.add_argument("--steps", type=int, default=200, help="timed steps after warmup (200)")
+    s.add_argument("--max-steps", type=int, help="LM context length (as a session's --max-steps)")
+    s.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+
+    c = sub.add_parser("codec", help="rustymimi encode/decode per 80 ms frame")
+    add_model_options(c)
+    c.add_argument("--frames", type=int, default=100, help="timed frames after warmup (100)")
+    c.add_argument("--wav", metavar="FILE.wav", help="speech to encode (the bundled speech)")
+    c.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+
+    q = sub.add_parser("pipeline", help="compute floor + a full headless session")
+    add_model_options(q)
+    q.add_argument("--input", "-i", metavar="DEV|FILE.wav",
+                   help="input device, WAV file (looped) or 'silence' (the bundled speech, looped)")
+    q.add_argument("--output", "-o", metavar="DEV|FILE.wav", default="null",
+                   help="output device, WAV file, or 'null' (null)")
+    q.add_argument("--seconds", type=float, default=30.0, help="live seconds (30)")
+    q.add_argument("--floor-steps", type=int, default=100, help="steps of the floor step bench")
+    q.add_argument("--floor-frames", type=int, default=50, help="frames of the floor codec bench")
+    q.add_argument("--max-steps", type=int, help="LM context length before a new segment")
+    q.add_argument("--trace", metavar="PATH", help="also write the session's Perfetto trace")
+    q.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    argv = list(argv)
+    args = build_parser().parse_args(argv)
+    cmd = {"step": _cmd_step, "codec": _cmd_codec, "pipeline": _cmd_pipeline}[args.command]
+    return cmd(args, argv)
