@@ -105,7 +105,8 @@ def server_main(conn, resolved, options: dict) -> None:
         model, cfg = load_lm(resolved, progress=lambda s: send("progress", s))
         load_ms = (time.perf_counter() - t0) * 1000.0
         send("progress", "warming up")
-        stepper = Stepper(model, int(options.get("max_steps") or 3000))
+        # A new segment starts when the LM context is full (Moshi v0.1: 3000 steps = 4 min).
+        stepper = Stepper(model, int(options.get("max_steps") or cfg.transformer.context))
         warm_ms = warm(stepper)
         if options.get("step_delay_ms"):
             delay = float(options["step_delay_ms"]) / 1000.0
@@ -187,7 +188,7 @@ def bench_step_main(conn, resolved, options: dict) -> None:
         model, _cfg = load_lm(resolved, progress=lambda s: send("progress", s))
         load_ms = (time.perf_counter() - t0) * 1000.0
         send("progress", "warming up")
-        stepper = Stepper(model, int(options.get("max_steps") or 3000))
+        stepper = Stepper(model, int(options.get("max_steps") or _cfg.transformer.context))
         warm_ms = warm(stepper)
         import mlx.core as mx
 

@@ -80,8 +80,6 @@ async def test_live_session_feeds_every_panel_and_exports(tmp_path, demo_cache, 
             assert len(row.query_one(Spark).data) > history_before[row.queue], row.queue
             now = row.query_one(".now").render().plain.strip()
             assert now.isdigit()
-        assert app.query_one("#stage-model .p50").render().plain.strip() == \
-            f"{app.snapshot.stage_stats['model']['p50']:.1f}"[:5].strip() or True
 
         # each key toggles its panel
         for key, selector in (("l", "#latency"), ("u", "#queues"), ("g", "#log")):

@@ -207,3 +207,12 @@ def test_fuzz_random_files_never_traceback(demo_env, tmp_path):
             r = cli(args + ["--output", "null"], demo_env)
             assert r.returncode == 2, (flag, r.returncode, r.stderr)
             assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_hub_says_so(demo_env, tmp_path):
+    env = dict(demo_env, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    r = cli(["--headless", "--input", "silence", "--output", "null", "--no-save"], env)
+    assert r.returncode == 1
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "kyutai/moshiko-mlx-q4" in err and "--demo" in err
