@@ -22,7 +22,8 @@ from .stats import machine_info, write_json_atomic
 
 STAGE_ROWS = ("encode", "encode_work", "uplink", "queue", "model", "decode", "decode_work",
               "processing", "playback")
-BREAKDOWN_ROWS = ("input_wait", "downlink_wait", "output_wait", "plumbing")
+BREAKDOWN_ROWS = ("input_wait", "encode_service", "downlink_wait", "decode_service",
+                  "output_wait", "plumbing")
 
 
 # ----------------------------------------------------------------------------------- tables
@@ -36,15 +37,15 @@ def fmt(v, nd: int = 1) -> str:
     return str(v)
 
 
-def table(headers: list[str], rows: list[list], first_left: bool = True) -> str:
-    """An aligned text table: first column left-aligned, the others right-aligned."""
+def table(headers: list[str], rows: list[list], left: tuple[int, ...] = (0,)) -> str:
+    """An aligned text table: the `left` columns left-aligned, the others right-aligned."""
     cells = [[str(h) for h in headers]] + [[fmt(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for r in cells:
         out = []
         for i, (c, w) in enumerate(zip(r, widths)):
-            out.append(c.ljust(w) if i == 0 and first_left else c.rjust(w))
+            out.append(c.ljust(w) if i in left else c.rjust(w))
         lines.append("  ".join(out).rstrip())
     return "\n".join(lines)
 
@@ -196,6 +197,9 @@ def format_pipeline(r: dict) -> str:
         ["compute floor", s["floor_ms"], s["floor_stream_ms"]],
     ]
     lines.append(table(["floor ms (same run)", "sync codec", "StreamTokenizer"], floor_rows))
+    if s.get("cpu_demand_cores") is not None:
+        lines.append(f"CPU one frame needs at full speed: {fmt(s['cpu_demand_cores'], 2)} of "
+                     f"{s.get('cpus')} cores (codec CPU {fmt(cs['cpu_ms_per_frame'])} ms + step)")
     lines.append("")
     procs = s["processes"] or {}
     rss = s["rss"] or {}
@@ -204,7 +208,8 @@ def format_pipeline(r: dict) -> str:
         ["pipeline overhead (processing p50 - floor)",
          f"{fmt(s['overhead_ms'])} ms  (x{fmt(s['processing_over_floor'], 3)} floor)"],
         ["plumbing (processing - enc/model/dec work, p50s)",
-         f"{fmt(s['plumbing_ms'])} ms  (per frame p50 {fmt(s['plumbing_per_frame_p50_ms'])} ms)"],
+         f"{fmt(s['plumbing_ms'])} ms  (per frame, codec service times: p50 "
+         f"{fmt(s['plumbing_per_frame_p50_ms'])} ms)"],
         ["mic-to-speaker p50", f"{fmt(s['playback_p50_ms'])} ms  (+ device "
          f"{fmt(s['device_output_latency_ms'])} ms = {fmt(s['playback_with_device_p50_ms'])} ms)"],
         ["underruns / drops (input, decode, output)",
@@ -222,10 +227,11 @@ def format_pipeline(r: dict) -> str:
             "client_codec_work_percent" if proc == "client" else "server_model_work_percent")
         sum_rows.append([
             f"{proc} process",
-            f"CPU {fmt(p.get('cpu_percent'))} % (codec/model work {fmt(work)} % of wall), "
+            f"CPU {fmt(p.get('cpu_percent'))} % ({'codec' if proc == 'client' else 'model'} "
+            f"busy {fmt(work)} % of wall), "
             f"RSS {fmt(p.get('rss_mb'))} MB (growth {fmt(g.get('growth_percent'), 2)} %)",
         ])
-    lines.append(table(["summary", ""], sum_rows))
+    lines.append(table(["summary", ""], sum_rows, left=(0, 1)))
     lines.append("")
     lines.append("diagnosis:")
     for v in r["verdicts"]:
@@ -281,12 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("pipeline", help="compute floor + a full headless session")
     add_model_options(q)
     q.add_argument("--input", "-i", metavar="DEV|FILE.wav",
-                   help="input device, WAV file (looped) or 'silence' (the bundled speech, looped)")
+                   help="input device, WAV file (looped) or 'silence' "
+                   "(default: the bundled speech, looped)")
     q.add_argument("--output", "-o", metavar="DEV|FILE.wav", default="null",
                    help="output device, WAV file, or 'null' (null)")
     q.add_argument("--seconds", type=float, default=30.0, help="live seconds (30)")
-    q.add_argument("--floor-steps", type=int, default=100, help="steps of the floor step bench")
-    q.add_argument("--floor-frames", type=int, default=50, help="frames of the floor codec bench")
+    q.add_argument("--floor-steps", type=int, default=100, help="steps of the floor's step bench (100)")
+    q.add_argument("--floor-frames", type=int, default=50, help="frames of the floor's codec bench (50)")
     q.add_argument("--max-steps", type=int, help="LM context length before a new segment")
     q.add_argument("--trace", metavar="PATH", help="also write the session's Perfetto trace")
     q.add_argument("--json", metavar="PATH", help="write the figures as JSON")

@@ -242,3 +242,17 @@ def run_codec(mimi_weight: Path | str, frames: int = 100, *, wav: Path | str | N
     except Exception as e:  # rustymimi raises plain exceptions for unreadable weights
         raise MoshiTuiError(f"codec bench failed: {type(e).__name__}: {e}", exit_code=1) from None
     return {"mimi_weight": str(mimi_weight), **both}
+
+
+def run_codec_isolated(mimi_weight: Path | str, frames: int = 100, *,
+                       wav: Path | str | None = None, progress: Progress | None = None) -> dict:
+    """`run_codec` in a spawned process: the two Mimi instances (~400 MB each) never inflate
+    the memory figures of the session that `bench pipeline` runs afterwards in this process."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    _say(progress, f"codec: Tokenizer and StreamTokenizer, {frames} frames, interleaved "
+                   "(separate process)")
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
+        return ex.submit(run_codec, str(mimi_weight), frames,
+                         wav=None if wav is None else str(wav)).result()
+

@@ -8,13 +8,14 @@ chosen here: a WAV input (by default the bundled speech) is looped so `--seconds
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
-from .bench_measure import run_codec, run_step
+from .bench_measure import run_codec_isolated, run_step
 from .diagnose import diagnose
 from .model_source import ModelOptions, resolve
-from .telemetry import percentiles
+from .telemetry import FRAME_MS, percentiles
 
 Progress = Callable[[str], None]
 
@@ -40,21 +41,48 @@ def _sub(a, b):
 
 
 def frame_breakdown(records) -> dict:
-    """Per-frame waits between the work, from complete FrameRecords (ms percentiles)."""
-    parts: dict[str, list[float]] = {
-        "input_wait": [], "downlink_wait": [], "output_wait": [], "plumbing": [],
-    }
+    """Per-frame figures from complete FrameRecords (ms percentiles).
+
+    `encode_work` / `decode_work` run from submission to result: with a second frame already
+    waiting inside rustymimi they include that wait.  rustymimi works one frame at a time per
+    direction (FIFO), so a frame's codec work cannot start before the previous frame's result:
+    `*_service` starts at max(submission, previous result) -- the codec's own time.
+    `plumbing` = processing - (encode_service + model + decode_service), per frame.
+    """
+    names = ("input_wait", "encode_service", "downlink_wait", "decode_service", "output_wait",
+             "plumbing")
+    parts: dict[str, list[float]] = {k: [] for k in names}
+    enc_start: dict[int, int] = {}
+    dec_start: dict[int, int] = {}
+    prev = 0
+    for r in sorted((r for r in records if r.t_enc0 and r.t_enc), key=lambda r: r.t_enc0):
+        enc_start[r.frame] = max(r.t_enc0, prev)
+        prev = r.t_enc
+    prev = 0
+    for r in sorted((r for r in records if r.t_dec0 and r.t_dec), key=lambda r: r.t_dec0):
+        dec_start[r.frame] = max(r.t_dec0, prev)
+        prev = r.t_dec
     for r in records:
         if r.t_cap and r.t_enc0:
             parts["input_wait"].append((r.t_enc0 - r.t_cap) / 1e6)
+        if r.frame in enc_start:
+            parts["encode_service"].append((r.t_enc - enc_start[r.frame]) / 1e6)
         if r.t_step1 and r.t_dec0:
             parts["downlink_wait"].append((r.t_dec0 - r.t_step1) / 1e6)
+        if r.frame in dec_start:
+            parts["decode_service"].append((r.t_dec - dec_start[r.frame]) / 1e6)
         if r.t_dec and r.t_play:
             parts["output_wait"].append((r.t_play - r.t_dec) / 1e6)
-        if all((r.t_cap, r.t_enc0, r.t_enc, r.t_step0, r.t_step1, r.t_dec0, r.t_dec)):
-            work = (r.t_enc - r.t_enc0) + (r.t_step1 - r.t_step0) + (r.t_dec - r.t_dec0)
+        if r.t_cap and r.t_step0 and r.t_step1 and r.frame in enc_start and r.frame in dec_start:
+            work = ((r.t_enc - enc_start[r.frame]) + (r.t_step1 - r.t_step0)
+                    + (r.t_dec - dec_start[r.frame]))
             parts["plumbing"].append(((r.t_dec - r.t_cap) - work) / 1e6)
-    return {k: percentiles(v) for k, v in parts.items()}
+    out = {k: percentiles(v) for k, v in parts.items()}
+    out["_sums_s"] = {
+        "encode_service": round(sum(parts["encode_service"]) / 1000.0, 3),
+        "decode_service": round(sum(parts["decode_service"]) / 1000.0, 3),
+    }
+    return out
 
 
 def _rss_summary(samples: list[dict]) -> dict:
@@ -94,7 +122,7 @@ def run_pipeline(
     source = open_source(input_spec or str(BUNDLED_SPEECH), loop=True)
     sink = open_sink(output_spec)
 
-    codec = run_codec(resolved.mimi_weight, floor_frames, progress=progress)
+    codec = run_codec_isolated(resolved.mimi_weight, floor_frames, progress=progress)
     step = run_step(resolved, floor_steps, max_steps=max_steps, progress=progress)
 
     kw = dict(model=mopts, input=input_spec, output=output_spec, seconds=seconds,
@@ -149,15 +177,24 @@ def run_pipeline(
     first_proc = tel.stage_all["processing"][0] if len(tel.stage_all["processing"]) else None
     busy = {}
     if duration > 0:
+        sums = breakdown.pop("_sums_s")
         busy = {
             "client_codec_work_percent": round(
-                100.0 * (sum(tel.stage_all["encode_work"]) + sum(tel.stage_all["decode_work"]))
-                / 1000.0 / duration, 1),
+                100.0 * (sums["encode_service"] + sums["decode_service"]) / duration, 1),
             "server_model_work_percent": round(
                 100.0 * sum(tel.stage_all["model"]) / 1000.0 / duration, 1),
         }
+    else:
+        breakdown.pop("_sums_s")
+    # CPU one frame needs at full speed: codec CPU time (all rustymimi threads) + model step.
+    demand = None
+    codec_cpu = codec["sync"].get("cpu_ms_per_frame")
+    if codec_cpu is not None and step_p50 is not None and step.get("cpu_percent") is not None:
+        demand = round((codec_cpu + step_p50 * step["cpu_percent"] / 100.0) / FRAME_MS, 2)
     c = stats["counters"]
     summary = {
+        "cpu_demand_cores": demand,
+        "cpus": os.cpu_count(),
         "floor_ms": floor,
         "floor_stream_ms": floor_stream,
         "processing_p50_ms": proc["p50"],
@@ -184,7 +221,7 @@ def run_pipeline(
         from .trace import write_trace
 
         write_trace(trace, tel)
-    verdicts = diagnose(stats)
+    verdicts = diagnose({"session": stats, "frame_breakdown_ms": breakdown, "summary": summary})
     return {
         "model": resolved.label,
         "floor": {"codec": codec, "step": step},

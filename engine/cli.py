@@ -29,6 +29,10 @@ def dispatch(argv: list[str] | None, run_app=None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "serve":
+        from .serve import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     cfg = session_config(args)
     if args.headless or run_app is None:

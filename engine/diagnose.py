@@ -31,6 +31,8 @@ JITTER_WARN_MS = 15.0  # processing p99 - p50 (issue target)
 BACKLOG_WARN_FRAMES = 1  # (playback - processing) p50 // 80 ms: frames waiting to be played
 BACKLOG_BAD_FRAMES = 2
 RISING_WINDOW_S = 5.0  # Diagnoser: drops/underruns counted over this many seconds
+CPU_DEMAND_WARN_FRACTION = 0.7  # bench: codec + model CPU per frame above this share of the cores
+CPU_DEMAND_BAD_FRACTION = 1.0
 
 LEVELS = ("ok", "warn", "bad")
 _RANK = {lvl: i for i, lvl in enumerate(LEVELS)}
@@ -54,6 +56,7 @@ class _View:
     error: str | None
     elapsed_s: float
     model_label: str
+    cpu_demand: tuple[float, int] | None = None  # (cores one frame needs, cores), bench only
 
 
 def _view(x) -> _View:
@@ -66,14 +69,26 @@ def _view(x) -> _View:
             model_label=str((x.info or {}).get("model", "")),
         )
     if isinstance(x, dict):
+        breakdown = x.get("frame_breakdown_ms") or {}
+        summary = x.get("summary") or {}
+        demand = None
+        if summary.get("cpu_demand_cores") is not None and summary.get("cpus"):
+            demand = (float(summary["cpu_demand_cores"]), int(summary["cpus"]))
         if "stages_ms" not in x and isinstance(x.get("session"), dict):
             x = x["session"]  # a bench pipeline result
+        stages = dict(x.get("stages_ms") or x.get("stage_stats") or {})
+        # A bench pipeline result also has the codec *service* times (submission waits inside
+        # rustymimi removed): the better measure of codec work.
+        for work, service in (("encode_work", "encode_service"), ("decode_work", "decode_service")):
+            if (breakdown.get(service) or {}).get("n"):
+                stages[work] = breakdown[service]
         return _View(
-            stages=x.get("stages_ms") or x.get("stage_stats") or {},
+            stages=stages,
             counters=dict(x.get("counters") or {}),
             error=x.get("error"),
             elapsed_s=float(x.get("duration_s") or x.get("elapsed_s") or 0.0),
             model_label=str((x.get("model") or {}).get("model", "")),
+            cpu_demand=demand,
         )
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
 
@@ -142,6 +157,13 @@ def diagnose(x, previous=None) -> list[Verdict]:
             add("warn", "compute_sum",
                 f"encode + model + decode = {_ms(total)} > {BUDGET_MS:.0f} ms: the machine cannot "
                 "run codec + model in one frame (real time holds only while the stages overlap)")
+
+    if v.cpu_demand is not None:
+        need, cores = v.cpu_demand
+        if need > CPU_DEMAND_WARN_FRACTION * cores:
+            add("bad" if need > CPU_DEMAND_BAD_FRACTION * cores else "warn", "cpu_demand",
+                f"codec + model need {need:.1f} of the {cores} CPU cores every frame (isolated "
+                "figures): no headroom for real time on this machine")
 
     # --- waiting: time spent between the work ----------------------------------------------
     waits = False
@@ -266,15 +288,13 @@ class Diagnoser:
 
     def update(self, snap) -> list[Verdict]:
         v = _view(snap)
-        prev = None
-        while self._hist and v.elapsed_s - self._hist[0][0] > self.window_s:
+        # Baseline: the newest snapshot at least window_s old (or the oldest one there is).
+        while len(self._hist) >= 2 and v.elapsed_s - self._hist[1][0] >= self.window_s:
             self._hist.popleft()
-        if self._hist:
-            prev = self._hist[0][1]
+        prev = self._hist[0][1] if self._hist else None
         self._hist.append((v.elapsed_s, snap))
         if prev is None:
-            # No history yet: compare with an empty session so a first look reports totals.
-            return diagnose(snap)
+            return diagnose(snap)  # first look: counters are judged by their totals
         return diagnose(snap, previous=prev)
 
     def line(self, snap) -> str:

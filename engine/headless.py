@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+from .diagnose import Diagnoser, verdict_line
 from .session import Session
 from .stats import build_stats, status_line, write_json_atomic
 
@@ -48,6 +49,8 @@ def run_headless(args, cfg, out=sys.stdout) -> int:
     last_state = None
     try:
         session.start()
+        diag = Diagnoser()
+        last_verdict: tuple = ()
         next_status = time.monotonic() + 1.0
         while not session.wait(0.1):
             snap = session.snapshot()
@@ -57,6 +60,11 @@ def run_headless(args, cfg, out=sys.stdout) -> int:
             if snap.state == "live" and time.monotonic() >= next_status:
                 next_status += 1.0
                 print(status_line(snap), file=out, flush=True)
+                verdicts = diag.update(snap)
+                rules = tuple(v.rule for v in verdicts)
+                if rules != last_verdict:  # the diagnosis, in plain words, when it changes
+                    last_verdict = rules
+                    print(f"  diagnosis: {verdict_line(verdicts)}", file=out, flush=True)
     except KeyboardInterrupt:
         interrupted = True
         session.request_stop()

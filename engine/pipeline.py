@@ -223,6 +223,11 @@ class ClientPipeline:
                 return
             rec.t_enc = time.monotonic_ns()
             self._enc_pending.popleft()
+            # rustymimi encodes one frame at a time, in order: a frame submitted while this one
+            # was encoding starts its own work now (the wait belongs to "input wait").
+            if self._enc_pending:
+                nxt = self._enc_pending[0]
+                nxt.t_enc0 = max(nxt.t_enc0, rec.t_enc)
             self._enc_room.set()
             self._sent += 1
             try:
@@ -256,16 +261,14 @@ class ClientPipeline:
                     tel.add_token(piece, text_token, step, t1)
                 if audio is None:
                     tel.count("delay_steps")
-                    for name in ("encode", "uplink", "queue", "model"):
-                        ms = rec.stages_ms().get(name)
-                        if ms is not None:
-                            tel.add_stage(name, ms)
+                    self._fold_server_stages(rec)
                     tel.frame_retired(rec)
                     continue
                 if len(self._dec_pending) >= self.codec_max:
                     # The decoder is behind: skip this frame rather than queue stale audio.
                     tel.count("drops_decode")
                     tel.warn("output dropped: decoder behind real time")
+                    self._fold_server_stages(rec)
                     tel.frame_retired(rec)
                     continue
                 rec.has_audio = True
@@ -280,6 +283,12 @@ class ClientPipeline:
                 self._server_died(msg[1])
                 return
 
+    def _fold_server_stages(self, rec: FrameRecord) -> None:
+        """Stages up to the model step of a frame whose audio will not be decoded."""
+        for name, ms in rec.stages_ms().items():
+            if name in ("encode", "uplink", "queue", "model", "encode_work"):
+                self.tel.add_stage(name, ms)
+
     def _recv_loop(self) -> None:
         """rustymimi decoded PCM -> output q."""
         while not self.stop_ev.is_set():
@@ -293,6 +302,9 @@ class ClientPipeline:
                 return
             rec.t_dec = time.monotonic_ns()
             self._dec_pending.popleft()
+            if self._dec_pending:
+                nxt = self._dec_pending[0]
+                nxt.t_dec0 = max(nxt.t_dec0, rec.t_dec)
             self.tel.frame_decoded(rec)
             pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
             self.output_q.append((rec, pcm))

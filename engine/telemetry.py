@@ -296,6 +296,12 @@ class Telemetry:
         return (self.t_first_out - self.t_start) / 1e6
 
     @property
+    def first_frame_processing_ms(self) -> float | None:
+        """Processing (capture to PCM) of the first decoded frame."""
+        a = self.stage_all["processing"]
+        return a[0] if len(a) else None
+
+    @property
     def startup_ms(self) -> float | None:
         """Launch to first processed frame."""
         if self.t_first_out is None:

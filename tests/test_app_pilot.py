@@ -11,6 +11,7 @@ import time
 
 import psutil
 import pytest
+from textual.widgets import Input
 
 from engine.options import build_parser, session_config
 from engine.session import Session
@@ -19,7 +20,6 @@ from tui.screens.error import ErrorScreen
 from tui.screens.export import ExportScreen
 from tui.widgets.latency import StageRow
 from tui.widgets.queues import QueueRow
-from tui.widgets.spark import Spark
 from tui.widgets.transcript import Paragraph
 
 pytestmark = pytest.mark.pilot
@@ -27,10 +27,10 @@ pytest_plugins = ["conftest_models"]
 
 
 def make_app(tmp_path, *argv: str) -> MoshiApp:
-    args = build_parser().parse_args(list(argv))
-    cfg = session_config(args)
-    return MoshiApp(lambda: Session(cfg), session_dir=tmp_path / "session",
-                    options={k: v for k, v in vars(args).items()})
+    args = build_parser().parse_args([*argv, "--session-dir", str(tmp_path / "session")])
+    session = Session(session_config(args))
+    session.prepare()  # as run_app does: the folder exists before the app starts
+    return MoshiApp(lambda: session)
 
 
 async def wait_for(pilot, condition, timeout: float, what: str) -> None:
@@ -72,14 +72,14 @@ async def test_live_session_feeds_every_panel_and_exports(tmp_path, demo_cache, 
         await wait_for(pilot, lambda: app.snapshot.frames_processed >= 15, 20, "15 processed frames")
         for row in app.query(StageRow):
             if row.stage != "playback":
-                assert row.query_one(Spark).data, f"no data in the {row.stage} sparkline"
-                assert row.query_one(".p50").render().plain.strip() not in ("", "–")
-        history_before = {r.queue: len(r.query_one(Spark).data) for r in app.query(QueueRow)}
+                assert row.history, f"no data in the {row.stage} sparkline"
+                assert row.numbers[0][0].strip() not in ("", "–")
+                assert any(ch in str(row.render()) for ch in "▁▂▃▄▅▆▇█")
+        history_before = {r.queue: len(r.history) for r in app.query(QueueRow)}
         await pilot.pause(1.0)
         for row in app.query(QueueRow):
-            assert len(row.query_one(Spark).data) > history_before[row.queue], row.queue
-            now = row.query_one(".now").render().plain.strip()
-            assert now.isdigit()
+            assert len(row.history) > history_before[row.queue], row.queue
+            assert row.numbers[0][0].isdigit()
 
         # each key toggles its panel
         for key, selector in (("l", "#latency"), ("u", "#queues"), ("g", "#log")):
@@ -89,19 +89,25 @@ async def test_live_session_feeds_every_panel_and_exports(tmp_path, demo_cache, 
             await pilot.press(key)
             assert app.query_one(selector).display is before, key
 
-        # export, both formats, with the session's real content
+        # export, both formats, with the session's real content (to names the engine's own
+        # session files -- rewritten every 2 s -- do not use)
+        folder = tmp_path / "session"
         await pilot.press("e")
         assert isinstance(app.screen, ExportScreen)
+        path_input = app.screen.query_one("#export-path", Input)
+        assert path_input.value == str(folder / "transcript.md")  # default: the session folder
+        path_input.value = str(tmp_path / "export.md")
         await pilot.press("enter")
         await app.workers.wait_for_complete()
         await pilot.press("e")
+        app.screen.query_one("#export-path", Input).value = str(tmp_path / "export.md")
         await pilot.click("#fmt-json")
+        assert app.screen.query_one("#export-path", Input).value == str(tmp_path / "export.json")
         await pilot.click("#export")
         await app.workers.wait_for_complete()
         await pilot.pause()
-        folder = tmp_path / "session"
-        md = (folder / "transcript.md").read_text()
-        doc = json.loads((folder / "transcript.json").read_text())
+        md = (tmp_path / "export.md").read_text()
+        doc = json.loads((tmp_path / "export.json").read_text())
         first_para = app.transcript.query(Paragraph).first().words.strip()
         assert " ".join(first_para.split()[:3]) in md
         assert "model step" in md and "demo" in md

@@ -20,7 +20,6 @@ from tui.screens.export import ExportScreen
 from tui.screens.help import HelpScreen
 from tui.widgets.latency import LatencyPanel, StageRow
 from tui.widgets.queues import QueueRow
-from tui.widgets.spark import Spark
 from tui.widgets.status_bar import StatusBar
 from tui.widgets.transcript import Paragraph, TranscriptView
 
@@ -72,10 +71,12 @@ async def test_loading_then_live_transcript_and_panels(tmp_path):
         assert first.startswith("[00:00] Hello, I'm Moshi.")
         assert app.transcript.count == len(app.session.tel.tokens)
         for row in app.query(StageRow):
-            assert len(row.query_one(Spark).data) == 250  # a full 20 s window
-        assert app.query_one("#stage-model .p50").render().plain.strip() == "14.3"
-        assert app.query_one("#queue-output .now").render().plain.strip() in {"0", "1", "2"}
-        assert len(app.query_one("#queue-input", QueueRow).query_one(Spark).data) == 250
+            assert len(row.history) == 250  # a full 20 s window
+        model = app.query_one("#stage-model", StageRow)
+        assert model.numbers[0][0].strip() == "14.3"
+        assert str(model.render()).split()[-3:] == ["14.3", "16.6", "17.3"]  # p50 p95 p99
+        assert app.query_one("#queue-output", QueueRow).numbers[0][0] in {"0", "1", "2"}
+        assert len(app.query_one("#queue-input", QueueRow).history) == 250
         assert "underruns 2" in str(app.query_one("#counters").render())
 
 
@@ -95,7 +96,7 @@ async def test_panel_keys_toggle_and_side_column_goes_when_empty(tmp_path):
         await pilot.press("l", "u", "g")
         assert latency.display and queues.display and not log.display
         # a panel that was hidden shows current data as soon as it comes back
-        assert app.query_one("#stage-encode .p95").render().plain.strip() != ""
+        assert app.query_one("#stage-encode", StageRow).numbers[1][0].strip() not in ("", "–")
 
 
 async def test_wide_screen_shows_the_log_and_p99(tmp_path):
@@ -104,7 +105,7 @@ async def test_wide_screen_shows_the_log_and_p99(tmp_path):
         await play(pilot)
         assert app.screen.has_class("-wide")
         assert app.query_one("#log").display
-        assert app.query_one("#stage-encode .p99").display
+        assert len(str(app.query_one("#stage-encode", StageRow).render()).split()) == 5  # with p99
         text = log_text(app)
         for needle in ("loading — resolving model files", "live", "warning: input dropped",
                        "LAG: output underrun", "context full"):
@@ -116,7 +117,7 @@ async def test_narrow_and_stacked_layouts(tmp_path):
     async with app.run_test(size=(80, 24)) as pilot:
         await play(pilot)
         assert app.screen.has_class("-narrow")
-        assert not app.query_one("#stage-encode .p99").display
+        assert len(str(app.query_one("#stage-encode", StageRow).render()).split()) == 4  # no p99
         side, conv = app.query_one("#side"), app.query_one("#conversation")
         assert side.region.x > conv.region.x  # side by side
         assert conv.region.width >= 30
@@ -368,6 +369,16 @@ def test_spark_buckets_keep_spikes():
 
     assert buckets([1, 2, 3], 5) == [1, 2, 3]
     assert buckets([1, 9, 1, 1, 1, 1], 3) == [9, 1, 1]
+
+
+def test_spark_scale_and_colours():
+    from tui.widgets.spark import budget_style, spark
+
+    line = spark([0.0, 40.0, 80.0, 160.0], 6, floor=80.0, style=budget_style(64.0, 80.0))
+    assert line.plain == "  ▁▂▄█"  # right-aligned, scale 0..max(floor, data), ▄ = half
+    styles = {str(span.style) for span in line.spans}
+    assert {"$text-success", "bold $text-error"} <= styles
+    assert spark([1.0, 1.0], 3, floor=80.0).plain == " ▁▁"  # small values stay small
 
 
 def test_latency_rows_are_the_issue_stages():

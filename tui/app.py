@@ -9,6 +9,7 @@ and no audio or codec thread ever touches a widget.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from textual.widgets import Footer, RichLog
 from textual.worker import Worker, WorkerState
 
 from engine.errors import MoshiTuiError
-from engine.export import default_session_dir, export, write_session_files
+from engine.export import export, write_session_files
 from engine.stats import build_stats
 from engine.telemetry import Snapshot
 
@@ -78,36 +79,42 @@ class MoshiApp(App[int]):
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False)
+    snapshot: reactive[Snapshot | None] = reactive(None, init=False, repaint=False)
     """Latest telemetry snapshot; every panel is bound to it."""
-    show_latency: reactive[bool] = reactive(True)
+    show_latency: reactive[bool] = reactive(True, repaint=False)
     """Latency panel visible."""
-    show_queues: reactive[bool] = reactive(True)
+    show_queues: reactive[bool] = reactive(True, repaint=False)
     """Queues panel visible."""
-    show_log: reactive[bool] = reactive(False)
+    show_log: reactive[bool] = reactive(False, repaint=False)
     """Log panel visible (on by default on wide screens)."""
-    paused: reactive[bool] = reactive(False)
+    paused: reactive[bool] = reactive(False, repaint=False)
     """Display frozen; the session keeps running."""
-    muted: reactive[bool] = reactive(False, init=False)
+    muted: reactive[bool] = reactive(False, init=False, repaint=False)
     """Microphone muted."""
-    lag: reactive[bool] = reactive(False)
+    lag: reactive[bool] = reactive(False, repaint=False)
     """Underruns in the last LAG_HOLD_S seconds."""
-    alert: reactive[str] = reactive("")
+    alert: reactive[str] = reactive("", repaint=False)
     """The latest warning, while recent."""
-    stopping: reactive[bool] = reactive(False)
+    stopping: reactive[bool] = reactive(False, repaint=False)
     """Quit requested: the session is shutting down and its files are being written."""
 
     def __init__(self, session_factory: Callable[[], SessionLike], *, session_dir: Path | None = None,
                  options: dict | None = None, clock: Callable[[], float] = time.monotonic,
-                 refresh_hz: float = REFRESH_HZ, show_log: bool | None = None) -> None:
+                 refresh_hz: float = REFRESH_HZ, show_log: bool | None = None,
+                 handle_signals: bool = False) -> None:
         super().__init__()
         start_resource_tracker()  # before Textual captures sys.stderr (see stderr_guard)
         self.session = session_factory()
-        self.session_dir = Path(session_dir) if session_dir else default_session_dir()
-        self.options = options or {}
+        # The engine's session folder when it keeps one; None with --no-save (nothing is written
+        # unless asked: exports and screenshots then default to the current folder).
+        folder = getattr(self.session, "folder", None) or session_dir
+        self.session_dir: Path | None = Path(folder) if folder else None
+        self.options = options if options is not None else dict(getattr(getattr(self.session, "cfg", None),
+                                                                        "options", None) or {})
         self.clock = clock
         self.refresh_hz = refresh_hz
         self._show_log_default = show_log
+        self._handle_signals = handle_signals
         self.started_at = _dt.datetime.now()
         self.saved_files: list[Path] = []
         self.shutdown_error: str | None = None
@@ -154,17 +161,35 @@ class MoshiApp(App[int]):
         self.event_log.border_title = "Log"
         show_log = self._show_log_default
         self.show_log = self.size.width >= 120 if show_log is None else show_log
-        try:
-            self.session_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            self.log_event(f"cannot create the session folder {self.session_dir}: {e}", "bold red")
-        self.log_event(f"session folder: {self.session_dir}")
+        if self.session_dir is not None:
+            try:
+                self.session_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                self.log_event(f"cannot create the session folder {self.session_dir}: {e}", "bold red")
+            self.log_event(f"session folder: {self.session_dir}")
         try:
             self.session.start()
         except MoshiTuiError as e:
             self._show_error(str(e))
         self.poll()
         self.set_interval(1.0 / self.refresh_hz, self.poll, name="snapshot")
+        if self._handle_signals:
+            self._install_signal_handlers()
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM/SIGHUP (kill, terminal closed) quit like `q`: the session files get written."""
+        import asyncio
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                loop.add_signal_handler(sig, lambda: self.call_next(self.action_quit))
+            except (NotImplementedError, RuntimeError):  # not on this platform/loop
+                pass
 
     # ------------------------------------------------------------------ the 8 Hz refresh
     def poll(self) -> None:
@@ -273,7 +298,7 @@ class MoshiApp(App[int]):
 
     def action_screenshot(self) -> None:
         try:
-            path = self.save_screenshot(path=str(self.session_dir))
+            path = self.save_screenshot(path=str(self.files_dir))
         except OSError as e:
             self.notify(f"screenshot failed: {e}", severity="error")
             return
@@ -281,6 +306,11 @@ class MoshiApp(App[int]):
         self.notify(f"Screenshot saved to {path}", title="Screenshot")
 
     # ------------------------------------------------------------------ export
+    @property
+    def files_dir(self) -> Path:
+        """Where exports and screenshots go by default."""
+        return self.session_dir or Path.cwd()
+
     def collect_stats(self) -> dict:
         """The session summary (engine.stats) with the wall-clock start the exports show."""
         s = self.session
@@ -292,7 +322,7 @@ class MoshiApp(App[int]):
     def action_export(self) -> None:
         if self.stopping:
             return
-        self.push_screen(ExportScreen(self.session_dir), callback=self._export_chosen)
+        self.push_screen(ExportScreen(self.files_dir), callback=self._export_chosen)
 
     def _export_chosen(self, choice: ExportChoice | None) -> None:
         if choice is not None:
@@ -315,9 +345,17 @@ class MoshiApp(App[int]):
 
     def _shutdown_session(self) -> list[Path]:
         self.session.stop()
-        stats = self.collect_stats()
-        self.saved_files = write_session_files(self.session_dir, stats)
+        self.write_session_files()
         return self.saved_files
+
+    def write_session_files(self) -> None:
+        """Leave the transcript in the session folder, unless the engine's recorder already did."""
+        if self.session_dir is None:
+            return
+        if getattr(self.session, "recorder", None) is not None:  # written by Session.stop()
+            self.saved_files = [self.session_dir / n for n in ("transcript.md", "transcript.json", "stats.json")]
+            return
+        self.saved_files = write_session_files(self.session_dir, self.collect_stats())
 
     def exit_code(self) -> int:
         snap = self.snapshot
@@ -345,27 +383,42 @@ class MoshiApp(App[int]):
                 self._show_error(message, title="Internal error")
 
 
+def _check_writable(path: str | None, what: str) -> None:
+    """Fail before the screen switches, not after the session, when an output cannot be written."""
+    import os
+
+    if not path:
+        return
+    p = Path(path).expanduser()
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise MoshiTuiError(f"cannot write {what} {path}: folder {parent} does not exist", exit_code=2)
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise MoshiTuiError(f"cannot write {what} {path}: permission denied", exit_code=2)
+
+
 def run_app(args, cfg) -> int:
-    """`moshi-tui` without --headless: validate, run the app, then report where the files went."""
+    """`moshi-tui` without --headless: validate, run the app, then say where the files are."""
+    import tempfile
+
     from engine.session import Session
 
-    session_dir = Path(args.session_dir).expanduser() if getattr(args, "session_dir", None) else default_session_dir()
-    try:
-        session_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MoshiTuiError(f"cannot create the session folder {session_dir}: {e}", exit_code=2) from None
+    _check_writable(getattr(args, "stats_json", None), "stats to")
+    _check_writable(getattr(args, "trace", None), "trace to")
     session = Session(cfg)
-    session.prepare()  # bad devices/files fail here, before the screen switches
-    options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    app = MoshiApp(lambda: session, session_dir=session_dir, options=options)
+    session.prepare()  # bad devices/files/folders fail here, before the screen switches
+    folder = session.folder
+    err_log = (folder or Path(tempfile.gettempdir())) / (
+        "stderr.log" if folder else f"moshi-tui-{os.getpid()}-stderr.log")
+    app = MoshiApp(lambda: session, handle_signals=True)
     try:
-        with stderr_to_file(session_dir / "stderr.log"):
-            code = app.run()
+        with stderr_to_file(err_log):
+            app.run()
     finally:
         session.stop()  # idempotent; covers exits that bypassed the quit action
-    if not app.saved_files:  # the app died before writing: save what there is
+    if not app.saved_files:  # the app ended without its quit action (crash, signal)
         try:
-            app.saved_files = write_session_files(session_dir, app.collect_stats())
+            app.write_session_files()
         except Exception as e:  # noqa: BLE001 - report, do not mask the exit
             print(f"moshi-tui: error: could not save the session files: {e}", file=sys.stderr)
     if getattr(args, "stats_json", None):
@@ -376,12 +429,16 @@ def run_app(args, cfg) -> int:
         from engine.trace import write_trace
 
         write_trace(args.trace, session.tel)
+    if err_log.exists() and err_log.stat().st_size:
+        print(f"moshi-tui: messages printed by the engine and libraries are in {err_log}", file=sys.stderr)
+    elif err_log.exists() and folder is None:
+        err_log.unlink()
     if app.shutdown_error:
         print(f"moshi-tui: error while saving: {app.shutdown_error}", file=sys.stderr)
     snap = session.snapshot()
+    if folder is not None:
+        print(f"session files: {folder}")
     if snap.error:
         print(f"moshi-tui: error: {snap.error}", file=sys.stderr)
-    print(f"session saved in {session_dir}")
-    if isinstance(code, int):
-        return code
-    return (session.exit_code or 1) if snap.error else 0
+        return session.exit_code or 1
+    return app.return_code or 0

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.reactive import reactive
-from textual.widgets import Label, Static
 
 from engine.telemetry import Snapshot
 
 from ..format import FRAME_BUDGET_MS, NEAR_BUDGET, budget_level, ms
-from .spark import Spark
+from .spark import budget_style, spark
+from .table_row import HeaderRow, PanelRow
 
 # stage -> (label, judged against the frame budget?)
 # Playback (mic -> speaker) includes the output buffer, so it is not a per-frame cost: shown
@@ -22,36 +24,25 @@ STAGES: dict[str, tuple[str, bool]] = {
     "processing": ("process", True),
     "playback": ("mic→spk", False),
 }
+LEVEL_STYLE = {"over": "bold $text-error", "near": "$text-warning", "ok": "", "none": "$text-muted"}
+BUDGET_BARS = budget_style(FRAME_BUDGET_MS * NEAR_BUDGET, FRAME_BUDGET_MS)
+PLAIN_BARS = budget_style(None, None)
 
 
-class StageRow(Horizontal):
-    """name | sparkline | p50 | p95 | p99 (p99 only on wide screens)."""
-
+class StageRow(PanelRow):
     def __init__(self, stage: str) -> None:
-        super().__init__(id=f"stage-{stage}", classes="row")
+        label, self.budgeted = STAGES[stage]
+        super().__init__(label, optional=1, id=f"stage-{stage}")
         self.stage = stage
-        self.label, self.budgeted = STAGES[stage]
 
-    def compose(self) -> ComposeResult:
-        yield Label(self.label, classes="name")
-        if self.budgeted:
-            yield Spark(floor=FRAME_BUDGET_MS, warn=FRAME_BUDGET_MS * NEAR_BUDGET, over=FRAME_BUDGET_MS)
-        else:
-            yield Spark(floor=FRAME_BUDGET_MS)
-        yield Static(classes="num p50")
-        yield Static(classes="num p95")
-        yield Static(classes="num p99 extra")
-
-    def show(self, history: list[float], stats: dict) -> None:
-        self.query_one(Spark).data = history
+    def update_from(self, history: list[float], stats: dict) -> None:
+        numbers = []
         for q in ("p50", "p95", "p99"):
-            cell = self.query_one(f".{q}", Static)
-            value = stats.get(q)
-            cell.update(ms(value))
-            if self.budgeted:
-                level = budget_level(value)
-                cell.set_class(level == "over", "-over")
-                cell.set_class(level == "near", "-near")
+            v = stats.get(q)
+            numbers.append((ms(v), LEVEL_STYLE[budget_level(v)] if self.budgeted else ""))
+        self.history = history
+        self.show(partial(spark, history, floor=FRAME_BUDGET_MS,
+                          style=BUDGET_BARS if self.budgeted else PLAIN_BARS), numbers)
 
 
 class LatencyPanel(Vertical):
@@ -61,12 +52,7 @@ class LatencyPanel(Vertical):
     """The latest telemetry snapshot (bound to the app's)."""
 
     def compose(self) -> ComposeResult:
-        with Horizontal(classes="row header"):
-            yield Label("stage", classes="name")
-            yield Label("last 20 s", classes="spark-head")
-            yield Label("p50", classes="num")
-            yield Label("p95", classes="num")
-            yield Label("p99", classes="num extra")
+        yield HeaderRow("stage", "last 20 s", ["p50", "p95", "p99"], optional=1)
         for stage in STAGES:
             yield StageRow(stage)
 
@@ -78,7 +64,7 @@ class LatencyPanel(Vertical):
         if snap is None or not self.display:
             return
         for row in self.query(StageRow):
-            row.show(snap.stage_history.get(row.stage, []), snap.stage_stats.get(row.stage, {}))
+            row.update_from(snap.stage_history.get(row.stage, []), snap.stage_stats.get(row.stage, {}))
         level = budget_level(snap.stage_stats.get("processing", {}).get("p95"))
         self.set_class(level == "over", "-over")
         self.set_class(level == "near", "-near")

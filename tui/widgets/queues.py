@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.reactive import reactive
-from textual.widgets import Label, Static
+from textual.widgets import Static
 
 from engine.telemetry import QUEUES, Snapshot
 
-from .spark import Spark
+from .spark import spark
+from .table_row import HeaderRow, PanelRow
 
 LABELS = {"input": "input", "c2s": "c→s", "s2c": "s→c", "output": "output"}
 COUNTERS = {"underruns": "underruns", "drops_input": "drops in", "drops_output": "drops out",
             "overruns": "overruns"}
 
 
-class QueueRow(Horizontal):
-    """name | history | depth now | max in the window."""
-
+class QueueRow(PanelRow):
     def __init__(self, queue: str) -> None:
-        super().__init__(id=f"queue-{queue}", classes="row")
+        super().__init__(LABELS[queue], id=f"queue-{queue}")
         self.queue = queue
 
-    def compose(self) -> ComposeResult:
-        yield Label(LABELS[self.queue], classes="name")
-        yield Spark(floor=4)
-        yield Static(classes="num now")
-        yield Static(classes="num peak")
-
-    def show(self, depth: int, history: list[int]) -> None:
-        self.query_one(Spark).data = history
-        self.query_one(".now", Static).update(f"{depth:>3d}")
-        self.query_one(".peak", Static).update(f"{max(history, default=0):>3d}")
+    def update_from(self, depth: int, history: list[int]) -> None:
+        self.history = history
+        self.show(partial(spark, history, floor=4),
+                  [(str(depth), "bold"), (str(max(history, default=0)), "")])
 
 
 class QueuesPanel(Vertical):
@@ -42,27 +37,27 @@ class QueuesPanel(Vertical):
     """The latest telemetry snapshot (bound to the app's)."""
 
     def compose(self) -> ComposeResult:
-        with Horizontal(classes="row header"):
-            yield Label("queue", classes="name")
-            yield Label("depth, last 20 s", classes="spark-head")
-            yield Label("now", classes="num")
-            yield Label("max", classes="num")
+        yield HeaderRow("queue", "depth, last 20 s", ["now", "max"])
         for q in QUEUES:
             yield QueueRow(q)
         yield Static(id="counters")
 
     def on_mount(self) -> None:
         self.border_title = "Queues (frames)"
+        self._counters_text = ""
 
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None or not self.display:
             return
         for row in self.query(QueueRow):
-            row.show(snap.queues.get(row.queue, 0), snap.queue_history.get(row.queue, []))
+            row.update_from(snap.queues.get(row.queue, 0), snap.queue_history.get(row.queue, []))
         parts = []
         keys = list(COUNTERS) + [k for k in snap.counters if k.startswith("drops_") and k not in COUNTERS]
         for key in keys:
             label = COUNTERS.get(key) or key.replace("drops_", "drops ")
             n = snap.counters.get(key, 0)
             parts.append(f"[$text-error b]{label} {n}[/]" if n else f"[dim]{label} {n}[/]")
-        self.query_one("#counters", Static).update("  ".join(parts))
+        text = "  ".join(parts)
+        if text != self._counters_text:  # a re-layout only when a counter changes
+            self._counters_text = text
+            self.query_one("#counters", Static).update(text)
