@@ -8,7 +8,7 @@ import threading
 import time
 
 from .diagnose import Diagnoser, verdict_line
-from .session import Session
+from .session import open_session
 from .stats import build_stats, status_line, write_json_atomic
 
 
@@ -31,7 +31,7 @@ def _check_writable(path: str | None, what: str) -> None:
 def run_headless(args, cfg, out=sys.stdout) -> int:
     _check_writable(args.stats_json, "stats to")
     _check_writable(args.trace, "trace to")
-    session = Session(cfg)
+    session = open_session(cfg)
     session.prepare()
 
     stop = threading.Event()

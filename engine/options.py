@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     add_session_options(p)
     p.add_argument("--headless", action="store_true", help="no UI: status lines on stdout")
+    p.add_argument("--remote", metavar="URL",
+                   help="talk to a Moshi server at ws(s)://HOST:PORT/api/chat (moshi.server, "
+                   "moshi_mlx.local_web, moshi-backend, moshi-tui serve) instead of running the model here")
     return p
 
 
@@ -87,4 +90,5 @@ def session_config(args) -> SessionConfig:
         session_dir=args.session_dir,
         save=not args.no_save,
         options={k: v for k, v in vars(args).items() if not k.startswith("_")},
+        remote=args.remote,
     )

@@ -22,7 +22,8 @@ What the telemetry holds in this mode (only what can be measured from here):
   queues        input: frames waiting to be encoded/sent; c2s: frames sent whose audio has not
                 come back yet; s2c: a partly received frame; output: the jitter buffer
   counters      + reconnects, drops_offline (frames captured while disconnected),
-                protocol_errors (messages from the server that break the protocol, discarded)
+                protocol_errors (messages from the server that break the protocol, discarded),
+                server_errors (0x05 error messages from the server, shown as warnings)
 Frames are paired with the audio that comes back in arrival order (the servers answer one frame
 per frame), which is what the trace shows; stages never depend on that pairing.
 
@@ -239,6 +240,8 @@ class RemoteSession:
         self._cpu0 = None
         self._t_live: float | None = None
         self._closing = False  # the session is ending: later frames are not part of it
+        self._connecting = False  # a websocket connection attempt is under way
+        self._conn_task: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> None:
@@ -373,11 +376,14 @@ class RemoteSession:
             self._end.set()
 
     def _finish(self, reason: str) -> None:
+        """End the session (called in the net loop)."""
         self._closing = True
         if not self.end_reason:
             self.end_reason = reason
         if self._end is not None:
             self._end.set()
+        if self._connecting and self._conn_task is not None:
+            self._conn_task.cancel()  # a connection attempt is not worth waiting for
 
     async def _main(self) -> None:
         import aiohttp
@@ -387,9 +393,13 @@ class RemoteSession:
         self._end = asyncio.Event()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as http:
+            self._conn_task = asyncio.create_task(self._connection_loop(http))
             watch = asyncio.create_task(self._watch())
             try:
-                await self._connection_loop(http)
+                await self._conn_task
+            except asyncio.CancelledError:
+                if not self._end.is_set():
+                    raise
             finally:
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)
@@ -404,6 +414,7 @@ class RemoteSession:
         while not self._end.is_set():
             tel.set_state("connecting" if first else "reconnecting", f"connecting to {self.url}")
             err = None
+            self._connecting = True
             try:
                 ws = await asyncio.wait_for(
                     http.ws_connect(self.url, autoping=False, max_msg_size=wsproto.MAX_TRANSPORT),
@@ -412,9 +423,11 @@ class RemoteSession:
             except aiohttp.WSServerHandshakeError as e:
                 err = f"the server refused the websocket (HTTP {e.status} {e.message})"
             except asyncio.TimeoutError:
-                err = f"no answer within {self.connect_timeout_s:.0f} s"
+                err = f"no answer within {self.connect_timeout_s:g} s"
             except (aiohttp.ClientError, OSError) as e:
                 err = _connect_error(e)
+            finally:
+                self._connecting = False
             if err is not None:
                 if first:
                     raise MoshiTuiError(f"cannot connect to {self.url}: {err}", exit_code=1)

@@ -223,10 +223,11 @@ class Conversation:
         self.pipeline.output_q = _NotifyingDeque(self._notify)
         self.pipeline.start()
         ws = self.ws
-        await ws.send_bytes(wsproto.encode_handshake())
-        await ws.send_bytes(wsproto.encode_metadata(self._server_metadata()))
-        tasks = [asyncio.create_task(c) for c in (self._reader(), self._writer(), self._watchdog())]
-        try:
+        tasks = []
+        try:  # from here on the pipeline must be stopped whatever happens (it shares the pipe)
+            await ws.send_bytes(wsproto.encode_handshake())
+            await ws.send_bytes(wsproto.encode_metadata(self._server_metadata()))
+            tasks = [asyncio.create_task(c) for c in (self._reader(), self._writer(), self._watchdog())]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 exc = None if t.cancelled() else t.exception()

@@ -36,6 +36,16 @@ class SessionConfig:
     session_dir: str | None = None  # None: a new folder under the user data dir
     save: bool = True  # write the session folder (recordings, transcript, stats)
     options: dict = field(default_factory=dict)  # the command line, recorded in stats
+    remote: str | None = None  # ws(s)://HOST:PORT/api/chat: a remote Moshi server runs the model
+
+
+def open_session(cfg: SessionConfig, telemetry: Telemetry | None = None):
+    """A local `Session`, or an `engine.remote.RemoteSession` (same interface) with cfg.remote."""
+    if cfg.remote:
+        from .remote import RemoteSession
+
+        return RemoteSession(cfg, cfg.remote, telemetry)
+    return Session(cfg, telemetry)
 
 
 class Session:

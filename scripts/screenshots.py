@@ -5,7 +5,8 @@
 
 Drives `tui.app.MoshiApp` on a real `engine.session.Session` (`--demo`, input = WAV,
 output = null) with Textual's `run_test`, and saves what the app shows with `save_screenshot`:
-main.svg (140x42), latency.svg (queues hidden), queues.svg (latency hidden), main-80x24.svg.
+main.svg (140x42), latency.svg (queues hidden), queues.svg (latency hidden), main-80x24.svg,
+and loading.svg when the model takes long enough to load to be seen.
 Each SVG is also converted to PNG when `rsvg-convert` (apt: librsvg2-bin) or cairosvg exists.
 """
 
@@ -56,6 +57,11 @@ async def shoot(out: Path, wav: Path, seconds: float) -> list[Path]:
         shots.append(Path(app.save_screenshot(filename=name, path=str(out))))
 
     async with app.run_test(size=WIDE) as pilot:
+        # the start-up checklist, if loading lasts long enough to be seen (a cold demo cache)
+        await _wait(pilot, lambda: app.snapshot is not None
+                    and (len(app.loading.steps) >= 2 or app.snapshot.state == "live"), 120, "loading")
+        if app.snapshot.state != "live":
+            save("loading.svg")
         await _wait(pilot, lambda: app.snapshot is not None and app.snapshot.state == "live", 120, "live")
         await _wait(pilot, lambda: app.snapshot.elapsed_s >= seconds and app.transcript.count >= 5,
                     seconds + 30, "the conversation")

@@ -386,3 +386,38 @@ def test_latency_rows_are_the_issue_stages():
 
     assert list(STAGES) == ["encode", "model", "decode", "processing", "playback"]
     assert LatencyPanel  # imported for the side effect of checking the module loads
+
+
+def test_monitor_lag_episodes_and_first_error():
+    import dataclasses
+
+    from tui.monitor import LAG_HOLD_S, Monitor
+
+    base = ReplaySession().snapshot()
+    snap = lambda **kw: dataclasses.replace(base, **kw)  # noqa: E731
+    m = Monitor()
+    m.observe(snap(counters={"underruns": 0}), 0.0)
+    assert not m.lag
+    events = m.observe(snap(counters={"underruns": 1}), 1.0)
+    assert m.lag and [e.text for e in events] == ["LAG: output underrun (1 in total)"]
+    assert m.observe(snap(counters={"underruns": 3}), 2.0) == []  # same episode: no new line
+    m.observe(snap(counters={"underruns": 3}), 2.0 + LAG_HOLD_S + 0.1)
+    assert not m.lag
+    events = m.observe(snap(error="boom", state="error"), 10.0)
+    assert m.error == "boom" and [e.text for e in events] == ["error: boom"]
+    m.observe(snap(error="other", state="error"), 11.0)
+    assert m.error == "boom"
+
+
+async def test_transcript_keeps_the_last_paragraphs(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        view: TranscriptView = app.transcript
+        view.max_paragraphs = 3
+        view.add_tokens([Token(f" p{i}", 1, i, 3000.0 * i) for i in range(2)])
+        await pilot.pause()
+        view.add_tokens([Token(f" p{i}", 1, i, 3000.0 * i) for i in range(2, 6)])
+        await pilot.pause()
+        assert [p.words.strip() for p in view.query(Paragraph)] == ["p3", "p4", "p5"]
+        assert view.query("#trimmed") and view.children[0].id == "trimmed"
+        assert view.count == 6

@@ -141,12 +141,27 @@ class SpecClient:
                 self.pings.append(payload)
         self.closed.set()
 
-    async def send_audio(self, frames: np.ndarray, pace_s: float = 0.08):
+    async def send_audio(self, frames: np.ndarray, pace_s: float = 0.08, per_page: bool = False):
+        """80 ms frames, one message each; per_page: one message per Ogg page, as Kyutai's web
+        client (opus-recorder, streamPages) and Rust CLI send them (40 ms of audio each)."""
         for f in frames:
             ogg = self.writer.append_pcm(f.astype(np.float32))
-            if ogg:
-                await self.ws.send_bytes(b"\x01" + ogg)
-            await asyncio.sleep(pace_s)
+            chunks = _split_ogg_pages(ogg) if per_page else [ogg]
+            for chunk in chunks:
+                await self.ws.send_bytes(b"\x01" + chunk)
+                await asyncio.sleep(pace_s / len(chunks))
+
+
+def _split_ogg_pages(data: bytes) -> list[bytes]:
+    """Ogg framing (RFC 3533): 27-byte header, segment table, body of sum(table) bytes."""
+    pages, pos = [], 0
+    while pos < len(data):
+        assert data[pos:pos + 4] == b"OggS"
+        nseg = data[pos + 26]
+        size = 27 + nseg + sum(data[pos + 27: pos + 27 + nseg])
+        pages.append(data[pos: pos + size])
+        pos += size
+    return pages
 
 
 async def _until(cond, timeout: float) -> bool:
@@ -173,7 +188,7 @@ async def test_spec_client_conversation(serve, speech_wav):
             assert meta["instance_name"] == "moshi-tui serve" and meta["moshi_tui"]["model"] == "demo (bf16)"
             rx = asyncio.create_task(c.receive_all())
             await ws.send_bytes(b"\x06nonce-1")  # the app-level ping is echoed
-            await c.send_audio(_speech_frames(speech_wav, 2.0))
+            await c.send_audio(_speech_frames(speech_wav, 2.0), per_page=True)
             assert await _until(lambda: c.samples >= 10 * FRAME and c.texts, 10), (c.samples, c.texts)
             await ws.close()
             await asyncio.wait_for(rx, 10)
@@ -250,13 +265,18 @@ async def test_one_conversation_at_a_time(serve):
     async with aiohttp.ClientSession() as http:
         a = await http.ws_connect(serve.url)
         assert (await SpecClient(a).first(1))[0][0] == 0x00
+        gone = await http.ws_connect(serve.url)  # waits for its turn, then gives up
+        await asyncio.sleep(0.2)
         b = await http.ws_connect(serve.url)  # accepted, but waits for its turn
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(b.receive(), 1.0)
+        closing = asyncio.create_task(gone.close())  # its close frame waits in the socket
         await a.close()
-        (handshake,) = await SpecClient(b).first(1, timeout=20)
+        (handshake,) = await SpecClient(b).first(1, timeout=30)
         assert handshake[0] == 0x00
         await b.close()
+        await asyncio.wait_for(closing, 10)
+    assert serve.proc.poll() is None
 
 
 def test_our_client_against_serve(serve, speech_wav, tmp_path):

@@ -28,21 +28,20 @@ from engine.export import export, write_session_files
 from engine.stats import build_stats
 from engine.telemetry import Snapshot
 
+from .format import clock as fmt_clock
+from .monitor import Monitor
 from .screens.error import ErrorScreen
 from .screens.export import ExportChoice, ExportScreen
 from .screens.help import HelpScreen
+from .stderr_guard import start_resource_tracker, stderr_to_file
 from .widgets.latency import LatencyPanel
 from .widgets.levels import LevelMeter
 from .widgets.loading import LoadingView
 from .widgets.queues import QueuesPanel
 from .widgets.status_bar import StatusBar
-from .stderr_guard import start_resource_tracker, stderr_to_file
 from .widgets.transcript import TranscriptView
 
 REFRESH_HZ = 8
-LAG_HOLD_S = 3.0  # the LAG badge stays this long after the last underrun
-ALERT_HOLD_S = 8.0  # a new engine warning stays in the status bar this long
-WARNING_REPEAT_S = 5.0  # the same warning is logged at most this often
 
 
 class SessionLike(Protocol):
@@ -92,7 +91,7 @@ class MoshiApp(App[int]):
     muted: reactive[bool] = reactive(False, init=False, repaint=False)
     """Microphone muted."""
     lag: reactive[bool] = reactive(False, repaint=False)
-    """Underruns in the last LAG_HOLD_S seconds."""
+    """Underruns in the last few seconds (see tui.monitor)."""
     alert: reactive[str] = reactive("", repaint=False)
     """The latest warning, while recent."""
     stopping: reactive[bool] = reactive(False, repaint=False)
@@ -119,15 +118,7 @@ class MoshiApp(App[int]):
         self.saved_files: list[Path] = []
         self.shutdown_error: str | None = None
         self._t0 = clock()
-        self._last_state: tuple[str, str] | None = None
-        self._went_live = False
-        self._warnings: list[str] = []
-        self._warned_at: dict[str, float] = {}
-        self._warn_repeats: dict[str, int] = {}
-        self._underruns = 0
-        self._lag_until = 0.0
-        self._alert_until = 0.0
-        self._error_shown = False
+        self.monitor = Monitor()
         self._ended_logged = False
         self._stop_requested = False
         self._ui_ready = False  # set once the main screen is composed
@@ -206,43 +197,14 @@ class MoshiApp(App[int]):
 
     def _observe(self, snap: Snapshot) -> None:
         """Turn changes between snapshots into log lines, badges and the error modal."""
-        now = self.clock()
-        state = (snap.state, snap.state_detail)
-        if state != self._last_state:
-            if snap.state != "error":
-                detail = f" — {snap.state_detail}" if snap.state_detail else ""
-                self.log_event(f"{snap.state}{detail}", "green" if snap.state == "live" else "")
-            self._last_state = state
-        if snap.state == "live" and not self._went_live:
-            self._went_live = True
+        had_error = self.monitor.error is not None
+        for event in self.monitor.observe(snap, self.clock()):
+            self.log_event(event.text, event.style)
+        self.lag, self.alert = self.monitor.lag, self.monitor.alert
+        if self.monitor.live:
             self.main_screen.add_class("-live")
-            if snap.startup_ms is not None:
-                self.log_event(f"first frame {snap.startup_ms / 1000:.1f} s after launch")
-        from .format import new_items
-
-        for w in new_items(self._warnings, snap.warnings):
-            self.alert, self._alert_until = w, now + ALERT_HOLD_S
-            last = self._warned_at.get(w)
-            if last is not None and now - last < WARNING_REPEAT_S:  # repeats: count, log later
-                self._warn_repeats[w] = self._warn_repeats.get(w, 0) + 1
-                continue
-            repeats = self._warn_repeats.pop(w, 0)
-            self._warned_at[w] = now
-            self.log_event(f"warning: {w}" + (f" (and {repeats} more times)" if repeats else ""), "yellow")
-        self._warnings = list(snap.warnings)
-        if self.alert and now >= self._alert_until:
-            self.alert = ""
-        underruns = snap.counters.get("underruns", 0)
-        if underruns > self._underruns:
-            if now >= self._lag_until:
-                self.log_event(f"LAG: output underrun ({underruns} in total)", "bold red")
-            self._lag_until = now + LAG_HOLD_S
-        self._underruns = underruns
-        self.lag = now < self._lag_until
-        if snap.error and not self._error_shown:
-            self._error_shown = True
-            self.log_event(f"error: {snap.error}", "bold red")
-            self._show_error(snap.error)
+        if self.monitor.error and not had_error:
+            self._show_error(self.monitor.error)
         if self.session.done.is_set() and not self._ended_logged and not self.stopping:
             self._ended_logged = True
             if snap.state != "error":
@@ -250,9 +212,7 @@ class MoshiApp(App[int]):
                 self._stop_session()
 
     def log_event(self, text: str, style: str = "") -> None:
-        from .format import clock
-
-        line = Text.assemble((f"{clock(self.clock() - self._t0)} ", "dim"), (text, style))
+        line = Text.assemble((f"{fmt_clock(self.clock() - self._t0)} ", "dim"), (text, style))
         self.event_log.write(line)
 
     def _show_error(self, message: str, title: str | None = None) -> None:
@@ -274,8 +234,8 @@ class MoshiApp(App[int]):
             return
         self.body.set_class(not show, cls)
         panel = self.main_screen.query_one(selector)
-        if show and hasattr(panel, "watch_snapshot"):  # hidden panels skip updates: catch up now
-            panel.watch_snapshot(panel.snapshot)
+        if show and hasattr(panel, "redraw"):  # hidden panels skip updates: catch up now
+            panel.redraw()
 
     def watch_paused(self, paused: bool) -> None:
         if self._ui_ready:
@@ -358,8 +318,9 @@ class MoshiApp(App[int]):
         self.saved_files = write_session_files(self.session_dir, self.collect_stats())
 
     def exit_code(self) -> int:
-        snap = self.snapshot
-        return (self.session.exit_code or 1) if snap is not None and snap.error else 0
+        """0, or the engine's exit code when the session ended in an error (CLI contract)."""
+        error = self.monitor.error or self.session.snapshot().error
+        return (self.session.exit_code or 1) if error else 0
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
@@ -401,11 +362,11 @@ def run_app(args, cfg) -> int:
     """`moshi-tui` without --headless: validate, run the app, then say where the files are."""
     import tempfile
 
-    from engine.session import Session
+    from engine.session import open_session
 
     _check_writable(getattr(args, "stats_json", None), "stats to")
     _check_writable(getattr(args, "trace", None), "trace to")
-    session = Session(cfg)
+    session = open_session(cfg)
     session.prepare()  # bad devices/files/folders fail here, before the screen switches
     folder = session.folder
     err_log = (folder or Path(tempfile.gettempdir())) / (

@@ -57,12 +57,22 @@ class LatencyPanel(Vertical):
             yield StageRow(stage)
 
     def on_mount(self) -> None:
+        self._drawn: tuple[int, int] | None = None
         self.border_title = "Latency (ms)"
         self.border_subtitle = f"budget {FRAME_BUDGET_MS:.0f} ms/frame"
+
+    def redraw(self) -> None:
+        """Draw the current snapshot now (after being hidden, when updates were skipped)."""
+        self._drawn = None
+        self.watch_snapshot(self.snapshot)
 
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None or not self.display:
             return
+        key = (snap.frames_processed, snap.frames_played)
+        if key == getattr(self, "_drawn", None):  # no new frame since the last draw
+            return
+        self._drawn = key
         for row in self.query(StageRow):
             row.update_from(snap.stage_history.get(row.stage, []), snap.stage_stats.get(row.stage, {}))
         level = budget_level(snap.stage_stats.get("processing", {}).get("p95"))

@@ -43,12 +43,22 @@ class QueuesPanel(Vertical):
         yield Static(id="counters")
 
     def on_mount(self) -> None:
+        self._drawn: tuple | None = None
         self.border_title = "Queues (frames)"
         self._counters_text = ""
+
+    def redraw(self) -> None:
+        """Draw the current snapshot now (after being hidden, when updates were skipped)."""
+        self._drawn = None
+        self.watch_snapshot(self.snapshot)
 
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None or not self.display:
             return
+        key = (snap.frames_captured, snap.frames_processed, tuple(snap.counters.values()))
+        if key == self._drawn:  # nothing new since the last draw
+            return
+        self._drawn = key
         for row in self.query(QueueRow):
             row.update_from(snap.queues.get(row.queue, 0), snap.queue_history.get(row.queue, []))
         parts = []

@@ -44,11 +44,17 @@ class Paragraph(Static):
 
 
 class TranscriptView(VerticalScroll, can_focus=True):
-    """Append-only transcript; `add_tokens` takes the new engine tokens since the last call."""
+    """Append-only transcript; `add_tokens` takes the new engine tokens since the last call.
 
-    def __init__(self, *, gap_ms: float = PARAGRAPH_GAP_MS, id: str | None = None) -> None:
+    Keeps the last `max_paragraphs` on screen (layout cost grows with them); the whole text is
+    in the session files and the exports.
+    """
+
+    def __init__(self, *, gap_ms: float = PARAGRAPH_GAP_MS, max_paragraphs: int = 400,
+                 id: str | None = None) -> None:
         super().__init__(id=id)
         self.gap_ms = gap_ms
+        self.max_paragraphs = max_paragraphs
         self.count = 0  # tokens shown so far
         self._prev: tuple[float, int] | None = None
         self._current: Paragraph | None = None
@@ -82,7 +88,15 @@ class TranscriptView(VerticalScroll, can_focus=True):
             para.add(text)
         if new_paras:
             self.query("#placeholder").remove()
-            self.mount_all(new_paras)
+            shown = list(self.query(Paragraph))
+            extra = len(shown) + len(new_paras) - self.max_paragraphs
+            if extra > 0:
+                for old in shown[:extra]:
+                    old.remove()
+                if not self.query("#trimmed"):
+                    self.mount(Static("(earlier text: in the session files and exports)", id="trimmed"),
+                               before=0)
+            self.mount_all(new_paras[-self.max_paragraphs:])
         if not self.is_anchored:
             self.call_after_refresh(self._anchor_when_full)
 

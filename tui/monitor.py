@@ -1,0 +1,76 @@
+"""What deserves attention between two snapshots: log lines, the LAG badge, alerts, a new error.
+
+Pure (no widgets): the app feeds it one snapshot per tick with the time, and shows the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.telemetry import Snapshot
+
+from .format import new_items
+
+LAG_HOLD_S = 3.0  # the LAG badge stays this long after the last underrun
+ALERT_HOLD_S = 8.0  # a new engine warning stays in the status bar this long
+WARNING_REPEAT_S = 5.0  # the same warning is logged at most this often
+
+
+@dataclass
+class Event:
+    text: str
+    style: str = ""
+
+
+class Monitor:
+    def __init__(self) -> None:
+        self.lag = False  # underruns in the last LAG_HOLD_S
+        self.alert = ""  # the latest warning, while recent
+        self.live = False  # the session has gone live (once true, stays true)
+        self.error: str | None = None  # the first error seen
+        self._last_state: tuple[str, str] | None = None
+        self._warnings: list[str] = []
+        self._warned_at: dict[str, float] = {}
+        self._repeats: dict[str, int] = {}
+        self._underruns = 0
+        self._lag_until = 0.0
+        self._alert_until = 0.0
+
+    def observe(self, snap: Snapshot, now: float) -> list[Event]:
+        events: list[Event] = []
+        state = (snap.state, snap.state_detail)
+        if state != self._last_state and snap.state != "error":
+            detail = f" — {snap.state_detail}" if snap.state_detail else ""
+            events.append(Event(f"{snap.state}{detail}", "green" if snap.state == "live" else ""))
+        self._last_state = state
+        if snap.state == "live" and not self.live:
+            self.live = True
+            if snap.startup_ms is not None:
+                events.append(Event(f"first frame {snap.startup_ms / 1000:.1f} s after launch"))
+
+        for w in new_items(self._warnings, snap.warnings):
+            self.alert, self._alert_until = w, now + ALERT_HOLD_S
+            last = self._warned_at.get(w)
+            if last is not None and now - last < WARNING_REPEAT_S:  # a burst: count, log later
+                self._repeats[w] = self._repeats.get(w, 0) + 1
+                continue
+            repeats = self._repeats.pop(w, 0)
+            self._warned_at[w] = now
+            events.append(Event(f"warning: {w}" + (f" (and {repeats} more times)" if repeats else ""),
+                                "yellow"))
+        self._warnings = list(snap.warnings)
+        if self.alert and now >= self._alert_until:
+            self.alert = ""
+
+        underruns = snap.counters.get("underruns", 0)
+        if underruns > self._underruns:
+            if now >= self._lag_until:  # one line per episode, not per underrun
+                events.append(Event(f"LAG: output underrun ({underruns} in total)", "bold red"))
+            self._lag_until = now + LAG_HOLD_S
+        self._underruns = underruns
+        self.lag = now < self._lag_until
+
+        if snap.error and self.error is None:
+            self.error = snap.error
+            events.append(Event(f"error: {snap.error}", "bold red"))
+        return events
