@@ -76,7 +76,10 @@ class ClientPipeline:
         on_server_error=None,
     ):
         self.tel = telemetry
-        self.tok = audio_tokenizer
+        # The encoder and decoder sides each hold their own reference: at a segment boundary
+        # they switch to a fresh tokenizer at different frames (see _rotate_encoder).
+        self.enc_tok = audio_tokenizer
+        self.dec_tok = audio_tokenizer
         self.conn = conn
         self.spm = text_tokenizer
         self.input_q: queue.Queue = queue.Queue(maxsize=input_max)
@@ -107,6 +110,17 @@ class ClientPipeline:
         self.server_error: str | None = None
         self.server_exit_code = 1
         self.recorder = None  # optional: .input(pcm) / .output(pcm | None), never blocking
+        # Segments.  rustymimi's streaming KV caches grow by ~128 KB per frame and its position
+        # limit ends the stream after a few minutes; LmGen has a fixed number of steps.  So
+        # every `segment_frames` frames the client starts a new segment: a fresh codec
+        # (loaded and warmed in the background beforehand) and a reset of the LM.
+        self.segment_frames: int | None = None
+        self.codec_factory = None  # () -> a new, warmed StreamTokenizer
+        self._seg_count = 0
+        self._next_tok = None
+        self._loader: threading.Thread | None = None
+        self._reset_before: int | None = None  # send ("reset",) before this frame id
+        self._dec_switch_at: int | None = None  # results from this frame id use the new codec
 
     # ---------------------------------------------------------------- source / sink callbacks
     def on_frame(self, pcm: np.ndarray, t_cap: int) -> None:
@@ -205,10 +219,53 @@ class ClientPipeline:
                 self.tel.count("drops_input")
                 self.tel.warn("input dropped: model step slower than real time")
                 continue
+            if self.segment_frames:
+                self._maybe_rotate(rec)
             rec.t_enc0 = time.monotonic_ns()
             self._enc_pending.append(rec)
-            self.tok.encode(pcm)
+            self.enc_tok.encode(pcm)
+            self._seg_count += 1
             self._enc_ev.set()
+
+    # ---------------------------------------------------------------- segments
+    PRELOAD_FRAMES = 75  # start loading the next codec 6 s before the boundary
+
+    def _maybe_rotate(self, rec: FrameRecord) -> None:
+        """In the send loop, before `rec` is encoded."""
+        n = self.segment_frames
+        if self._seg_count >= n - self.PRELOAD_FRAMES and self._loader is None and self._next_tok is None:
+            self._loader = threading.Thread(target=self._load_next_codec, name="codec-loader",
+                                            daemon=True)
+            self._loader.start()
+        if self._seg_count < n or self._next_tok is None:
+            return  # (a late loader only delays the boundary by a few frames)
+        # Every frame of the old segment must leave the old encoder first.
+        while self._enc_pending and not self.stop_ev.is_set():
+            self._enc_room.wait(0.05)
+            self._enc_room.clear()
+        new, self._next_tok, self._loader = self._next_tok, None, None
+        waiter = _CodecWaiter(new.get_encoded)
+        waiter.expected_s = self._enc_wait.expected_s
+        self.enc_tok, self._enc_wait = new, waiter
+        self._seg_count = 0
+        self._dec_switch_at = rec.frame
+        self._reset_before = rec.frame
+
+    def _load_next_codec(self) -> None:
+        try:
+            self._next_tok = self.codec_factory()
+        except Exception as e:  # keep going on the old codec; the warning says why
+            self.tel.warn(f"could not prepare the next codec segment: {e}")
+
+    def _switch_decoder(self, step: int) -> None:
+        """In recv2, on the first result of the new segment: drain the old decoder, switch."""
+        while self._dec_pending and not self.stop_ev.is_set():
+            time.sleep(0.002)
+        waiter = _CodecWaiter(self.enc_tok.get_decoded)
+        waiter.expected_s = self._dec_wait.expected_s
+        self.dec_tok, self._dec_wait = self.enc_tok, waiter
+        self._dec_switch_at = None
+        self.tel.mark_segment(step, time.monotonic_ns())
 
     def _send2_loop(self) -> None:
         """rustymimi encoded codes -> server."""
@@ -232,6 +289,9 @@ class ClientPipeline:
             self._sent += 1
             try:
                 with self.send_lock:
+                    if self._reset_before is not None and rec.frame >= self._reset_before:
+                        self._reset_before = None
+                        self.conn.send(("reset",))
                     self.conn.send(("frame", rec.frame, codes))
             except (BrokenPipeError, EOFError, OSError):
                 self._server_died("connection to the model server lost")
@@ -254,6 +314,8 @@ class ClientPipeline:
                 _, frame_id, step, text_token, audio, t_in, t0, t1 = msg
                 self._returned += 1
                 tel.steps = step + 1
+                if self._dec_switch_at is not None and frame_id >= self._dec_switch_at:
+                    self._switch_decoder(step)
                 rec = tel.frames.get(frame_id) or FrameRecord(frame=frame_id)
                 rec.step, rec.t_srv_in, rec.t_step0, rec.t_step1 = step, t_in, t0, t1
                 if text_token not in (0, 3):
@@ -274,7 +336,7 @@ class ClientPipeline:
                 rec.has_audio = True
                 rec.t_dec0 = time.monotonic_ns()
                 self._dec_pending.append(rec)
-                self.tok.decode(audio)
+                self.dec_tok.decode(audio)
                 self._dec_ev.set()
             elif kind == "segment":
                 tel.mark_segment(msg[1], time.monotonic_ns())

@@ -20,6 +20,9 @@ from .model_source import ModelOptions, resolve
 from .telemetry import Telemetry
 
 BUNDLED_SPEECH = Path(__file__).with_name("data") / "speech.wav"
+# rustymimi's streaming encoder fails once its transformer positions pass max_seq_len
+# (measured: see README), and its KV caches grow ~128 KB per frame until then.
+CODEC_SEGMENT_FRAMES = 3600
 
 
 @dataclass
@@ -193,6 +196,17 @@ class Session:
             tel, audio_tok, parent, spm,
             input_max=self.cfg.input_max, inflight_max=self.cfg.inflight_max,
         )
+        # Segment length: the LM's step budget, and the codec's stream limit (see pipeline).
+        max_steps = int(tel.info.get("server_max_steps") or 3000)
+        self.pipeline.segment_frames = max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES))
+        mimi_path = str(self.resolved.mimi_weight)
+
+        def new_codec():
+            tok = rustymimi.StreamTokenizer(mimi_path)
+            warm_codec(tok)
+            return tok
+
+        self.pipeline.codec_factory = new_codec
         if self.folder is not None:
             from .recorder import SessionRecorder
 

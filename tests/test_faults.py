@@ -92,11 +92,11 @@ def test_slow_model_drops_instead_of_creeping(demo_env, speech_wav, tmp_path):
 def test_context_limit_starts_new_segments(demo_env, speech_wav, tmp_path):
     st = tmp_path / "st.json"
     r = cli(["--demo", "--headless", "--input", str(speech_wav), "--output", "null", "--no-save",
-             "--stats-json", str(st), "--max-steps", "50"], demo_env)
+             "--stats-json", str(st), "--max-steps", "30"], demo_env)
     assert r.returncode == 0, r.stderr
     s = json.loads(st.read_text())
     assert s["counters"]["segments"] >= 2
-    assert s["frames"]["steps"] > 100  # the session went on past the context, twice
+    assert s["frames"]["steps"] > 60  # the session went on past the context, twice
     segs = [t["segment"] for t in s["transcript"]["tokens"]]
     assert segs == sorted(segs) and segs[-1] >= 2
     # each new segment starts with the codebook delay again, and is counted

@@ -1,8 +1,8 @@
 """The conversation: Moshi's words as they stream, in timed paragraphs, following the newest text.
 
-Only the last paragraph is re-rendered when words arrive. The view is anchored to the bottom
-(`Widget.anchor`): scrolling up releases the anchor so the text stays put while reading, and
-scrolling back to the end re-anchors it.
+Only the last paragraph is re-rendered when words arrive. Once the text overflows, the view is
+anchored to the bottom (`Widget.anchor`): scrolling up releases the anchor so the text stays put
+while reading, and scrolling back to the end re-anchors it.
 """
 
 from __future__ import annotations
