@@ -31,6 +31,10 @@ JITTER_WARN_MS = 15.0  # processing p99 - p50 (issue target)
 BACKLOG_WARN_FRAMES = 1  # (playback - processing) p50 // 80 ms: frames waiting to be played
 BACKLOG_BAD_FRAMES = 2
 RISING_WINDOW_S = 5.0  # Diagnoser: drops/underruns counted over this many seconds
+STALL_FRAMES = 25  # Diagnoser: this many frames captured (2 s) and none processed: stalled
+THROUGHPUT_WARN = 0.95  # processed / captured below this (after start-up): frames are lost
+THROUGHPUT_BAD = 0.8
+INFLIGHT_SLACK = 8  # frames that may legitimately be in flight or in the codebook delay
 CPU_DEMAND_WARN_FRACTION = 0.7  # bench: codec + model CPU per frame above this share of the cores
 CPU_DEMAND_BAD_FRACTION = 1.0
 
@@ -57,6 +61,8 @@ class _View:
     elapsed_s: float
     model_label: str
     cpu_demand: tuple[float, int] | None = None  # (cores one frame needs, cores), bench only
+    captured: int = 0
+    processed: int = 0
 
 
 def _view(x) -> _View:
@@ -67,6 +73,8 @@ def _view(x) -> _View:
             error=x.error,
             elapsed_s=float(x.elapsed_s or 0.0),
             model_label=str((x.info or {}).get("model", "")),
+            captured=int(x.frames_captured or 0),
+            processed=int(x.frames_processed or 0),
         )
     if isinstance(x, dict):
         breakdown = x.get("frame_breakdown_ms") or {}
@@ -89,6 +97,8 @@ def _view(x) -> _View:
             elapsed_s=float(x.get("duration_s") or x.get("elapsed_s") or 0.0),
             model_label=str((x.get("model") or {}).get("model", "")),
             cpu_demand=demand,
+            captured=int((x.get("frames") or {}).get("captured") or 0),
+            processed=int((x.get("frames") or {}).get("processed") or 0),
         )
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
 
@@ -258,6 +268,18 @@ def _counters(v: _View, prev: _View | None, add) -> None:
         else:
             add("warn", "drops",
                 f"{total} frame{'s' if total != 1 else ''} dropped ({where})")
+    if prev is not None:
+        got, out_ = v.captured - prev.captured, v.processed - prev.processed
+        if got >= STALL_FRAMES and out_ == 0:
+            add("bad", "stalled",
+                f"nothing came out of the pipeline{since} while {got} frames were captured: a "
+                "stage has stopped (codec or model)")
+    elif v.captured >= 4 * STALL_FRAMES:
+        share = (v.processed + INFLIGHT_SLACK) / v.captured
+        if share < THROUGHPUT_WARN:
+            add("bad" if share < THROUGHPUT_BAD else "warn", "throughput",
+                f"only {100 * v.processed / v.captured:.0f}% of the captured frames were processed "
+                f"({v.processed} of {v.captured}): the pipeline loses frames")
     dev = delta("overruns") + delta("underflows")
     if dev > 0:
         add("warn", "device_xruns",

@@ -242,6 +242,10 @@ class Session:
             if self.cfg.seconds is not None and time.monotonic() - t_live >= self.cfg.seconds:
                 self.end_reason = "time limit"
                 break
+            if self.source.finished.is_set() and getattr(self.source, "error", None):
+                # A device that disappeared: stop cleanly, keep everything, say why.
+                self.end_reason = f"input lost: {self.source.error}"
+                break
             if self.source.finished.is_set():
                 # Let the last frames through the pipeline and out to the sink (at most 2 s).
                 drain_deadline = drain_deadline or time.monotonic() + 2.0

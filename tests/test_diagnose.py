@@ -213,6 +213,29 @@ def test_bench_pipeline_result_uses_codec_service_times():
     assert "encode_budget" not in rules(diagnose(result))
 
 
+def test_stalled_pipeline():
+    # rustymimi's StreamTokenizer thread dies silently (e.g. past its max_seq_len): capture goes
+    # on, nothing comes out.
+    tel = feed(Telemetry(), n=40)
+    before = tel.snapshot()
+    for f in range(40, 70):
+        tel.new_frame(f, int((1000.0 + 80.0 * f) * 1_000_000))
+    v = diagnose(tel.snapshot(), previous=before)
+    st = by_rule(v, "stalled")
+    assert st.level == "bad" and "while 30 frames were captured" in st.text
+    assert "stalled" not in rules(diagnose(tel.snapshot(), previous=tel.snapshot()))
+
+
+def test_throughput_from_totals():
+    tel = feed(Telemetry(), n=100)
+    for f in range(100, 200):
+        tel.new_frame(f, int((1000.0 + 80.0 * f) * 1_000_000))
+    for form in both(tel):
+        t = by_rule(diagnose(form), "throughput")
+        assert t.level == "bad" and t.text.startswith("only 50% of the captured frames")
+    assert "throughput" not in rules(diagnose(both(feed(Telemetry(), n=120))[1]))
+
+
 def test_bench_cpu_demand():
     stats = build_stats(feed(Telemetry()))
     ok = diagnose({"session": stats, "summary": {"cpu_demand_cores": 0.8, "cpus": 2}})
