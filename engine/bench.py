@@ -269,7 +269,7 @@ def _cmd_pipeline(args, argv) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="moshi-tui bench", description="Measure where the time goes.")
-    sub = p.add_subparsers(dest="command", metavar="step|codec|pipeline")
+    sub = p.add_subparsers(dest="command", metavar="step|codec|pipeline|soak")
     sub.required = True
 
     s = sub.add_parser("step", help="LmGen.step in a server process, on dummy codes")
@@ -297,11 +297,42 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-steps", type=int, help="LM context length before a new segment")
     q.add_argument("--trace", metavar="PATH", help="also write the session's Perfetto trace")
     q.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    k = sub.add_parser("soak", help="a long session, reported minute by minute")
+    add_model_options(k)
+    k.add_argument("--minutes", type=float, default=10.0, help="session length (10)")
+    k.add_argument("--input", "-i", metavar="DEV|FILE.wav",
+                   help="input (default: the bundled speech, looped)")
+    k.add_argument("--output", "-o", metavar="DEV|FILE.wav", default="null")
+    k.add_argument("--max-steps", type=int, help="LM context length before a new segment")
+    k.add_argument("--minute-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
+    k.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     return p
+
+
+def _cmd_soak(args, argv) -> int:
+    from .bench_soak import HEADER, format_soak, run_soak
+
+    if args.minutes <= 0:
+        raise UsageError("--minutes must be positive")
+    _check_json_path(args.json)
+    out = _envelope("soak", args, argv)
+    print(HEADER, file=sys.stderr, flush=True)
+    r = run_soak(model_options(args), minutes=args.minutes, input_spec=args.input,
+                 output_spec=args.output, max_steps=args.max_steps,
+                 minute_s=args.minute_seconds, progress=_progress)
+    out.update(r)
+    print(format_soak(r))
+    if args.json:
+        write_json_atomic(args.json, out)
+    if r["error"]:
+        print(f"moshi-tui: error: {r['error']}", file=sys.stderr)
+        return r["exit_code"] or 1
+    return 0
 
 
 def main(argv: list[str]) -> int:
     argv = list(argv)
     args = build_parser().parse_args(argv)
-    cmd = {"step": _cmd_step, "codec": _cmd_codec, "pipeline": _cmd_pipeline}[args.command]
+    cmd = {"step": _cmd_step, "codec": _cmd_codec, "pipeline": _cmd_pipeline,
+           "soak": _cmd_soak}[args.command]
     return cmd(args, argv)

@@ -18,6 +18,7 @@ from pathlib import Path
 FORMATS = ("markdown", "json")
 EXTENSIONS = {"markdown": ".md", "json": ".json"}
 PARAGRAPH_GAP_MS = 1500.0  # silence that starts a new paragraph (and a time marker)
+PARAGRAPH_MAX_CHARS = 400  # past this, the next word starts a new paragraph
 FRAME_BUDGET_MS = 80.0
 SUMMARY_STAGES = ("encode", "uplink", "queue", "model", "decode", "processing", "playback")
 STAGE_LABELS = {
@@ -61,12 +62,14 @@ class Paragraph:
 
 
 def starts_paragraph(prev_t_ms: float | None, prev_segment: int, t_ms: float, segment: int,
-                     gap_ms: float = PARAGRAPH_GAP_MS) -> bool:
-    """A token opens a paragraph when it is the first, follows a silence, or starts a segment.
+                     gap_ms: float = PARAGRAPH_GAP_MS, *, length: int = 0, text: str = " ") -> bool:
+    """A token opens a paragraph when it is the first, follows a silence, starts a segment, or
+    starts a word once the paragraph holds PARAGRAPH_MAX_CHARS (a monologue still gets markers).
 
     Shared by the exports and the app's live transcript, so both put markers at the same places.
     """
-    return prev_t_ms is None or segment != prev_segment or t_ms - prev_t_ms >= gap_ms
+    return (prev_t_ms is None or segment != prev_segment or t_ms - prev_t_ms >= gap_ms
+            or (length >= PARAGRAPH_MAX_CHARS and text[:1].isspace()))
 
 
 def paragraphs(tokens: list[dict], gap_ms: float = PARAGRAPH_GAP_MS) -> list[Paragraph]:
@@ -75,7 +78,8 @@ def paragraphs(tokens: list[dict], gap_ms: float = PARAGRAPH_GAP_MS) -> list[Par
     prev_t, prev_seg = None, 0
     for tok in tokens:
         seg = tok.get("segment", 0)
-        if starts_paragraph(prev_t, prev_seg, tok["t_ms"], seg, gap_ms):
+        length = len(out[-1].text) if out else 0
+        if starts_paragraph(prev_t, prev_seg, tok["t_ms"], seg, gap_ms, length=length, text=tok["text"]):
             out.append(Paragraph(tok["t_ms"], seg, "", prev_t is not None and seg != prev_seg))
         out[-1].text += tok["text"]
         prev_t, prev_seg = tok["t_ms"], seg

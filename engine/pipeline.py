@@ -233,7 +233,9 @@ class ClientPipeline:
     def _maybe_rotate(self, rec: FrameRecord) -> None:
         """In the send loop, before `rec` is encoded."""
         n = self.segment_frames
-        if self._seg_count >= n - self.PRELOAD_FRAMES and self._loader is None and self._next_tok is None:
+        # (never more than two codecs alive: wait until the decoder has left the old one)
+        if (self._seg_count >= n - self.PRELOAD_FRAMES and self._loader is None
+                and self._next_tok is None and self._dec_switch_at is None):
             self._loader = threading.Thread(target=self._load_next_codec, name="codec-loader",
                                             daemon=True)
             self._loader.start()

@@ -76,6 +76,8 @@ def figures(stats_path: Path) -> dict:
     s = json.loads(stats_path.read_text())
     proc = s["stages_ms"]["processing"]
     return {"p50": proc["p50"], "p95": proc["p95"], "underruns": s["counters"]["underruns"],
+            "client_cpu": (s.get("processes") or {}).get("client", {}).get("cpu_percent"),
+            "ui_cpu": (s.get("ui") or {}).get("ui_thread_cpu_percent"),
             "frames": s["frames"]["processed"], "drops": sum(v for k, v in s["counters"].items()
                                                              if k.startswith("drops_"))}
 
@@ -102,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             f = figures(stats)
             results[mode].append(f)
             print(f"{mode:8s} run {i}: processing p50 {f['p50']:7.1f} p95 {f['p95']:7.1f} ms  "
-                  f"underruns {f['underruns']:4d}  drops {f['drops']:4d}  frames {f['frames']}", flush=True)
+                  f"underruns {f['underruns']:4d}  drops {f['drops']:4d}  frames {f['frames']}  "
+                  f"client CPU {f['client_cpu']}%" + (f" (UI thread {f['ui_cpu']}%)" if f["ui_cpu"] else ""),
+                  flush=True)
     med = {m: {k: statistics.median(r[k] for r in rs) for k in ("p50", "p95", "underruns")}
            for m, rs in results.items()}
     ratio = {k: med["app"][k] / med["headless"][k] for k in ("p50", "p95")}

@@ -421,3 +421,20 @@ async def test_transcript_keeps_the_last_paragraphs(tmp_path):
         assert [p.words.strip() for p in view.query(Paragraph)] == ["p3", "p4", "p5"]
         assert view.query("#trimmed") and view.children[0].id == "trimmed"
         assert view.count == 6
+
+
+async def test_live_paragraphs_match_the_export(tmp_path):
+    from engine.export import mmss, paragraphs
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await play(pilot)
+        tel = app.session.tel
+        monologue = [Token(f" word{i}", 9, 400 + i, 30_000.0 + 80.0 * i, 1) for i in range(150)]
+        tel.tokens.extend(monologue)
+        app.poll()
+        await pilot.pause()
+        shown = [(f"[{mmss(p.t_ms)}]", " ".join(p.words.split())) for p in app.transcript.query(Paragraph)]
+        exported = [(f"[{mmss(p.t_ms)}]", p.text) for p in paragraphs(
+            [{"text": t.text, "t_ms": t.t_ms, "segment": t.segment} for t in tel.tokens])]
+        assert shown == exported and len(shown) > 5

@@ -151,3 +151,12 @@ def test_default_session_dir():
 def test_format_for():
     assert ex.format_for(Path("x.JSON")) == "json"
     assert ex.format_for("x.md") == "markdown"
+
+
+def test_long_monologue_is_split_at_a_word():
+    words = [_tok(f" word{i}", 100.0 * i) for i in range(200)]  # no pause at all
+    paras = ex.paragraphs(words)
+    assert len(paras) > 1
+    assert all(len(p.text) <= ex.PARAGRAPH_MAX_CHARS + 10 for p in paras)
+    assert " ".join(p.text for p in paras) == " ".join(w["text"].strip() for w in words)
+    assert [p.new_segment for p in paras] == [False] * len(paras)

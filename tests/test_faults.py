@@ -216,3 +216,19 @@ def test_unreachable_hub_says_so(demo_env, tmp_path):
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "kyutai/moshiko-mlx-q4" in err and "--demo" in err
+
+
+def test_memory_stays_flat_across_segments(demo_env, tmp_path):
+    """Each segment swaps in a fresh Mimi codec; the old one's memory must be given back."""
+    js = tmp_path / "soak.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "bench", "soak", "--demo", "--minutes", "0.4",
+         "--minute-seconds", "6", "--max-steps", "40", "--input", "silence", "--json", str(js)],
+        cwd=ROOT, env=demo_env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(js.read_text())
+    assert s["totals"]["counters"]["segments"] >= 3
+    rss = [m["rss_mb"]["client"] for m in s["minutes"]]
+    # without the allocator fix: +330 MB per segment; the codec's own KV cache grows by
+    # ~128 KB per frame (~10 MB here), and two codecs coexist briefly at each boundary
+    assert max(rss[1:]) - rss[0] < 150, rss

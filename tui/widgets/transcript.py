@@ -33,14 +33,20 @@ class Paragraph(Static):
         self.segment_break = segment_break
         self.segment = segment
         self.words = ""
+        self._height: int | None = None  # wrapped lines at the current width
 
     def add(self, text: str) -> None:
         self.words += text
         head = []
         if self.segment_break:
             head.append((f"── context full: segment {self.segment + 1} ──\n", "$text-warning italic"))
-        self.update(Content.assemble(*head, (f"[{mmss(self.t_ms)}] ", "bold $text-accent"),
-                                     self.words.lstrip()))
+        content = Content.assemble(*head, (f"[{mmss(self.t_ms)}] ", "bold $text-accent"), self.words.lstrip())
+        # A screen layout per new word is the costliest thing this app could do at 8 Hz: only ask
+        # for one when the paragraph gains a line.
+        width = self.content_size.width
+        height = content.get_height(self.styles, width) if width else None
+        self.update(content, layout=height is None or height != self._height)
+        self._height = height
 
 
 class TranscriptView(VerticalScroll, can_focus=True):
@@ -79,7 +85,9 @@ class TranscriptView(VerticalScroll, can_focus=True):
         for tok in tokens:
             self.count += 1
             prev_t, prev_seg = self._prev if self._prev else (None, 0)
-            if self._current is None or starts_paragraph(prev_t, prev_seg, tok.t_ms, tok.segment, self.gap_ms):
+            length = len(self._current.words) + len(pending.get(self._current, "")) if self._current else 0
+            if self._current is None or starts_paragraph(prev_t, prev_seg, tok.t_ms, tok.segment, self.gap_ms,
+                                                         length=length, text=tok.text):
                 self._current = Paragraph(tok.t_ms, prev_t is not None and tok.segment != prev_seg, tok.segment)
                 new_paras.append(self._current)
             pending[self._current] = pending.get(self._current, "") + tok.text
