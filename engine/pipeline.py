@@ -60,6 +60,55 @@ class _CodecWaiter:
         return None
 
 
+class Playout:
+    """The jitter buffer in front of the speaker: how many decoded frames to hold.
+
+    `target` frames wait in the output queue behind the one playing.  It starts at 1 (jitter
+    is unknown), goes up by one at each underrun (up to `max_target`), and tries one frame less
+    after `decay_s` without underruns -- so a steady machine ends at 0 (mic-to-speaker =
+    processing + the wait for the next speaker period) and a jittery one keeps just enough.
+    A failed attempt doubles the wait before the next one.  Backlog beyond the target that
+    persists `resync_after` periods is dropped: latency can never creep.
+    """
+
+    def __init__(self, initial: int = 1, max_target: int = 3, decay_s: float = 30.0,
+                 resync_after: int = 3):
+        self.target = initial
+        self.max_target = max_target
+        self.decay_s = decay_s
+        self.resync_after = resync_after
+        self.playing = False
+        self._over = 0
+        self._next_decay: float | None = None
+
+    def decide(self, depth: int, now_s: float) -> tuple[int, bool]:
+        """(frames to drop first, whether to play a frame now) for one speaker period."""
+        if not self.playing:
+            if depth <= self.target:
+                return 0, False  # still filling the buffer: silence, not an underrun
+            self.playing = True
+            self._next_decay = now_s + self.decay_s
+            return depth - self.target - 1, True
+        if depth == 0:
+            if self.target < self.max_target:
+                self.target += 1
+            self.decay_s = min(self.decay_s * 2, 480.0)
+            self._next_decay = now_s + self.decay_s
+            self._over = 0
+            return 0, False
+        if self.target > 0 and self._next_decay is not None and now_s >= self._next_decay:
+            self.target -= 1
+            self._next_decay = now_s + self.decay_s
+        drop = 0
+        if depth > self.target + 1:
+            self._over += 1
+            if self._over >= self.resync_after:
+                drop, self._over = depth - self.target - 1, 0
+        else:
+            self._over = 0
+        return drop, True
+
+
 class ClientPipeline:
     def __init__(
         self,
@@ -103,8 +152,7 @@ class ClientPipeline:
         self._sent = 0
         self._returned = 0
         self._frame_id = 0
-        self._playing = False
-        self._backlog_run = 0
+        self.playout = Playout(resync_after=resync_after)
         self.muted = False
         self.threads: list[threading.Thread] = []
         self.server_error: str | None = None
@@ -161,27 +209,23 @@ class ClientPipeline:
 
     def _pull(self, t_play: int):
         q = self.output_q
-        if len(q) > 1:
-            # A backlog that persists adds 80 ms per frame of mic-to-speaker latency for the
-            # rest of the session: drop the stale frames and play the newest.
-            self._backlog_run += 1
-            if self._backlog_run >= self.resync_after:
-                while len(q) > 1:
-                    rec, _ = q.popleft()
-                    self.tel.count("drops_output")
-                    self.tel.frame_retired(rec)
-                self.tel.warn("playback resynchronised: stale output dropped")
-                self._backlog_run = 0
-        else:
-            self._backlog_run = 0
-        try:
-            rec, pcm = q.popleft()
-        except IndexError:
-            if self._playing:
+        depth = len(q)
+        drop, play = self.playout.decide(depth, t_play / 1e9)
+        if drop:
+            # A backlog beyond the jitter buffer's target adds 80 ms of mic-to-speaker latency
+            # per frame for the rest of the session: drop the stale frames.
+            for _ in range(drop):
+                rec, _pcm = q.popleft()
+                self.tel.count("drops_output")
+                self.tel.frame_retired(rec)
+            self.tel.warn("playback resynchronised: stale output dropped")
+        self.tel.info["playout_frames"] = self.playout.target
+        if not play:
+            if self.playout.playing and depth == 0:
                 self.tel.count("underruns")
             self.tel.add_level("output", 0.0)
             return None
-        self._playing = True
+        rec, pcm = q.popleft()
         rec.t_play = t_play
         self.tel.frame_played(rec)
         self.tel.add_level("output", _rms(pcm))

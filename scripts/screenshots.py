@@ -59,7 +59,8 @@ async def shoot(out: Path, wav: Path, seconds: float) -> list[Path]:
     async with app.run_test(size=WIDE) as pilot:
         # the start-up checklist, if loading lasts long enough to be seen (a cold demo cache)
         await _wait(pilot, lambda: app.snapshot is not None
-                    and (len(app.loading.steps) >= 2 or app.snapshot.state == "live"), 120, "loading")
+                    and (len(app.loading.steps) >= 1 or app.snapshot.state == "live"), 120, "loading")
+        await pilot.pause(0.2)  # let the new step be drawn
         if app.snapshot.state != "live":
             save("loading.svg")
         await _wait(pilot, lambda: app.snapshot is not None and app.snapshot.state == "live", 120, "live")

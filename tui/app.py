@@ -198,7 +198,8 @@ class MoshiApp(App[int]):
             self._ui_cpu = round(100.0 * (time.thread_time() - cpu0) / wall, 1)
         snap = self.session.snapshot()
         self._observe(snap)
-        self.loading.frame = int((self.clock() - self._t0) * 10)
+        if not self.monitor.live:  # the start-up spinner (hidden once live)
+            self.loading.frame = int((self.clock() - self._t0) * 10)
         if self.paused:
             return
         self.snapshot = snap

@@ -36,17 +36,20 @@ class LoadingView(Widget):
         self.failed: str | None = None
 
     def watch_snapshot(self, snap: Snapshot | None) -> None:
-        if snap is None:
+        if snap is None or self.failed:
             return
         if snap.state == "error":
             self.failed = snap.error or snap.state_detail or "error"
+            self.refresh(layout=True)
             return
-        detail = snap.state_detail or snap.state
-        if snap.state in ("starting", "loading", "warming up") and detail:
-            if self.steps and _key(self.steps[-1]) == _key(detail):
-                self.steps[-1] = detail
-            elif not self.steps or self.steps[-1] != detail:
-                self.steps.append(detail)
+        detail = snap.state_detail
+        if snap.state not in ("starting", "loading", "warming up") or not detail:
+            return
+        if self.steps and _key(self.steps[-1]) == _key(detail):
+            self.steps[-1] = detail  # progress of the same step: same line
+        elif not self.steps or self.steps[-1] != detail:
+            self.steps.append(detail)
+            self.refresh(layout=True)  # one more line (the reactive itself never re-lays out)
 
     def render(self) -> Content:
         lines = [Content.assemble(("Starting Moshi", "bold"), ("  (the model loads before the first frame)",

@@ -7,11 +7,11 @@ from functools import partial
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
-from textual.widgets import Static
 
 from engine.telemetry import QUEUES, Snapshot
 
 from .spark import spark
+from .steady import SteadyStatic
 from .table_row import HeaderRow, PanelRow
 
 LABELS = {"input": "input", "c2s": "c→s", "s2c": "s→c", "output": "output"}
@@ -40,12 +40,11 @@ class QueuesPanel(Vertical):
         yield HeaderRow("queue", "depth, last 20 s", ["now", "max"])
         for q in QUEUES:
             yield QueueRow(q)
-        yield Static(id="counters")
+        yield SteadyStatic(id="counters")
 
     def on_mount(self) -> None:
         self._drawn: tuple | None = None
         self.border_title = "Queues (frames)"
-        self._counters_text = ""
 
     def redraw(self) -> None:
         """Draw the current snapshot now (after being hidden, when updates were skipped)."""
@@ -67,7 +66,4 @@ class QueuesPanel(Vertical):
             label = COUNTERS.get(key) or key.replace("drops_", "drops ")
             n = snap.counters.get(key, 0)
             parts.append(f"[$text-error b]{label} {n}[/]" if n else f"[dim]{label} {n}[/]")
-        text = "  ".join(parts)
-        if text != self._counters_text:  # a re-layout only when a counter changes
-            self._counters_text = text
-            self.query_one("#counters", Static).update(text)
+        self.query_one("#counters", SteadyStatic).set_content("  ".join(parts))

@@ -15,6 +15,8 @@ from textual.widgets import Static
 
 from engine.export import PARAGRAPH_GAP_MS, mmss, starts_paragraph
 
+from .steady import SteadyStatic
+
 
 class TokenLike(Protocol):
     text: str
@@ -22,7 +24,7 @@ class TokenLike(Protocol):
     segment: int
 
 
-class Paragraph(Static):
+class Paragraph(SteadyStatic):
     DEFAULT_CSS = """
     Paragraph { margin-bottom: 1; }
     """
@@ -33,20 +35,14 @@ class Paragraph(Static):
         self.segment_break = segment_break
         self.segment = segment
         self.words = ""
-        self._height: int | None = None  # wrapped lines at the current width
 
     def add(self, text: str) -> None:
         self.words += text
         head = []
         if self.segment_break:
             head.append((f"── context full: segment {self.segment + 1} ──\n", "$text-warning italic"))
-        content = Content.assemble(*head, (f"[{mmss(self.t_ms)}] ", "bold $text-accent"), self.words.lstrip())
-        # A screen layout per new word is the costliest thing this app could do at 8 Hz: only ask
-        # for one when the paragraph gains a line.
-        width = self.content_size.width
-        height = content.get_height(self.styles, width) if width else None
-        self.update(content, layout=height is None or height != self._height)
-        self._height = height
+        self.set_content(Content.assemble(*head, (f"[{mmss(self.t_ms)}] ", "bold $text-accent"),
+                                          self.words.lstrip()))
 
 
 class TranscriptView(VerticalScroll, can_focus=True):
