@@ -223,6 +223,7 @@ class ClientPipeline:
         if not play:
             if self.playout.playing and depth == 0:
                 self.tel.count("underruns")
+                self.tel.underrun_at(t_play)
             self.tel.add_level("output", 0.0)
             return None
         rec, pcm = q.popleft()

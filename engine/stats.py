@@ -56,6 +56,7 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
         },
         "stages_ms": tel.stage_stats(full=True),
         "counters": snap.counters,
+        "underrun_times_s": list(tel.underrun_times),
         "queues_max": dict(tel.queue_max),
         "queues_now": {q: snap.queues[q] for q in QUEUES},
         "processes": processes or {},

@@ -171,6 +171,7 @@ class Telemetry:
         self.warnings: deque[str] = deque(maxlen=8)
         self.done_frames: deque[FrameRecord] = deque()  # completed records, for the trace
         self.keep_records = False
+        self.underrun_times: list[float] = []  # seconds since the first capture (first 1000)
         self.queue_samples: deque = deque()  # (t_ns, depths) per frame, with keep_records
 
     # --- writers (called from audio callbacks and loops; never block) ---
@@ -208,6 +209,10 @@ class Telemetry:
     def warn(self, message: str) -> None:
         if not self.warnings or self.warnings[-1] != message:
             self.warnings.append(message)
+
+    def underrun_at(self, t_ns: int) -> None:
+        if len(self.underrun_times) < 1000:
+            self.underrun_times.append(round((t_ns - (self.t_start or t_ns)) / 1e9, 3))
 
     def add_stage(self, name: str, ms: float) -> None:
         self.stage_hist[name].append(ms)

@@ -438,3 +438,14 @@ async def test_live_paragraphs_match_the_export(tmp_path):
         exported = [(f"[{mmss(p.t_ms)}]", p.text) for p in paragraphs(
             [{"text": t.text, "t_ms": t.t_ms, "segment": t.segment} for t in tel.tokens])]
         assert shown == exported and len(shown) > 5
+
+
+async def test_diagnosis_in_plain_words(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await play(pilot)
+        rules = {v.rule for v in app.verdicts}
+        assert "output_backlog" in rules  # the replay keeps one frame waiting to be played
+        shown = str(app.query_one("#diagnosis").render())
+        assert "1-frame backlog" in shown and shown.startswith("▲")
+        assert "diagnosis: warn:" in log_text(app)

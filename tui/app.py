@@ -34,6 +34,7 @@ from .screens.error import ErrorScreen
 from .screens.export import ExportChoice, ExportScreen
 from .screens.help import HelpScreen
 from .stderr_guard import start_resource_tracker, stderr_to_file
+from .widgets.diagnosis import DiagnosisView
 from .widgets.latency import LatencyPanel
 from .widgets.levels import LevelMeter
 from .widgets.loading import LoadingView
@@ -98,6 +99,8 @@ class MoshiApp(App[int]):
     """Underruns in the last few seconds (see tui.monitor)."""
     alert: reactive[str] = reactive("", repaint=False)
     """The latest warning, while recent."""
+    verdicts: reactive[tuple] = reactive(tuple, repaint=False)
+    """engine.diagnose's plain-words verdicts, worst first (refreshed twice a second while live)."""
     stopping: reactive[bool] = reactive(False, repaint=False)
     """Quit requested: the session is shutting down and its files are being written."""
 
@@ -133,7 +136,7 @@ class MoshiApp(App[int]):
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         yield StatusBar().data_bind(MoshiApp.snapshot, MoshiApp.lag, MoshiApp.paused, MoshiApp.alert,
-                                    MoshiApp.stopping)
+                                    MoshiApp.stopping, MoshiApp.verdicts)
         with Horizontal(id="body"):
             with Vertical(id="conversation"):
                 yield LoadingView(id="loading").data_bind(MoshiApp.snapshot)
@@ -142,6 +145,7 @@ class MoshiApp(App[int]):
                     yield LevelMeter("input", id="mic").data_bind(MoshiApp.snapshot)
                     yield LevelMeter("output", id="spk").data_bind(MoshiApp.snapshot)
             with Vertical(id="side"):
+                yield DiagnosisView(id="diagnosis").data_bind(MoshiApp.verdicts)
                 yield LatencyPanel(id="latency").data_bind(snapshot=MoshiApp.diagnostics)
                 yield QueuesPanel(id="queues").data_bind(snapshot=MoshiApp.diagnostics)
                 yield RichLog(id="log", max_lines=1000, wrap=True, markup=False)
@@ -156,6 +160,7 @@ class MoshiApp(App[int]):
         self.event_log = self.query_one("#log", RichLog)
         self._ui_ready = True
         self.transcript.border_title = "Conversation"
+        self.query_one(DiagnosisView).border_title = "Diagnosis"
         self.event_log.border_title = "Log"
         show_log = self._show_log_default
         self.show_log = self.size.width >= 120 if show_log is None else show_log
@@ -216,6 +221,7 @@ class MoshiApp(App[int]):
         for event in self.monitor.observe(snap, self.clock()):
             self.log_event(event.text, event.style)
         self.lag, self.alert = self.monitor.lag, self.monitor.alert
+        self.verdicts = self.monitor.verdicts
         if self.monitor.live and not self.main_screen.has_class("-live"):
             self.main_screen.add_class("-live")
             self._cpu0 = (time.thread_time(), time.monotonic())  # UI cost is measured while live

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.diagnose import Diagnoser, Verdict, verdict_line, worst
 from engine.telemetry import Snapshot
 
 from .format import new_items
@@ -14,6 +15,8 @@ from .format import new_items
 LAG_HOLD_S = 3.0  # the LAG badge stays this long after the last underrun
 ALERT_HOLD_S = 8.0  # a new engine warning stays in the status bar this long
 WARNING_REPEAT_S = 5.0  # the same warning is logged at most this often
+DIAGNOSE_EVERY_S = 0.5  # the plain-words diagnosis (engine.diagnose) is refreshed this often
+LEVEL_STYLE = {"ok": "green", "warn": "yellow", "bad": "bold red"}
 
 
 @dataclass
@@ -28,6 +31,10 @@ class Monitor:
         self.alert = ""  # the latest warning, while recent
         self.live = False  # the session has gone live (once true, stays true)
         self.error: str | None = None  # the first error seen
+        self.verdicts: tuple[Verdict, ...] = ()  # engine.diagnose, worst first, while live
+        self._diagnoser = Diagnoser()
+        self._diagnosed_at: float | None = None
+        self._rules: tuple[str, ...] = ()
         self._last_state: tuple[str, str] | None = None
         self._warnings: list[str] = []
         self._warned_at: dict[str, float] = {}
@@ -73,4 +80,15 @@ class Monitor:
         if snap.error and self.error is None:
             self.error = snap.error
             events.append(Event(f"error: {snap.error}", "bold red"))
+
+        # Paced by session time, not the wall clock: a recorded feed diagnoses the same way.
+        t = snap.elapsed_s
+        if snap.state == "live" and (self._diagnosed_at is None or t - self._diagnosed_at >= DIAGNOSE_EVERY_S):
+            self._diagnosed_at = t
+            self.verdicts = tuple(self._diagnoser.update(snap))
+            rules = tuple(v.rule for v in self.verdicts)
+            if rules != self._rules:  # as the headless status does: a line when it changes
+                self._rules = rules
+                line = verdict_line(list(self.verdicts))
+                events.append(Event(f"diagnosis: {line}", LEVEL_STYLE[worst(list(self.verdicts))]))
         return events

@@ -26,18 +26,48 @@ class StatusBar(Widget):
     StatusBar { height: 2; dock: top; background: $panel; padding: 0 1; }
     """
 
-    snapshot: reactive[Snapshot | None] = reactive(None)
+    # The inputs change 8 times a second, what is shown about once a second (the clock): each
+    # change recomputes the text, and only a different text repaints the bar.
+    snapshot: reactive[Snapshot | None] = reactive(None, repaint=False)
     """The latest telemetry snapshot."""
-    lag: reactive[bool] = reactive(False)
+    lag: reactive[bool] = reactive(False, repaint=False)
     """Underruns happened in the last few seconds."""
-    paused: reactive[bool] = reactive(False)
+    paused: reactive[bool] = reactive(False, repaint=False)
     """The display is frozen (the audio is not)."""
-    alert: reactive[str] = reactive("")
+    alert: reactive[str] = reactive("", repaint=False)
     """The latest engine warning, while it is recent."""
-    stopping: reactive[bool] = reactive(False)
+    stopping: reactive[bool] = reactive(False, repaint=False)
     """Quit was requested and the session is shutting down."""
+    verdicts: reactive[tuple] = reactive(tuple, repaint=False)
+    """engine.diagnose verdicts, worst first: when the screen is not wide (no Diagnosis panel),
+    the worst problem takes the place of the latest warning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._content: Content | None = None
+
+    def _changed(self) -> None:
+        if not self.size.width:  # not laid out yet: render() will describe it
+            return
+        content = self.describe()
+        old = self._content
+        # Content.__eq__ compares the text only; a colour change must repaint too.
+        if old is None or (content.plain, content.spans) != (old.plain, old.spans):
+            self._content = content
+            self.refresh()
+
+    watch_snapshot = watch_lag = watch_paused = watch_alert = watch_stopping = watch_verdicts = _changed
+
+    def on_resize(self) -> None:
+        self._content = None  # truncation depends on the width
+        self.refresh()
 
     def render(self) -> Content:
+        if self._content is None:
+            self._content = self.describe()
+        return self._content
+
+    def describe(self) -> Content:
         s = self.snapshot
         if s is None:
             return Content.assemble(("● starting", "bold $text-warning"))
@@ -58,7 +88,11 @@ class StatusBar(Widget):
             badges += [(" MIC MUTED ", "bold $text-warning on $warning 20%"), " "]
         if self.paused:
             badges += [(" DISPLAY PAUSED ", "bold $text-accent on $accent 20%"), " "]
-        if self.alert:
+        problem = next((v for v in self.verdicts if v.level != "ok"), None)
+        if problem is not None and not self.screen.has_class("-wide"):
+            style = "$text-error" if problem.level == "bad" else "$text-warning"
+            badges += [("✗ " if problem.level == "bad" else "▲ ", f"bold {style}"), (problem.text, style)]
+        elif self.alert:
             badges += [("⚠ ", "$text-warning"), (self.alert, "$text-warning")]
         if not badges:
             frames = f"{s.frames_processed} frames · {s.steps} steps" if s.frames_processed else ""

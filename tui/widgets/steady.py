@@ -14,12 +14,13 @@ class SteadyStatic(Static):
     def __init__(self, content: str | Content = "", **kw) -> None:
         super().__init__(content, **kw)
         self._lines: int | None = None  # wrapped height at the last update
-        self._last: str | Content | None = None
+        self._last: object = None
 
     def set_content(self, content: str | Content) -> None:
-        if content == self._last:
+        key = (content.plain, tuple(content.spans)) if isinstance(content, Content) else content
+        if key == self._last:  # (Content.__eq__ compares the text only)
             return
-        self._last = content
+        self._last = key
         if isinstance(content, str):
             content = Content.from_markup(content)
         width = self.content_size.width
