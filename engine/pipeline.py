@@ -457,6 +457,11 @@ class ClientPipeline:
         self._dec_ev.set()
         for t in self.threads:
             t.join(timeout=1.0)
+        # Frames the model stepped but the session ended before decoding: their stages up to
+        # the model still count (the trace shows them too).
+        for rec in list(self.tel.frames.values()):
+            if rec.t_step1 and not rec.t_dec:
+                self._fold_server_stages(rec)
 
     def send_control(self, *msg) -> None:
         try:

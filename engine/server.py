@@ -82,13 +82,13 @@ def warm(stepper: Stepper, n: int = 6) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-def server_main(conn, resolved, options: dict) -> None:
-    """Entry point of the spawned server process."""
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    # The client handles Ctrl+C; the server must not die on the terminal's SIGINT before the
-    # client has asked it to stop.
+def _child_setup(conn):
+    """Common start of a spawned model process: parent watch, no SIGINT, a safe `send`."""
     import signal
 
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    # The client handles Ctrl+C; this process must not die on the terminal's SIGINT before
+    # the client has asked it to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def send(*msg) -> None:
@@ -97,17 +97,29 @@ def server_main(conn, resolved, options: dict) -> None:
         except (BrokenPipeError, EOFError, OSError):
             os._exit(0)
 
+    return send
+
+
+def _load_and_warm(resolved, options: dict, send):
+    """Load the LM exactly as every session does, then warm it: (stepper, load_ms, warm_ms)."""
+    from .modelload import load_lm
+
+    t0 = time.perf_counter()
+    model, cfg = load_lm(resolved, progress=lambda s: send("progress", s))
+    load_ms = (time.perf_counter() - t0) * 1000.0
+    send("progress", "warming up")
+    # A new segment starts when the LM context is full (Moshi v0.1: 3000 steps = 4 min).
+    stepper = Stepper(model, int(options.get("max_steps") or cfg.transformer.context))
+    return stepper, load_ms, warm(stepper)
+
+
+def server_main(conn, resolved, options: dict) -> None:
+    """Entry point of the spawned server process."""
+    send = _child_setup(conn)
     try:
         from .errors import MoshiTuiError
-        from .modelload import load_lm
 
-        t0 = time.perf_counter()
-        model, cfg = load_lm(resolved, progress=lambda s: send("progress", s))
-        load_ms = (time.perf_counter() - t0) * 1000.0
-        send("progress", "warming up")
-        # A new segment starts when the LM context is full (Moshi v0.1: 3000 steps = 4 min).
-        stepper = Stepper(model, int(options.get("max_steps") or cfg.transformer.context))
-        warm_ms = warm(stepper)
+        stepper, load_ms, warm_ms = _load_and_warm(resolved, options, send)
         if options.get("step_delay_ms"):
             delay = float(options["step_delay_ms"]) / 1000.0
         else:
@@ -167,29 +179,13 @@ def bench_step_main(conn, resolved, options: dict) -> None:
     on dummy codes, back to back.  Sends ("progress", text)..., then ("bench", result) or
     ("error", message, exit_code).
     """
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def send(*msg) -> None:
-        try:
-            conn.send(msg)
-        except (BrokenPipeError, EOFError, OSError):
-            os._exit(0)
-
+    send = _child_setup(conn)
     try:
         import numpy as np
 
         from .errors import MoshiTuiError
-        from .modelload import load_lm
 
-        t0 = time.perf_counter()
-        model, _cfg = load_lm(resolved, progress=lambda s: send("progress", s))
-        load_ms = (time.perf_counter() - t0) * 1000.0
-        send("progress", "warming up")
-        stepper = Stepper(model, int(options.get("max_steps") or _cfg.transformer.context))
-        warm_ms = warm(stepper)
+        stepper, load_ms, warm_ms = _load_and_warm(resolved, options, send)
         import mlx.core as mx
 
         steps = max(1, int(options.get("steps") or 100))

@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 from .telemetry import QUEUES, Snapshot, Telemetry
@@ -97,17 +96,6 @@ def machine_info() -> dict:
 
 def write_json_atomic(path: str | Path, data) -> None:
     """Write to a temp file beside the target, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    d = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .export import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

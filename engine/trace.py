@@ -82,56 +82,5 @@ def build_trace(tel: Telemetry) -> dict:
     return {"traceEvents": ev, "displayTimeUnit": "ms"}
 
 
-def build_trace(tel: Telemetry) -> dict:
-    t0 = tel.t_launch
-    us = lambda t: (t - t0) / 1000.0  # noqa: E731
-    ev: list[dict] = []
-    client_os_pid = tel.info.get("client_pid") or os.getpid()
-    server_os_pid = tel.info.get("server_pid")
-    names = {
-        CLIENT_PID: f"client (pid {client_os_pid})",
-        SERVER_PID: f"server (MLX{f', pid {server_os_pid}' if server_os_pid else ''})",
-    }
-    for pid, name in names.items():
-        ev.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": name}})
-    # Finished frames and those still in flight when the session stopped.
-    records = sorted(list(tel.done_frames) + list(tel.frames.values()), key=lambda r: r.frame)
-    tracks_used: set[tuple[int, int, str, int]] = set()
-    for name, (pid, tid, a, b) in TRACKS.items():
-        spans = []
-        for rec in records:
-            ta, tb = getattr(rec, a), getattr(rec, b)
-            if ta and tb and tb >= ta:
-                spans.append((ta, tb, rec))
-        spans.sort(key=lambda s: s[0])
-        lane_end: list[int] = []  # per lane: end stamp of its last slice
-        for ta, tb, rec in spans:
-            lane = next((i for i, end in enumerate(lane_end) if end <= ta), len(lane_end))
-            if lane == len(lane_end):
-                lane_end.append(tb)
-            else:
-                lane_end[lane] = tb
-            track = tid + lane * LANE_STRIDE
-            tracks_used.add((pid, track, name, lane))
-            ev.append({"ph": "X", "name": name, "cat": "frame", "pid": pid, "tid": track,
-                       "ts": us(ta), "dur": (tb - ta) / 1000.0,
-                       "args": {"frame": rec.frame, "step": rec.step}})
-    for pid, track, name, lane in sorted(tracks_used):
-        label = name if lane == 0 else f"{name} #{lane + 1}"
-        ev.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": track,
-                   "args": {"name": label}})
-        order = (track % LANE_STRIDE) * LANE_STRIDE + lane
-        ev.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": track,
-                   "args": {"sort_index": order}})
-    for rec in records:
-        if rec.t_cap:
-            ev.append({"ph": "i", "name": "capture", "s": "t", "pid": CLIENT_PID, "tid": 1,
-                       "ts": us(rec.t_cap), "args": {"frame": rec.frame, "step": rec.step}})
-    for t, depths in tel.queue_samples:
-        ev.append({"ph": "C", "name": "queue depth", "pid": CLIENT_PID, "ts": us(t),
-                   "args": dict(depths)})
-    return {"traceEvents": ev, "displayTimeUnit": "ms"}
-
-
 def write_trace(path, tel: Telemetry) -> None:
     write_json_atomic(path, build_trace(tel))
