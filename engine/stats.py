@@ -34,6 +34,7 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
     snap = tel.snapshot()
     return {
         "version": 1,
+        "started_at": tel.started_at,
         "state": snap.state,
         "end_reason": end_reason,
         "error": snap.error,

@@ -135,6 +135,7 @@ class Telemetry:
     def __init__(self, window: int = WINDOW):
         self.window = window
         self.t_launch = time.monotonic_ns()
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # wall clock, for exports
         self.t_start: int | None = None  # first captured frame
         self.t_first_out: int | None = None  # first decoded frame
         self.frames: dict[int, FrameRecord] = {}
