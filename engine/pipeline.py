@@ -92,7 +92,7 @@ class Playout:
         if depth == 0:
             if self.target < self.max_target:
                 self.target += 1
-            self.decay_s = min(self.decay_s * 2, 480.0)
+            self.decay_s = min(self.decay_s * 2, 60.0)  # back to low latency within a minute
             self._next_decay = now_s + self.decay_s
             self._over = 0
             return 0, False
