@@ -449,3 +449,31 @@ async def test_diagnosis_in_plain_words(tmp_path):
         shown = str(app.query_one("#diagnosis").render())
         assert "1-frame backlog" in shown and shown.startswith("▲")
         assert "diagnosis: warn:" in log_text(app)
+
+
+async def test_display_refresh_yields_while_the_pipeline_is_behind(tmp_path):
+    from tui.app import BACK_UP_AFTER_S, BEHIND_HZ
+
+    clock = Clock()
+    app = MoshiApp(lambda: ReplaySession(), session_dir=tmp_path / "s", clock=clock)  # 8 Hz timer
+    async with app.run_test(size=(120, 40)) as pilot:
+        await play(pilot)  # the replay drops a frame and underruns: "bad" verdicts
+        assert app.display_hz == BEHIND_HZ
+        assert "display refresh 4 Hz" in log_text(app)
+        clock.t += BACK_UP_AFTER_S + 20  # (the feed has ended: no new drops, so no new "bad")
+        app.monitor.verdicts = ()
+        app.poll()
+        await pilot.pause()
+        assert app.display_hz == 8
+
+
+async def test_transcript_follows_after_a_resize_makes_it_overflow(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await play(pilot)
+        view = app.transcript
+        assert view.max_scroll_y == 0
+        await pilot.resize_terminal(60, 20)
+        await pilot.pause()
+        await pilot.pause()
+        assert view.max_scroll_y > 0 and view.scroll_y == view.max_scroll_y

@@ -43,6 +43,8 @@ from .widgets.status_bar import StatusBar
 from .widgets.transcript import TranscriptView
 
 REFRESH_HZ = 8
+BEHIND_HZ = 4  # while the diagnosis says the pipeline is short of CPU, the display yields some
+BACK_UP_AFTER_S = 10.0  # ... and returns to REFRESH_HZ after this long without a "bad" verdict
 DIAGNOSTICS_EVERY = 2  # the panels are redrawn every 2nd refresh
 
 
@@ -175,7 +177,9 @@ class MoshiApp(App[int]):
         except MoshiTuiError as e:
             self._show_error(str(e))
         self.poll()
-        self.set_interval(1.0 / self.refresh_hz, self.poll, name="snapshot")
+        self._timer = self.set_interval(1.0 / self.refresh_hz, self.poll, name="snapshot")
+        self._rate = self.refresh_hz
+        self._bad_at: float | None = None
         if self._handle_signals:
             self._install_signal_handlers()
 
@@ -227,11 +231,34 @@ class MoshiApp(App[int]):
             self._cpu0 = (time.thread_time(), time.monotonic())  # UI cost is measured while live
         if self.monitor.error and not had_error:
             self._show_error(self.monitor.error)
+        self._adapt_rate()
         if self.session.done.is_set() and not self._ended_logged and not self.stopping:
             self._ended_logged = True
             if snap.state != "error":
                 self.log_event(f"session ended: {self.session.end_reason or 'stopped'}")
                 self._stop_session()
+
+    @property
+    def display_hz(self) -> float:
+        """The refresh rate now (REFRESH_HZ, or BEHIND_HZ while the pipeline is behind)."""
+        return getattr(self, "_rate", self.refresh_hz)
+
+    def _adapt_rate(self) -> None:
+        """Refresh at BEHIND_HZ while the pipeline is behind: on a machine short of CPU, every
+        millisecond the UI thread spends drawing (and holding the GIL) is taken from the codec."""
+        if not hasattr(self, "_timer") or self.refresh_hz <= BEHIND_HZ:
+            return
+        now = self.clock()
+        if any(v.level == "bad" for v in self.monitor.verdicts):
+            self._bad_at = now
+        behind = self._bad_at is not None and now - self._bad_at < BACK_UP_AFTER_S
+        rate = BEHIND_HZ if behind else self.refresh_hz
+        if rate != self._rate:
+            self._rate = rate
+            self._timer.stop()
+            self._timer = self.set_interval(1.0 / rate, self.poll, name="snapshot")
+            self.log_event(f"display refresh {rate:g} Hz" + (" (the pipeline is behind: leaving it the CPU)"
+                                                           if behind else ""), "dim")
 
     def log_event(self, text: str, style: str = "") -> None:
         line = Text.assemble((f"{fmt_clock(self.clock() - self._t0)} ", "dim"), (text, style))
@@ -299,7 +326,8 @@ class MoshiApp(App[int]):
         processes = s.cpu or s.process_figures()
         stats = build_stats(s.tel, options=self.options, processes=processes, end_reason=s.end_reason)
         stats.setdefault("started_at", self.started_at.isoformat(timespec="seconds"))
-        stats["ui"] = {"refresh_hz": self.refresh_hz, "ui_thread_cpu_percent": self.ui_cpu_percent}
+        stats["ui"] = {"refresh_hz": self.refresh_hz, "refresh_hz_now": self.display_hz,
+                       "ui_thread_cpu_percent": self.ui_cpu_percent}
         return stats
 
     @property

@@ -34,7 +34,8 @@ class Monitor:
         self.verdicts: tuple[Verdict, ...] = ()  # engine.diagnose, worst first, while live
         self._diagnoser = Diagnoser()
         self._diagnosed_at: float | None = None
-        self._rules: tuple[str, ...] = ()
+        self._rules: tuple[str, str] = ("", "")
+        self._problem = False  # the last diagnosis logged was a problem
         self._last_state: tuple[str, str] | None = None
         self._warnings: list[str] = []
         self._warned_at: dict[str, float] = {}
@@ -86,9 +87,11 @@ class Monitor:
         if snap.state == "live" and (self._diagnosed_at is None or t - self._diagnosed_at >= DIAGNOSE_EVERY_S):
             self._diagnosed_at = t
             self.verdicts = tuple(self._diagnoser.update(snap))
-            rules = tuple(v.rule for v in self.verdicts)
-            if rules != self._rules:  # as the headless status does: a line when it changes
-                self._rules = rules
-                line = verdict_line(list(self.verdicts))
-                events.append(Event(f"diagnosis: {line}", LEVEL_STYLE[worst(list(self.verdicts))]))
+            level = worst(list(self.verdicts))
+            rules = (level, self.verdicts[0].rule if self.verdicts else "")  # the headline only
+            # A line when the headline problem changes (the others are on screen) -- problems and
+            # the recovery from one, not the "measuring" of the first seconds.
+            if rules != self._rules and (level != "ok" or self._problem):
+                events.append(Event(f"diagnosis: {verdict_line(list(self.verdicts))}", LEVEL_STYLE[level]))
+            self._rules, self._problem = rules, level != "ok"
         return events

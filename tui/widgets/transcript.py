@@ -75,6 +75,10 @@ class TranscriptView(VerticalScroll, can_focus=True):
         if not self.is_anchored and self.max_scroll_y > 0:
             self.anchor()
 
+    def on_resize(self) -> None:  # narrower: the text may overflow now
+        if not self.is_anchored:
+            self.call_after_refresh(self._anchor_when_full)
+
     def add_tokens(self, tokens: Iterable[TokenLike]) -> None:
         new_paras: list[Paragraph] = []
         pending: dict[Paragraph, str] = {}
