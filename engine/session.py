@@ -154,7 +154,7 @@ class Session:
 
     exit_code = 0
 
-    def _startup(self) -> None:
+    def _startup(self, restart: bool = False) -> None:
         import rustymimi
         import sentencepiece
 
@@ -162,8 +162,9 @@ class Session:
         from .server import server_main
 
         tel = self.tel
-        tel.set_state("loading", "resolving model files")
-        self.resolved = resolve(self.cfg.model, progress=self._progress)
+        if not restart:
+            tel.set_state("loading", "resolving model files")
+            self.resolved = resolve(self.cfg.model, progress=self._progress)
         tel.info["model"] = self.resolved.label
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
@@ -228,19 +229,78 @@ class Session:
             return tok
 
         self.pipeline.codec_factory = new_codec
-        if self.folder is not None:
+        if self.folder is not None and self.recorder is None:
             from .recorder import SessionRecorder
 
             self.recorder = SessionRecorder(self.folder, tel, self.cfg.options,
                                             processes=self.process_figures)
-            self.pipeline.recorder = self.recorder
+        self.pipeline.recorder = self.recorder
         self.pipeline.start()
-        self._cpu_start()
-        self.sink.start(self.pipeline.pull)
-        tel.info["output_latency_ms"] = round(getattr(self.sink, "latency_s", 0.0) * 1000.0, 1)
-        self.source.start(self.pipeline.on_frame)
+        if restart:
+            self._restarting = False  # the running source and sink feed the new pipeline now
+        else:
+            self._cpu_start()
+            self.sink.start(self._pull)
+            tel.info["output_latency_ms"] = round(getattr(self.sink, "latency_s", 0.0) * 1000.0, 1)
+            self.source.start(self._on_frame)
         tel.set_state("live", "")
         self.live.set()
+
+    # The audio endpoints call these for the whole session; the pipeline behind them can be
+    # replaced (restart_server) without stopping a device.
+    _restarting = False
+
+    def _on_frame(self, pcm, t_cap: int) -> None:
+        if not self._restarting:
+            self.pipeline.on_frame(pcm, t_cap)
+
+    def _pull(self, t_play: int):
+        if self._restarting:
+            return None
+        return self.pipeline.pull(t_play)
+
+    @property
+    def can_restart(self) -> bool:
+        """The model server died (or failed) while the audio endpoints are still usable."""
+        return (self.pipeline is not None and self.pipeline.server_error is not None
+                and not self._stopped)
+
+    def restart_server(self) -> None:
+        """Start a new model server and codec after the old server died.
+
+        The audio devices or files keep running (silence meanwhile), and the telemetry,
+        transcript and session folder carry on: the conversation resumes as a new segment.
+        """
+        if not self.can_restart:
+            raise MoshiTuiError("the model server is running: nothing to restart", exit_code=1)
+        self._restarting = True
+        # Synchronously, so that no reader sees "error" or "done" once this returns.
+        self.tel.error = None
+        self.exit_code = 0
+        self.end_reason = ""
+        self.live.clear()
+        self.done.clear()
+        self.tel.set_state("loading", "restarting the model server")
+        self._thread = threading.Thread(target=self._run_restart, name="session-restart",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run_restart(self) -> None:
+        old = self.pipeline
+        old.stop()
+        self._stop_server()
+        self.server = None
+        self.tel.mark_segment(self.tel.steps, time.monotonic_ns())
+        self.tel.warn("model server restarted")
+        try:
+            self._startup(restart=True)
+        except MoshiTuiError as e:
+            self._fail(str(e), e.exit_code)
+            return
+        except Exception as e:
+            self._fail(f"{type(e).__name__}: {e}", 1)
+            return
+        self._watch()
 
     def _watch(self) -> None:
         """End the session when the input runs out, time is up, the server dies, or stop()."""

@@ -156,3 +156,36 @@ async def test_engine_error_shows_the_modal(tmp_path, demo_cache, speech_wav):
         await app.workers.wait_for_complete()
         await pilot.pause()
     assert app.return_code == app.session.exit_code != 0
+
+
+async def test_server_killed_then_restarted_from_the_error_modal(tmp_path, demo_cache):
+    app = make_app(tmp_path, "--demo", "--input", "silence", "--output", "null")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None and app.snapshot.state == "live", 30,
+                       "the session to go live")
+        pid = app.snapshot.info["server_pid"]
+        psutil.Process(pid).kill()
+        deadline = time.monotonic() + 10
+        while not isinstance(app.screen, ErrorScreen) and time.monotonic() < deadline:
+            await pilot.pause(0.1)
+        assert isinstance(app.screen, ErrorScreen), "no error modal for a dead server"
+        assert app.screen.can_restart
+        before = app.session.snapshot().frames_processed
+        await pilot.press("r")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            snap = app.session.snapshot()
+            if snap.state == "live" and snap.frames_processed > before + 5:
+                break
+            await pilot.pause(0.2)
+        snap = app.session.snapshot()
+        assert snap.state == "live" and snap.error is None
+        assert snap.frames_processed > before + 5
+        assert not isinstance(app.screen, ErrorScreen)
+        new_pid = app.session.server.pid
+        assert new_pid != pid
+        await pilot.press("q")
+    deadline = time.monotonic() + 5
+    while not server_gone(new_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server_gone(new_pid)

@@ -231,3 +231,35 @@ def test_memory_stays_flat_across_segments(demo_env, tmp_path):
     # without the allocator fix: +330 MB per segment; the codec's own KV cache grows by
     # ~128 KB per frame (~10 MB here), and two codecs coexist briefly at each boundary
     assert max(rss[1:]) - rss[0] < 150, rss
+
+
+def test_restart_after_the_server_died(demo_cache, tmp_path):
+    """The app's restart: same audio endpoints, telemetry and session folder, a new server."""
+    from engine.model_source import ModelOptions
+    from engine.session import Session, SessionConfig
+
+    s = Session(SessionConfig(model=ModelOptions(demo=True), input="silence", output="null",
+                              session_dir=str(tmp_path / "s")))
+    s.prepare()
+    s.start()
+    try:
+        assert s.live.wait(120), s.snapshot().error
+        time.sleep(1.0)
+        first_pid = s.server.pid
+        psutil.Process(first_pid).kill()
+        assert s.wait(5), "the client did not notice the dead server"
+        assert s.snapshot().error and s.can_restart
+        before = s.snapshot().frames_processed
+        s.restart_server()
+        deadline = time.monotonic() + 60
+        while s.snapshot().frames_processed < before + 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        snap = s.snapshot()
+        assert snap.state == "live" and snap.error is None
+        assert snap.frames_processed >= before + 10
+        assert s.server.pid != first_pid and s.server.is_alive()
+        assert snap.counters["segments"] >= 1
+    finally:
+        s.stop()
+    assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == "zombie"
+    assert json.loads((tmp_path / "s" / "stats.json").read_text())["frames"]["processed"] > before

@@ -265,8 +265,18 @@ class MoshiApp(App[int]):
         self.event_log.write(line)
 
     def _show_error(self, message: str, title: str | None = None) -> None:
-        screen = ErrorScreen(message) if title is None else ErrorScreen(message, title=title)
-        self.push_screen(screen)
+        can_restart = bool(getattr(self.session, "can_restart", False))
+        kw = {"can_restart": can_restart} if title is None else {"title": title}
+        self.push_screen(ErrorScreen(message, **kw))
+
+    def action_restart_server(self) -> None:
+        """From the error modal: a new model server; the transcript and audio carry on."""
+        if not getattr(self.session, "can_restart", False):
+            return
+        self.session.restart_server()
+        self.monitor.error = None
+        self._ended_logged = False
+        self.log_event("restarting the model server", "bold")
 
     # ------------------------------------------------------------------ panels and keys
     def watch_show_latency(self, show: bool) -> None:
