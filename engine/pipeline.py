@@ -164,6 +164,7 @@ class ClientPipeline:
         # (loaded and warmed in the background beforehand) and a reset of the LM.
         self.segment_frames: int | None = None
         self.codec_factory = None  # () -> a new, warmed StreamTokenizer
+        self.on_codec_released = None  # () -> None, once the old codec is no longer used
         self._seg_count = 0
         self._next_tok = None
         self._loader: threading.Thread | None = None
@@ -312,6 +313,8 @@ class ClientPipeline:
         waiter.expected_s = self._dec_wait.expected_s
         self.dec_tok, self._dec_wait = self.enc_tok, waiter
         self._dec_switch_at = None
+        if self.on_codec_released is not None:
+            self.on_codec_released()
         self.tel.mark_segment(step, time.monotonic_ns())
 
     def _send2_loop(self) -> None:

@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     from .options import model_options
     from .session import tune_allocator
 
-    tune_allocator()  # a fresh codec per conversation: freed weights must go back to the OS
+    tune_allocator()  # a fresh codec per conversation: freed memory must go back to the OS
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if not 0 <= args.port <= 65535:

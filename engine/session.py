@@ -52,12 +52,13 @@ def open_session(cfg: SessionConfig, telemetry: Telemetry | None = None):
 
 
 def tune_allocator() -> None:
-    """Let glibc give freed codec memory back to the OS.
+    """Let glibc give a dropped codec's memory back to the OS.
 
-    Each segment loads a fresh rustymimi codec (~385 MB of weights) and frees the old one.
-    glibc's dynamic mmap threshold rises after the first large free, so later weight buffers
-    land in the heap and are never returned: measured +330 MB of RSS per segment.  A fixed
-    threshold (which also turns the dynamic one off) keeps RSS flat across segments.
+    Each segment loads a fresh rustymimi codec and drops the old one.  With glibc's dynamic
+    mmap threshold, RSS grew by ~330 MB per segment (measured: the freed buffers stay in the
+    heap).  A fixed threshold keeps it flat: 128 KiB made every large codec activation an
+    mmap/munmap pair (codec CPU +20 %), 8 MiB still leaked, 1 MiB is flat and costs ~5 %
+    (measured with `moshi-tui bench codec`, interleaved).  Trimming after the swap did not help.
     """
     import ctypes
     import sys
@@ -65,10 +66,20 @@ def tune_allocator() -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass  # not glibc (musl, ...): nothing to tune
+
+
+def load_codec(path: str):
+    """A new rustymimi StreamTokenizer, warmed up."""
+    import rustymimi
+
+    from .pipeline import warm_codec
+
+    tok = rustymimi.StreamTokenizer(path)
+    warm_codec(tok)
+    return tok
 
 
 class Session:
@@ -224,9 +235,7 @@ class Session:
         mimi_path = str(self.resolved.mimi_weight)
 
         def new_codec():
-            tok = rustymimi.StreamTokenizer(mimi_path)
-            warm_codec(tok)
-            return tok
+            return load_codec(mimi_path)
 
         self.pipeline.codec_factory = new_codec
         if self.folder is not None and self.recorder is None:
