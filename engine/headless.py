@@ -37,11 +37,15 @@ def run_headless(args, cfg, out=sys.stdout) -> int:
     stop = threading.Event()
 
     def _on_signal(signum, frame):
+        if signum == signal.SIGINT and stop.is_set():
+            raise KeyboardInterrupt  # a second Ctrl+C: stop waiting
         stop.set()
         session.request_stop()
 
     old = {}
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+    # Ctrl+C too: a KeyboardInterrupt raised at an arbitrary point of the status loop could
+    # leave the stop path waiting; a flag the loop checks cannot.
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None:
             old[sig] = signal.signal(sig, _on_signal)
 

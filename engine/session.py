@@ -398,6 +398,18 @@ class Session:
         if self.recorder is not None:
             self.recorder.processes = lambda: self.cpu
             self.recorder.close(self.end_reason, trace=self.cfg.keep_records)
+        elif self.folder is not None:
+            # Stopped before going live (quit while loading, a load error): the folder still
+            # gets its transcript and stats, so the session is never silently lost.
+            from .export import write_session_files
+            from .stats import build_stats
+
+            try:
+                write_session_files(self.folder, build_stats(
+                    self.tel, options=self.cfg.options, processes=self.cpu,
+                    end_reason=self.end_reason))
+            except Exception as e:
+                self.tel.warn(f"cannot write the session files in {self.folder}: {e}")
         self.done.set()
 
     def _stop_server(self) -> None:

@@ -60,9 +60,13 @@ def test_session_on_jack_devices(jack_server, demo_cache):
     c = snap.counters
     starved = c["drops_input"] + c["drops_decode"]
     if starved == 0:
-        # a machine that keeps real time: the speaker never runs dry once it has started
-        late = [t for t in s.tel.underrun_times if not t_wired <= t <= t_wired + 1.0]
-        assert late == [], (c, s.tel.underrun_times, t_wired, s.tel.info.get("playout_frames"))
+        # A machine that keeps real time: once the jitter buffer has sized itself to this
+        # machine's jitter (at most a few underruns, in the first half), the speaker never runs
+        # dry again.  On a machine with headroom there are none at all.
+        times = [t for t in s.tel.underrun_times if not t_wired <= t <= t_wired + 1.0]
+        diag = (c, s.tel.underrun_times, t_wired, s.tel.info.get("playout_frames"))
+        assert len(times) <= 3, diag
+        assert [t for t in times if t > 10.0] == [], diag
     else:
         # a machine too slow or too busy for real time (codec + model > 80 ms of CPU per
         # frame, e.g. a shared 2-core box): input is dropped so latency stays bounded, and
