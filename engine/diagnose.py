@@ -63,6 +63,7 @@ class _View:
     cpu_demand: tuple[float, int] | None = None  # (cores one frame needs, cores), bench only
     captured: int = 0
     processed: int = 0
+    playout: int | None = None  # frames the jitter buffer holds on purpose (live only)
 
 
 def _view(x) -> _View:
@@ -75,6 +76,7 @@ def _view(x) -> _View:
             model_label=str((x.info or {}).get("model", "")),
             captured=int(x.frames_captured or 0),
             processed=int(x.frames_processed or 0),
+            playout=(x.info or {}).get("playout_frames"),
         )
     if isinstance(x, dict):
         breakdown = x.get("frame_breakdown_ms") or {}
@@ -218,7 +220,12 @@ def diagnose(x, previous=None) -> list[Verdict]:
     play = _p(v, "playback")
     if play is not None and proc is not None:
         backlog = int((play - proc) // BUDGET_MS)
-        if backlog >= BACKLOG_WARN_FRAMES:
+        if v.playout and backlog <= v.playout:
+            # Held on purpose: the adaptive jitter buffer grew after underruns.
+            add("warn", "jitter_buffer",
+                f"jitter buffer holds {backlog} frame{'s' if backlog > 1 else ''} "
+                f"(+{backlog * BUDGET_MS:.0f} ms mic-to-speaker) to absorb late frames")
+        elif backlog >= BACKLOG_WARN_FRAMES:
             add("bad" if backlog >= BACKLOG_BAD_FRAMES else "warn", "output_backlog",
                 f"output queue holds a {backlog}-frame backlog: +{backlog * BUDGET_MS:.0f} ms "
                 "mic-to-speaker")
