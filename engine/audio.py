@@ -473,13 +473,44 @@ class _Rechunker:
         return out
 
 
-class DeviceSource(_Endpoint):
+class _DeviceEndpoint(_Endpoint):
+    """What both PortAudio endpoints share: closing the stream, and noticing it died."""
+
+    _kind = "audio"
+    _stopping = False
+    _stream = None
+
+    def _finished(self) -> None:
+        if not self._stopping:
+            self._record(f"{self._kind} device stopped unexpectedly (disconnected?)")
+            self.finished.set()
+
+    def _close_stream(self) -> None:
+        s, self._stream = self._stream, None
+        if s is None:
+            return
+        for close in (s.abort, s.close):
+            try:
+                close()
+            except Exception:
+                pass
+
+    def stop(self) -> None:
+        if not self._end():
+            return
+        self._stopping = True
+        self._close_stream()
+
+
+class DeviceSource(_DeviceEndpoint):
     """A PortAudio input device: 24 kHz mono float32 blocks of 1920 samples.
 
     If the device refuses 24 kHz it is opened at its default rate and each block is resampled
     in software (streaming polyphase filter, ~5 ms of extra latency); `device_rate` tells which.
     Blocks of another size than asked for (some hosts) are re-chunked to 1920 samples.
     """
+
+    _kind = "input"
 
     def __init__(self, device: int | None = None, *, latency: str | float = "low"):
         super().__init__()
@@ -540,37 +571,16 @@ class DeviceSource(_Endpoint):
         except Exception as e:
             self._record(e)
 
-    def _finished(self) -> None:
-        if not self._stopping:
-            self._record("input device stopped unexpectedly (disconnected?)")
-            self.finished.set()
-
-    def _close_stream(self) -> None:
-        s, self._stream = self._stream, None
-        if s is None:
-            return
-        try:
-            s.abort()
-        except Exception:
-            pass
-        try:
-            s.close()
-        except Exception:
-            pass
-
-    def stop(self) -> None:
-        if not self._end():
-            return
-        self._stopping = True
-        self._close_stream()
 
 
-class DeviceSink(_Endpoint):
+class DeviceSink(_DeviceEndpoint):
     """A PortAudio output device: one `pull()` per 80 ms period, played as 24 kHz mono.
 
     A device that refuses 24 kHz is opened at its default rate with software resampling; the
     resampler is primed with a few ms of silence so that each callback still pulls exactly once.
     """
+
+    _kind = "output"
 
     def __init__(self, device: int | None = None, *, latency: str | float = "low"):
         super().__init__()
@@ -651,26 +661,3 @@ class DeviceSink(_Endpoint):
             self._record(e)
             outdata.fill(0)
 
-    def _finished(self) -> None:
-        if not self._stopping:
-            self._record("output device stopped unexpectedly (disconnected?)")
-            self.finished.set()
-
-    def _close_stream(self) -> None:
-        s, self._stream = self._stream, None
-        if s is None:
-            return
-        try:
-            s.abort()
-        except Exception:
-            pass
-        try:
-            s.close()
-        except Exception:
-            pass
-
-    def stop(self) -> None:
-        if not self._end():
-            return
-        self._stopping = True
-        self._close_stream()
