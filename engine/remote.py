@@ -33,7 +33,6 @@ The transcript survives reconnects: text keeps accumulating in the same telemetr
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
 import struct
@@ -48,6 +47,7 @@ import numpy as np
 
 from . import wsproto
 from .errors import MoshiTuiError, UsageError
+from .procfigs import ProcessFigures
 from .telemetry import FrameRecord, Telemetry, percentiles
 
 FRAME = 1920
@@ -180,7 +180,7 @@ class _Conn:
         self.tasks: set = set()
 
 
-class RemoteSession:
+class RemoteSession(ProcessFigures):
     """Talk to a remote Moshi server; same interface as `engine.session.Session`."""
 
     exit_code = 0
@@ -805,39 +805,6 @@ class RemoteSession:
             self.recorder.close(self.end_reason, trace=bool(getattr(self.cfg, "keep_records", False)))
         self.done.set()
 
-    # ------------------------------------------------------------------ process figures
-    def _cpu_start(self) -> None:
-        try:
-            import psutil
-
-            p = psutil.Process(os.getpid())
-            self._cpu0 = (time.monotonic(), p.cpu_times())
-        except Exception:
-            self._cpu0 = None
-
-    def process_figures(self) -> dict:
-        """CPU % (since live) and RSS of this process; the server's are not visible from here."""
-        import psutil
-
-        if self._cpu0 is None:
-            return {}
-        t0, c0 = self._cpu0
-        wall = time.monotonic() - t0
-        try:
-            p = psutil.Process(os.getpid())
-            ct = p.cpu_times()
-            rss = p.memory_info().rss
-        except psutil.Error:
-            return {}
-        cpu = 100.0 * ((ct.user + ct.system) - (c0.user + c0.system)) / wall if wall > 0 else None
-        return {"client": {"cpu_percent": None if cpu is None else round(cpu, 1),
-                           "rss_mb": round(rss / 2**20, 1)}}
-
-    def _cpu_end(self) -> None:
-        try:
-            self.cpu = self.process_figures()
-        except Exception:
-            self.cpu = {}
 
     @property
     def session_path(self) -> Path | None:

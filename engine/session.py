@@ -9,7 +9,6 @@ so bad input fails in a second with one line, not after a model load.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from .errors import MoshiTuiError
 from .model_source import ModelOptions, resolve
+from .procfigs import ProcessFigures
 from .telemetry import Telemetry
 
 BUNDLED_SPEECH = Path(__file__).with_name("data") / "speech.wav"
@@ -82,7 +82,7 @@ def load_codec(path: str):
     return tok
 
 
-class Session:
+class Session(ProcessFigures):
     def __init__(self, cfg: SessionConfig, telemetry: Telemetry | None = None):
         tune_allocator()
         self.cfg = cfg
@@ -429,49 +429,4 @@ class Session:
             except Exception:
                 pass
 
-    # ------------------------------------------------------------------ process figures
-    def _procs(self):
-        import psutil
-
-        out = {"client": psutil.Process(os.getpid())}
-        if self.server is not None and self.server.pid and self.server.is_alive():
-            try:
-                out["server"] = psutil.Process(self.server.pid)
-            except psutil.Error:
-                pass
-        return out
-
-    def _cpu_start(self) -> None:
-        try:
-            self._cpu0 = (time.monotonic(), {k: p.cpu_times() for k, p in self._procs().items()})
-        except Exception:
-            self._cpu0 = None
-
-    def process_figures(self) -> dict:
-        """CPU % (since live) and RSS of each process, now."""
-        import psutil
-
-        out = {}
-        if self._cpu0 is None:
-            return out
-        t0, times0 = self._cpu0
-        wall = time.monotonic() - t0
-        for k, p in self._procs().items():
-            try:
-                ct = p.cpu_times()
-                rss = p.memory_info().rss
-            except psutil.Error:
-                continue
-            c0 = times0.get(k)
-            cpu = None
-            if c0 is not None and wall > 0:
-                cpu = 100.0 * ((ct.user + ct.system) - (c0.user + c0.system)) / wall
-            out[k] = {"cpu_percent": None if cpu is None else round(cpu, 1), "rss_mb": round(rss / 2**20, 1)}
-        return out
-
-    def _cpu_end(self) -> None:
-        try:
-            self.cpu = self.process_figures()
-        except Exception:
-            self.cpu = {}
 

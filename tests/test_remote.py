@@ -475,11 +475,7 @@ def test_against_kyutai_local_web(local_web, speech_wav, tmp_path):
 
 
 def test_headless_cli_remote(local_web, tmp_path):
-    """`moshi-tui --remote URL --headless` (skipped until --remote is wired into the CLI)."""
-    from engine.options import build_parser
-
-    if not any("--remote" in a.option_strings for a in build_parser()._actions):
-        pytest.skip("--remote is not wired into engine/options.py yet")
+    """`moshi-tui --remote URL --headless` against Kyutai's local_web."""
     url, _, _ = local_web
     stats = tmp_path / "stats.json"
     r = subprocess.run(
