@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .options import _Parser, add_model_options, model_options
-from .stats import machine_info, write_json_atomic
+from .stats import check_writable, machine_info, write_json_atomic
 
 STAGE_ROWS = ("encode", "encode_work", "uplink", "queue", "model", "decode", "decode_work",
               "processing", "playback")
@@ -65,17 +65,6 @@ def _progress(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
 
 
-def _check_json_path(path: str | None) -> None:
-    if not path:
-        return
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write --json {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UsageError(f"cannot write --json {path}: permission denied")
-
-
 def _envelope(kind: str, args, argv: list[str]) -> dict:
     machine = machine_info()
     try:
@@ -114,7 +103,7 @@ def _cmd_step(args, argv) -> int:
 
     if args.steps < 1:
         raise UsageError("--steps must be at least 1")
-    _check_json_path(args.json)
+    check_writable(args.json, "--json")
     out = _envelope("step", args, argv)
     resolved = resolve(model_options(args), progress=lambda s: _progress(f"model: {s}"))
     r = run_step(resolved, args.steps, max_steps=args.max_steps, progress=_progress)
@@ -164,7 +153,7 @@ def _cmd_codec(args, argv) -> int:
 
     if args.frames < 1:
         raise UsageError("--frames must be at least 1")
-    _check_json_path(args.json)
+    check_writable(args.json, "--json")
     out = _envelope("codec", args, argv)
     path, label = _mimi_path(args)
     r = run_codec(path, args.frames, wav=args.wav, progress=_progress)
@@ -246,8 +235,8 @@ def _cmd_pipeline(args, argv) -> int:
         raise UsageError("--seconds must be positive")
     if args.floor_steps < 1 or args.floor_frames < 1:
         raise UsageError("--floor-steps and --floor-frames must be at least 1")
-    _check_json_path(args.json)
-    _check_json_path(args.trace)
+    check_writable(args.json, "--json")
+    check_writable(args.trace, "--trace")
     out = _envelope("pipeline", args, argv)
     r = run_pipeline(
         model_options(args), input_spec=args.input, output_spec=args.output,
@@ -314,7 +303,7 @@ def _cmd_soak(args, argv) -> int:
 
     if args.minutes <= 0:
         raise UsageError("--minutes must be positive")
-    _check_json_path(args.json)
+    check_writable(args.json, "--json")
     out = _envelope("soak", args, argv)
     print(HEADER, file=sys.stderr, flush=True)
     r = run_soak(model_options(args), minutes=args.minutes, input_spec=args.input,

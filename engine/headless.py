@@ -9,28 +9,12 @@ import time
 
 from .diagnose import Diagnoser, verdict_line
 from .session import open_session
-from .stats import build_stats, status_line, write_json_atomic
-
-
-def _check_writable(path: str | None, what: str) -> None:
-    import os
-    from pathlib import Path
-
-    from .errors import UsageError
-
-    if not path:
-        return
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {what} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UsageError(f"cannot write {what} {path}: permission denied")
+from .stats import build_stats, check_writable, status_line, write_json_atomic
 
 
 def run_headless(args, cfg, out=sys.stdout) -> int:
-    _check_writable(args.stats_json, "stats to")
-    _check_writable(args.trace, "trace to")
+    check_writable(args.stats_json, "stats to")
+    check_writable(args.trace, "trace to")
     session = open_session(cfg)
     session.prepare()
 

@@ -95,6 +95,20 @@ def machine_info() -> dict:
     }
 
 
+def check_writable(path: str | None, what: str) -> None:
+    """Fail at start-up, not after the session, when an output file cannot be written."""
+    from .errors import UsageError
+
+    if not path:
+        return
+    p = Path(path).expanduser()
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {what} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"cannot write {what} {path}: permission denied")
+
+
 def write_json_atomic(path: str | Path, data) -> None:
     """Write to a temp file beside the target, then rename: a crash never leaves half a file."""
     from .export import write_text_atomic

@@ -25,7 +25,7 @@ from textual.worker import Worker, WorkerState
 
 from engine.errors import MoshiTuiError
 from engine.export import export, write_session_files
-from engine.stats import build_stats
+from engine.stats import build_stats, check_writable
 from engine.telemetry import Snapshot
 
 from .format import clock as fmt_clock
@@ -411,28 +411,14 @@ class MoshiApp(App[int]):
                 self._show_error(message, title="Internal error")
 
 
-def _check_writable(path: str | None, what: str) -> None:
-    """Fail before the screen switches, not after the session, when an output cannot be written."""
-    import os
-
-    if not path:
-        return
-    p = Path(path).expanduser()
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise MoshiTuiError(f"cannot write {what} {path}: folder {parent} does not exist", exit_code=2)
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise MoshiTuiError(f"cannot write {what} {path}: permission denied", exit_code=2)
-
-
 def run_app(args, cfg) -> int:
     """`moshi-tui` without --headless: validate, run the app, then say where the files are."""
     import tempfile
 
     from engine.session import open_session
 
-    _check_writable(getattr(args, "stats_json", None), "stats to")
-    _check_writable(getattr(args, "trace", None), "trace to")
+    check_writable(getattr(args, "stats_json", None), "stats to")
+    check_writable(getattr(args, "trace", None), "trace to")
     session = open_session(cfg)
     session.prepare()  # bad devices/files/folders fail here, before the screen switches
     folder = session.folder
