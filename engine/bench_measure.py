@@ -189,11 +189,16 @@ class _StreamCodec:
 
 
 def _codec_both(path: str, frames: list[np.ndarray]) -> dict:
-    """Both APIs, interleaved frame by frame, so a noisy machine weighs on both alike."""
-    codecs = [_SyncCodec(path), _StreamCodec(path)]
-    for codec in codecs:
-        for pcm in frames[:CODEC_WARMUP_FRAMES]:
-            codec.decode(codec.encode(pcm))
+    """Both APIs, interleaved frame by frame, so a noisy machine weighs on both alike.
+    The allocator is set up as in a session (engine.alloc)."""
+    from .alloc import codec_allocations, tune_allocator
+
+    tune_allocator()
+    with codec_allocations():
+        codecs = [_SyncCodec(path), _StreamCodec(path)]
+        for codec in codecs:
+            for pcm in frames[:CODEC_WARMUP_FRAMES]:
+                codec.decode(codec.encode(pcm))
     times = {c.name: {"enc": [], "dec": [], "cpu": 0.0} for c in codecs}
     for pcm in frames:
         for codec in codecs:

@@ -107,10 +107,12 @@ class ModelHost:
         """A fresh, warmed-up Mimi codec for one conversation (~0.3 s)."""
         import rustymimi
 
+        from .alloc import codec_allocations
         from .pipeline import warm_codec
 
-        tok = rustymimi.StreamTokenizer(str(self.resolved.mimi_weight))
-        warm_codec(tok)
+        with codec_allocations():
+            tok = rustymimi.StreamTokenizer(str(self.resolved.mimi_weight))
+            warm_codec(tok)
         return tok
 
     def reset(self) -> None:
@@ -532,8 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .alloc import tune_allocator
     from .options import model_options
-    from .session import tune_allocator
 
     tune_allocator()  # a fresh codec per conversation: freed memory must go back to the OS
 

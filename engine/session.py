@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .alloc import codec_allocations, release_free_memory, tune_allocator
 from .errors import MoshiTuiError
 from .model_source import ModelOptions, resolve
 from .procfigs import ProcessFigures
@@ -51,34 +52,15 @@ def open_session(cfg: SessionConfig, telemetry: Telemetry | None = None):
     return Session(cfg, telemetry)
 
 
-def tune_allocator() -> None:
-    """Let glibc give a dropped codec's memory back to the OS.
-
-    Each segment loads a fresh rustymimi codec and drops the old one.  With glibc's dynamic
-    mmap threshold, RSS grew by ~330 MB per segment (measured: the freed buffers stay in the
-    heap).  A fixed threshold keeps it flat: 128 KiB made every large codec activation an
-    mmap/munmap pair (codec CPU +20 %), 8 MiB still leaked, 1 MiB is flat and costs ~5 %
-    (measured with `moshi-tui bench codec`, interleaved).  Trimming after the swap did not help.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc (musl, ...): nothing to tune
-
-
 def load_codec(path: str):
     """A new rustymimi StreamTokenizer, warmed up."""
     import rustymimi
 
     from .pipeline import warm_codec
 
-    tok = rustymimi.StreamTokenizer(path)
-    warm_codec(tok)
+    with codec_allocations():
+        tok = rustymimi.StreamTokenizer(path)
+        warm_codec(tok)
     return tok
 
 
@@ -193,13 +175,14 @@ class Session(ProcessFigures):
         # The codec and text tokenizer load here while the server loads the LM.
         from .modelload import ModelLoadError, load_text_tokenizer
 
-        try:
-            audio_tok = rustymimi.StreamTokenizer(str(self.resolved.mimi_weight))
-        except Exception as e:
-            raise ModelLoadError(f"cannot load Mimi weights {self.resolved.mimi_weight}: {e}") from None
+        with codec_allocations():
+            try:
+                audio_tok = rustymimi.StreamTokenizer(str(self.resolved.mimi_weight))
+            except Exception as e:
+                raise ModelLoadError(f"cannot load Mimi weights {self.resolved.mimi_weight}: {e}") from None
+            codec_warm_ms = warm_codec(audio_tok)
         spm = load_text_tokenizer(self.resolved.tokenizer)
         assert isinstance(spm, sentencepiece.SentencePieceProcessor)
-        codec_warm_ms = warm_codec(audio_tok)
 
         # Wait for the server: it reports progress, then ready or an error.
         while True:
@@ -238,6 +221,7 @@ class Session(ProcessFigures):
             return load_codec(mimi_path)
 
         self.pipeline.codec_factory = new_codec
+        self.pipeline.on_codec_released = release_free_memory
         if self.folder is not None and self.recorder is None:
             from .recorder import SessionRecorder
 

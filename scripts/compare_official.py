@@ -1,0 +1,255 @@
+"""moshi-tui against Kyutai's official `moshi_mlx/local.py`, side by side in one run.
+
+Both run on the demo model (bf16 LM, full-size random Mimi) through real sounddevice callbacks
+on a private JACK dummy sound card (24 kHz, 80 ms periods) with the speaker looped back into
+the microphone, one after the other, alternating which goes first in each round, so that the
+machine's load weighs on both alike.  Kyutai's code runs unchanged (scripts/official_probe.py
+says what is wrapped around it to measure it at the same points as our telemetry).  The
+compute floor (isolated encode + step + decode p50) is measured before each round with
+`moshi-tui bench codec` and `bench step`.
+
+    .venv/bin/python scripts/compare_official.py --seconds 60 --rounds 2 --json compare.json
+
+Prints one table per round and one over all rounds; --json writes every figure.
+Needs jackd (apt-get install jackd2) and the JACK-Client package (installed by setup.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from engine.bench import table  # noqa: E402
+from engine.demo import ensure_demo  # noqa: E402
+from engine.stats import machine_info, write_json_atomic  # noqa: E402
+from tests import jackdummy  # noqa: E402
+
+FRAME_MS = 80.0
+CLI = [sys.executable, "-m", "tui.cli"]
+
+
+def pcts(values) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "n": int(a.size)}
+
+
+def measure_floor(env: dict, work: Path, steps: int, frames: int) -> dict:
+    step_json, codec_json = work / "step.json", work / "codec.json"
+    subprocess.run([*CLI, "bench", "step", "--demo", "--steps", str(steps), "--json", str(step_json)],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run([*CLI, "bench", "codec", "--demo", "--frames", str(frames), "--json", str(codec_json)],
+                   cwd=ROOT, env=env, check=True, capture_output=True)
+    step = json.loads(step_json.read_text())["result"]["step_ms"]["p50"]
+    codec = json.loads(codec_json.read_text())["result"]["stream"]
+    enc, dec = codec["encode_ms"]["p50"], codec["decode_ms"]["p50"]
+    return {"encode_ms": enc, "step_ms": step, "decode_ms": dec, "floor_ms": enc + step + dec}
+
+
+class CpuWatch:
+    """CPU % of a process tree between start() and stop(), per process role."""
+
+    def __init__(self, roles: dict[str, psutil.Process]):
+        self.roles = roles
+        self.t0 = None
+        self.c0: dict = {}
+
+    @staticmethod
+    def _cpu(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return t.user + t.system
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.c0 = {k: self._cpu(p) for k, p in self.roles.items()}
+
+    def stop(self) -> dict:
+        wall = time.monotonic() - self.t0
+        out = {}
+        for k, p in self.roles.items():
+            try:
+                out[k] = {"cpu_percent": round(100 * (self._cpu(p) - self.c0[k]) / wall, 1),
+                          "rss_mb": round(p.memory_info().rss / 2**20, 1)}
+            except psutil.Error:
+                out[k] = {"cpu_percent": None, "rss_mb": None}
+        return out
+
+
+def _wait_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode} before going live")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args[:3]}: not live after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def run_official(jack, demo_dir: Path, seconds: float, env: dict, work: Path) -> dict:
+    rec_path = work / "official.json"
+    env = dict(env, OFFICIAL_PROBE_OUT=str(rec_path))
+    with open(work / "official.log", "w") as log:
+        p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "official_probe.py"),
+                              str(demo_dir)], cwd=work, env=env, stdout=log,
+                             stderr=subprocess.STDOUT)
+    try:
+        _wait_file(rec_path, p, 180)  # the client writes it once a second from warm-up on
+        jack.connect_loopback(timeout=30)
+        main = psutil.Process(p.pid)
+        kids = main.children()
+        client_pid = json.loads(rec_path.read_text())["pid"]
+        roles = {"main (printer)": main}
+        for k in kids:
+            roles["client" if k.pid == client_pid else "server"] = k
+        watch = CpuWatch(roles)
+        watch.start()
+        time.sleep(seconds)
+        cpu = watch.stop()
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)  # Ctrl+C: local.py terminates its two processes
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            for k in psutil.Process(p.pid).children(recursive=True):
+                k.kill()
+            p.kill()
+            p.wait(10)
+    r = json.loads(rec_path.read_text())
+    cap = np.array(r["cap"], dtype=np.int64)
+    dec = np.array(r["dec"][r["warm_dec"]:], dtype=np.int64)
+    play = np.array(r["play"], dtype=np.int64)
+    n = min(len(cap), len(dec))
+    m = min(len(cap), len(play))
+    processing = (dec[:n] - cap[:n]) / 1e6
+    playback = (play[:m] - cap[:m]) / 1e6
+    return {
+        "processing": pcts(processing),
+        "playback": pcts(playback),
+        "frames_captured": int(len(cap)),
+        "frames_processed": int(len(dec)),
+        "frames_played": int(len(play)),
+        "underruns": int(r["underruns"]),
+        "drops": 0,  # local.py's queues are unbounded: it never drops, latency grows instead
+        "output_backlog_end": int(len(r["out_put"]) - len(play)),
+        "processes": cpu,
+    }
+
+
+def run_ours(jack, seconds: float, env: dict, work: Path) -> dict:
+    stats_path = work / "ours.json"
+    dev_in, dev_out = jackdummy.device_index("input"), jackdummy.device_index("output")
+    cmd = [*CLI, "--headless", "--demo", "--input", str(dev_in), "--output", str(dev_out),
+           "--seconds", str(seconds + 2), "--stats-json", str(stats_path), "--no-save"]
+    with open(work / "ours.log", "w") as log:
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        jack.connect_loopback(timeout=180)
+        if p.wait(seconds + 120) != 0:
+            raise RuntimeError(f"moshi-tui exited with {p.returncode}: see {work / 'ours.log'}")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    s = json.loads(stats_path.read_text())
+    st = s["stages_ms"]
+    c = s["counters"]
+    return {
+        "processing": st["processing"],
+        "playback": st["playback"],
+        "frames_captured": s["frames"]["captured"],
+        "frames_processed": s["frames"]["processed"],
+        "frames_played": s["frames"]["played"],
+        "underruns": c["underruns"],
+        "drops": c["drops_input"] + c["drops_output"] + c["drops_decode"],
+        "output_backlog_end": s["queues_now"]["output"],
+        "processes": s["processes"],
+        "output_latency_ms": s["audio"].get("output_latency_ms"),
+    }
+
+
+def _f(v, nd=1):
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def format_round(floor: dict, official: dict, ours: dict) -> str:
+    fl = floor["floor_ms"]
+    rows = []
+    for key, label in (("processing", "processing (capture → PCM)"), ("playback", "mic → speaker")):
+        for q in ("p50", "p95", "p99"):
+            a, b = official[key][q], ours[key][q]
+            rows.append([f"{label} {q} ms", _f(a), _f(b), _f(b / a, 2) if a and b else "-"])
+    rows.append(["processing p50 / floor", _f(official["processing"]["p50"] / fl, 2),
+                 _f(ours["processing"]["p50"] / fl, 2), ""])
+    for key in ("underruns", "drops", "output_backlog_end"):
+        rows.append([key.replace("_", " "), str(official[key]), str(ours[key]), ""])
+    for role in ("client", "server"):
+        a = official["processes"].get(role, {})
+        b = ours["processes"].get(role, {})
+        rows.append([f"{role} CPU %", _f(a.get("cpu_percent")), _f(b.get("cpu_percent")), ""])
+        rows.append([f"{role} RSS MB", _f(a.get("rss_mb")), _f(b.get("rss_mb")), ""])
+    pm = official["processes"].get("main (printer)", {})
+    rows.append(["3rd process (printer) CPU %", _f(pm.get("cpu_percent")), "none", ""])
+    head = (f"floor {fl:.1f} ms = encode {floor['encode_ms']:.1f} + step {floor['step_ms']:.1f}"
+            f" + decode {floor['decode_ms']:.1f} (isolated p50, measured just before)")
+    return head + "\n" + table(["", "official local.py", "moshi-tui", "ratio"], rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="live seconds per session")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--floor-steps", type=int, default=200, help="steps of the floor's step bench")
+    ap.add_argument("--floor-frames", type=int, default=60, help="frames of the floor's codec bench")
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args()
+    demo = ensure_demo()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="compare-official-") as tmp:
+        jack = jackdummy.start(Path(tmp))
+        env.update({k: os.environ[k] for k in jackdummy.ENV_KEYS})
+        try:
+            for i in range(args.rounds):
+                work = Path(tmp) / f"round{i}"
+                work.mkdir()
+                print(f"[round {i + 1}/{args.rounds}] compute floor ...", flush=True)
+                floor = measure_floor(env, work, args.floor_steps, args.floor_frames)
+                order = ("official", "ours") if i % 2 == 0 else ("ours", "official")
+                got = {}
+                for who in order:
+                    print(f"[round {i + 1}/{args.rounds}] {who}: {args.seconds:.0f} s ...", flush=True)
+                    if who == "official":
+                        got[who] = run_official(jack, demo.root, args.seconds, env, work)
+                    else:
+                        got[who] = run_ours(jack, args.seconds, env, work)
+                    time.sleep(1.0)
+                results.append({"floor": floor, "order": list(order), **got})
+                print(format_round(floor, got["official"], got["ours"]), flush=True)
+        finally:
+            jackdummy.shutdown(jack)
+    if args.json:
+        write_json_atomic(args.json, {"kind": "compare_official", "options": vars(args),
+                                      "machine": machine_info(), "rounds": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
