@@ -228,6 +228,18 @@ def format_pipeline(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _report_session(args, out: dict, r: dict, text: str) -> int:
+    """Print a session bench's table, write its JSON, and exit non-zero if the session failed."""
+    out.update(r)
+    print(text)
+    if args.json:
+        write_json_atomic(args.json, out)
+    if r["error"]:
+        print(f"moshi-tui: error: {r['error']}", file=sys.stderr)
+        return r["exit_code"] or 1
+    return 0
+
+
 def _cmd_pipeline(args, argv) -> int:
     from .bench_pipeline import run_pipeline
 
@@ -243,14 +255,7 @@ def _cmd_pipeline(args, argv) -> int:
         seconds=args.seconds, floor_steps=args.floor_steps, floor_frames=args.floor_frames,
         max_steps=args.max_steps, trace=args.trace, progress=_progress,
     )
-    out.update(r)
-    print(format_pipeline(r))
-    if args.json:
-        write_json_atomic(args.json, out)
-    if r["error"]:
-        print(f"moshi-tui: error: {r['error']}", file=sys.stderr)
-        return r["exit_code"] or 1
-    return 0
+    return _report_session(args, out, r, format_pipeline(r))
 
 
 # ----------------------------------------------------------------------------------- CLI
@@ -309,14 +314,7 @@ def _cmd_soak(args, argv) -> int:
     r = run_soak(model_options(args), minutes=args.minutes, input_spec=args.input,
                  output_spec=args.output, max_steps=args.max_steps,
                  minute_s=args.minute_seconds, progress=_progress)
-    out.update(r)
-    print(format_soak(r))
-    if args.json:
-        write_json_atomic(args.json, out)
-    if r["error"]:
-        print(f"moshi-tui: error: {r['error']}", file=sys.stderr)
-        return r["exit_code"] or 1
-    return 0
+    return _report_session(args, out, r, format_soak(r))
 
 
 def main(argv: list[str]) -> int:

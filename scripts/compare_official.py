@@ -35,19 +35,13 @@ import psutil  # noqa: E402
 
 from engine.bench import table  # noqa: E402
 from engine.demo import ensure_demo  # noqa: E402
+from engine.procfigs import ProcessFigures  # noqa: E402
 from engine.stats import machine_info, write_json_atomic  # noqa: E402
+from engine.telemetry import percentiles  # noqa: E402
 from tests import jackdummy  # noqa: E402
 
 FRAME_MS = 80.0
 CLI = [sys.executable, "-m", "tui.cli"]
-
-
-def pcts(values) -> dict:
-    a = np.asarray(values, dtype=np.float64)
-    if a.size == 0:
-        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "n": int(a.size)}
 
 
 def measure_floor(env: dict, work: Path, steps: int, frames: int) -> dict:
@@ -62,33 +56,14 @@ def measure_floor(env: dict, work: Path, steps: int, frames: int) -> dict:
     return {"encode_ms": enc, "step_ms": step, "decode_ms": dec, "floor_ms": enc + step + dec}
 
 
-class CpuWatch:
-    """CPU % of a process tree between start() and stop(), per process role."""
+class CpuWatch(ProcessFigures):
+    """CPU % and RSS of the given processes (role -> psutil.Process), as a session reports its own."""
 
     def __init__(self, roles: dict[str, psutil.Process]):
         self.roles = roles
-        self.t0 = None
-        self.c0: dict = {}
 
-    @staticmethod
-    def _cpu(p: psutil.Process) -> float:
-        t = p.cpu_times()
-        return t.user + t.system
-
-    def start(self) -> None:
-        self.t0 = time.monotonic()
-        self.c0 = {k: self._cpu(p) for k, p in self.roles.items()}
-
-    def stop(self) -> dict:
-        wall = time.monotonic() - self.t0
-        out = {}
-        for k, p in self.roles.items():
-            try:
-                out[k] = {"cpu_percent": round(100 * (self._cpu(p) - self.c0[k]) / wall, 1),
-                          "rss_mb": round(p.memory_info().rss / 2**20, 1)}
-            except psutil.Error:
-                out[k] = {"cpu_percent": None, "rss_mb": None}
-        return out
+    def _procs(self):
+        return self.roles
 
 
 def _wait_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
@@ -118,9 +93,9 @@ def run_official(jack, demo_dir: Path, seconds: float, env: dict, work: Path) ->
         for k in kids:
             roles["client" if k.pid == client_pid else "server"] = k
         watch = CpuWatch(roles)
-        watch.start()
+        watch._cpu_start()
         time.sleep(seconds)
-        cpu = watch.stop()
+        cpu = watch.process_figures()
     finally:
         if p.poll() is None:
             p.send_signal(signal.SIGINT)  # Ctrl+C: local.py terminates its two processes
@@ -140,8 +115,8 @@ def run_official(jack, demo_dir: Path, seconds: float, env: dict, work: Path) ->
     processing = (dec[:n] - cap[:n]) / 1e6
     playback = (play[:m] - cap[:m]) / 1e6
     return {
-        "processing": pcts(processing),
-        "playback": pcts(playback),
+        "processing": percentiles(processing),
+        "playback": percentiles(playback),
         "frames_captured": int(len(cap)),
         "frames_processed": int(len(dec)),
         "frames_played": int(len(play)),
