@@ -5,19 +5,25 @@ Every endpoint moves 80 ms frames of 1920 float32 samples at 24 kHz mono:
 * a source calls `on_frame(pcm, t_cap_ns)` once per frame from its own thread (a device's
   audio callback thread, or a daemon thread for files and silence), with
   `t_cap_ns = time.monotonic_ns()` taken when the frame is handed over;
-* a sink calls `pull(t_play_ns)` once per 80 ms output period, with `t_play_ns` the
-  `time.monotonic_ns()` at the start of that period (the device callback, or the tick), and plays
-  or writes what it returns (None -> silence).  `latency_s` is the device-reported output
-  latency, to add to `t_play_ns` for the moment the sound leaves the speaker.
+* a sink plays blocks of its own size (a device's natural callback size, `OUT_BLOCK` = 20 ms
+  for files and null output) and calls `pull(t_play_ns, room)` each time it needs the next
+  frame: `t_play_ns` is when that frame's first sample is due (the callback's or tick's
+  `time.monotonic_ns()` plus the samples before it in the block), `room` the 24 kHz samples left
+  in the block.  The pull returns a frame (1920 samples, or fewer when the jitter buffer trims
+  it) or None: then `room` samples of silence are played and the sink asks again at its next
+  block, so a late frame costs a gap of one block, not a whole 80 ms period.  `latency_s` is
+  the device-reported output latency, to add to `t_play_ns` for when the sound leaves the
+  speaker.
 
-Software-paced endpoints (files, silence, null) tick on an absolute schedule t0 + n * 80 ms, so no
-drift accumulates.  A source hands over frame n at t0 + (n+1) * 80 ms (a microphone delivers a
-frame once its 80 ms have been captured); a sink pulls period n at t0 + n * 80 ms (a device asks
-for a period before it plays it).  When the thread wakes late, every period that has come due is
-handled back-to-back to catch up, up to `MAX_BURST` (5 frames = 400 ms, about what a host audio
-buffer absorbs).  Beyond that, like a real device, the excess periods are lost rather than
-burst: a file source skips those frames of the file (counted in `overflows`), a file/null sink
-writes silence for them without pulling (counted in `underflows`).  The timeline of every
+Software-paced endpoints (files, silence, null) tick on an absolute schedule t0 + n * period, so
+no drift accumulates (a source's period is one 80 ms frame, a sink's one 20 ms block).  A source
+hands over frame n at t0 + (n+1) * 80 ms (a microphone delivers a frame once its 80 ms have been
+captured); a sink handles block n at t0 + n * 20 ms (a device asks for a block before it plays
+it).  When the thread wakes late, every period that has come due is handled back-to-back to
+catch up, up to `MAX_BURST_NS` (400 ms, about what a host audio buffer absorbs).  Beyond that,
+like a real device, the excess periods are lost rather than burst: a file source skips those
+frames of the file (counted in `overflows`), a file/null sink writes silence for them without
+pulling (counted in `underflows`).  The timeline of every
 endpoint therefore stays locked to the wall clock: the output file has one frame per elapsed
 period.
 
@@ -43,10 +49,12 @@ from .wavio import Resampler, WavWriter, read_wav
 FRAME = 1920
 SAMPLE_RATE = 24000
 FRAME_NS = FRAME * 1_000_000_000 // SAMPLE_RATE  # 80 ms
-MAX_BURST = 5
+OUT_BLOCK = 480  # 20 ms: the block of the software-paced sinks
+MAX_BURST = 5  # frames
+MAX_BURST_NS = MAX_BURST * FRAME_NS
 
 OnFrame = Callable[[np.ndarray, int], None]
-Pull = Callable[[int], "np.ndarray | None"]
+Pull = Callable[[int, int], "np.ndarray | None"]
 
 
 @runtime_checkable
@@ -112,24 +120,67 @@ class _Endpoint:
         return f"<{type(self).__name__} {self.label!r}>"
 
 
-def _as_frame(x, owner: _Endpoint) -> np.ndarray:
-    """What a pull returned, as exactly FRAME float32 samples (None -> zeros)."""
+def _as_frame(x, owner: _Endpoint) -> np.ndarray | None:
+    """What a pull returned: None, or 1..FRAME float32 samples (longer is cut, and recorded)."""
     if x is None:
-        return np.zeros(FRAME, np.float32)
+        return None
     a = np.asarray(x, dtype=np.float32).reshape(-1)
-    if a.shape[0] != FRAME:
-        owner._record(f"pull returned {a.shape[0]} samples instead of {FRAME}")
-        out = np.zeros(FRAME, np.float32)
-        n = min(FRAME, a.shape[0])
-        out[:n] = a[:n]
-        return out
-    return a
+    if a.shape[0] > FRAME:
+        owner._record(f"pull returned {a.shape[0]} samples (more than {FRAME})")
+        return a[:FRAME]
+    return a if a.shape[0] else None
+
+
+class _Feeder:
+    """Feeds a sink's blocks from frame pulls: one pull per frame, at the moment the block
+    reaches that frame's first sample; a None pull fills the rest of the block with silence.
+
+    `rate` is the sink's sample rate; with a resampler the 24 kHz frames (and silences) go
+    through it, so its state stays continuous."""
+
+    def __init__(self, owner: _Endpoint, pull: Pull, rate: int = SAMPLE_RATE,
+                 resampler: Resampler | None = None, prime: int = 0) -> None:
+        self.owner = owner
+        self.pull = pull
+        self.rate = rate
+        self.rs = resampler
+        self.pending = np.zeros(prime, np.float32)
+        self.frames_pulled = 0  # pulls made (frames asked for)
+
+    def _fetch(self, t_ns: int, room: int) -> np.ndarray:
+        try:
+            f = _as_frame(self.pull(t_ns, room), self.owner)
+        except Exception as e:
+            self.owner._record(e)
+            f = None
+        self.frames_pulled += 1
+        return np.zeros(room, np.float32) if f is None else f
+
+    def fill(self, n: int, t_ns: int) -> np.ndarray:
+        """The next `n` samples, for a block whose first sample is due at `t_ns`."""
+        have = len(self.pending)
+        if have >= n:
+            out, self.pending = self.pending[:n], self.pending[n:]
+            return out
+        parts = [self.pending]
+        ns_per = 1e9 / self.rate
+        while have < n:
+            room = -(-(n - have) * SAMPLE_RATE // self.rate)  # 24 kHz samples left (ceil)
+            x = self._fetch(t_ns + int(have * ns_per), room)
+            if self.rs is not None:
+                x = self.rs.process(x)
+            parts.append(x)
+            have += len(x)
+        buf = np.concatenate(parts)
+        self.pending = buf[n:]
+        return buf[:n]
 
 
 class _Paced(_Endpoint):
-    """A daemon thread calling `_tick()` on the absolute schedule t0 + (n + lead) * 80 ms."""
+    """A daemon thread calling `_tick()` on the absolute schedule t0 + (n + lead) * period."""
 
     _lead = 0  # 1 for sources (deliver after the period), 0 for sinks (pull at its start)
+    _period_ns = FRAME_NS
     _thread_name = "audio-paced"
 
     def __init__(self) -> None:
@@ -148,18 +199,20 @@ class _Paced(_Endpoint):
         try:
             while not self._stop_evt.is_set():
                 now = time.monotonic_ns()
-                due = self._t0 + (self.periods + self._lead) * FRAME_NS
+                period = self._period_ns
+                due = self._t0 + (self.periods + self._lead) * period
                 if now < due:
                     self._stop_evt.wait((due - now) / 1e9)
                     continue
                 late = now - due
                 self.max_late_ms = max(self.max_late_ms, late / 1e6)
-                pending = late // FRAME_NS + 1  # periods due now, this one included
-                if pending > MAX_BURST:
-                    lost = int(pending - MAX_BURST)
+                pending = late // period + 1  # periods due now, this one included
+                burst = MAX_BURST_NS // period
+                if pending > burst:
+                    lost = int(pending - burst)
                     self._skip(lost)
                     self.periods += lost
-                    pending = MAX_BURST
+                    pending = burst
                 for _ in range(int(pending)):
                     if self._stop_evt.is_set():
                         break
@@ -313,35 +366,33 @@ class SilenceSource(_Paced):
 
 
 class NullSink(_Paced):
-    """Pulls one frame per 80 ms period and discards it."""
+    """Plays one 20 ms block per period into nothing (pulling a frame whenever one is due)."""
 
     _thread_name = "audio-null-sink"
+    _period_ns = OUT_BLOCK * 1_000_000_000 // SAMPLE_RATE
 
     def __init__(self) -> None:
         super().__init__()
         self.label = "null"
         self.latency_s = 0.0
-        self.underflows = 0  # periods lost because the thread woke > MAX_BURST periods late
-        self.frames_pulled = 0
-        self._pull: Pull | None = None
+        self.underflows = 0  # blocks lost because the thread woke > 400 ms late
+        self._feed: _Feeder | None = None
+
+    @property
+    def frames_pulled(self) -> int:
+        return self._feed.frames_pulled if self._feed is not None else 0
 
     def start(self, pull: Pull) -> None:
         self._begin()
-        self._pull = pull
+        self._feed = _Feeder(self, pull)
         self._start_thread()
 
-    def _fetch(self, t_ns: int) -> np.ndarray:
-        try:
-            out = _as_frame(self._pull(t_ns), self)
-        except Exception as e:
-            self._record(e)
-            out = np.zeros(FRAME, np.float32)
-        self.frames_pulled += 1
-        return out
-
     def _tick(self, t_ns: int) -> bool:
-        self._fetch(t_ns)
+        self._play(self._feed.fill(OUT_BLOCK, t_ns))
         return True
+
+    def _play(self, block: np.ndarray) -> None:
+        pass
 
     def _skip(self, n: int) -> None:
         self.underflows += n
@@ -352,10 +403,9 @@ class NullSink(_Paced):
 
 
 class WavFileSink(NullSink):
-    """Writes one frame per 80 ms period to a 16-bit WAV (valid on disk after every frame).
-
-    The file is created when the sink is constructed (so an unwritable path fails early).
-    """
+    """Writes what a speaker would play, 20 ms per period, to a 16-bit WAV (valid on disk after
+    every block).  The file is created when the sink is constructed (so an unwritable path
+    fails early)."""
 
     _thread_name = "audio-file-sink"
 
@@ -369,20 +419,15 @@ class WavFileSink(NullSink):
     def frames_written(self) -> int:
         return self._writer.samples_written // FRAME
 
-    def _tick(self, t_ns: int) -> bool:
-        frame = self._fetch(t_ns)
+    def _play(self, block: np.ndarray) -> None:
         try:
-            self._writer.write(frame)
+            self._writer.write(block)
         except Exception as e:
             self._record(e)
-        return True
 
     def _skip(self, n: int) -> None:
         self.underflows += n
-        try:
-            self._writer.write(np.zeros(n * FRAME, np.float32))
-        except Exception as e:
-            self._record(e)
+        self._play(np.zeros(n * OUT_BLOCK, np.float32))
 
     def stop(self) -> None:
         if self._end():
@@ -574,10 +619,13 @@ class DeviceSource(_DeviceEndpoint):
 
 
 class DeviceSink(_DeviceEndpoint):
-    """A PortAudio output device: one `pull()` per 80 ms period, played as 24 kHz mono.
+    """A PortAudio output device, played as 24 kHz mono.
 
-    A device that refuses 24 kHz is opened at its default rate with software resampling; the
-    resampler is primed with a few ms of silence so that each callback still pulls exactly once.
+    The stream runs at the host's natural callback size (PortAudio's `blocksize=0`: the JACK
+    period, CoreAudio's I/O buffer, ...), so a frame can start at any callback rather than on an
+    80 ms grid; frames are pulled as the callbacks reach them.  A device that refuses 24 kHz is
+    opened at its default rate with software resampling; the resampler is primed with a few ms
+    of silence so that its look-ahead does not make the first callback pull two frames.
     """
 
     _kind = "output"
@@ -594,29 +642,29 @@ class DeviceSink(_DeviceEndpoint):
         self.latency = latency
         self.latency_s = 0.0
         self.underflows = 0  # callbacks flagged with output underflow (a gap was heard)
-        self.frames_pulled = 0
         self.callbacks = 0
         self.last_callback_ns = 0
         self.finished = threading.Event()  # set if the stream ends on its own
         self._stream = None
-        self._pull: Pull | None = None
+        self._feed: _Feeder | None = None
         self._rs = Resampler(SAMPLE_RATE, self.device_rate) if self.device_rate != SAMPLE_RATE else None
-        self._pending = np.zeros(0, np.float32)
         self._stopping = False
+
+    @property
+    def frames_pulled(self) -> int:
+        return self._feed.frames_pulled if self._feed is not None else 0
 
     def start(self, pull: Pull) -> None:
         self._begin()
-        self._pull = pull
         sd = self._sd
-        block = FRAME
+        prime = 0
         if self._rs is not None:
-            block = round(FRAME * self.device_rate / SAMPLE_RATE)
             r = self._rs
             prime = int(math.ceil(r.q * r.block_in * self.device_rate / SAMPLE_RATE)) + 2
-            self._pending = np.zeros(prime, np.float32)
+        self._feed = _Feeder(self, pull, self.device_rate, self._rs, prime)
         try:
             self._stream = sd.OutputStream(
-                samplerate=self.device_rate, channels=1, blocksize=block, dtype="float32",
+                samplerate=self.device_rate, channels=1, blocksize=0, dtype="float32",
                 device=self.index, latency=self.latency,
                 callback=self._callback, finished_callback=self._finished,
             )
@@ -628,15 +676,6 @@ class DeviceSink(_DeviceEndpoint):
             self._close_stream()
             raise AudioError(f"cannot open output {self.label}: {_pa_message(e)}") from None
 
-    def _fetch(self, t_ns: int) -> np.ndarray:
-        try:
-            f = _as_frame(self._pull(t_ns), self)
-        except Exception as e:
-            self._record(e)
-            f = np.zeros(FRAME, np.float32)
-        self.frames_pulled += 1
-        return f
-
     def _callback(self, outdata, frames, time_info, status) -> None:
         t = time.monotonic_ns()
         self.callbacks += 1
@@ -644,17 +683,7 @@ class DeviceSink(_DeviceEndpoint):
         try:
             if status.output_underflow:
                 self.underflows += 1
-            if self._rs is None and frames == FRAME and len(self._pending) == 0:
-                outdata[:, 0] = self._fetch(t)
-            else:
-                pending = self._pending
-                while len(pending) < frames:
-                    f = self._fetch(t)
-                    if self._rs is not None:
-                        f = self._rs.process(f)
-                    pending = np.concatenate([pending, f])
-                outdata[:, 0] = pending[:frames]
-                self._pending = pending[frames:]
+            outdata[:, 0] = self._feed.fill(frames, t)
             if outdata.shape[1] > 1:
                 outdata[:, 1:] = outdata[:, :1]
         except Exception as e:

@@ -63,7 +63,7 @@ class _View:
     cpu_demand: tuple[float, int] | None = None  # (cores one frame needs, cores), bench only
     captured: int = 0
     processed: int = 0
-    playout: int | None = None  # frames the jitter buffer holds on purpose (live only)
+    playout_ms: float | None = None  # mic-to-speaker delay the jitter buffer aims at (live)
 
 
 def _view(x) -> _View:
@@ -76,7 +76,7 @@ def _view(x) -> _View:
             model_label=str((x.info or {}).get("model", "")),
             captured=int(x.frames_captured or 0),
             processed=int(x.frames_processed or 0),
-            playout=(x.info or {}).get("playout_frames"),
+            playout_ms=(x.info or {}).get("playout_ms"),
         )
     if isinstance(x, dict):
         breakdown = x.get("frame_breakdown_ms") or {}
@@ -219,12 +219,14 @@ def diagnose(x, previous=None) -> list[Verdict]:
     # --- playback: frames waiting in the output queue ---------------------------------------
     play = _p(v, "playback")
     if play is not None and proc is not None:
-        backlog = int((play - proc) // BUDGET_MS)
-        if v.playout and backlog <= v.playout:
-            # Held on purpose: the adaptive jitter buffer grew after underruns.
-            add("warn", "jitter_buffer",
-                f"jitter buffer holds {backlog} frame{'s' if backlog > 1 else ''} "
-                f"(+{backlog * BUDGET_MS:.0f} ms mic-to-speaker) to absorb late frames")
+        wait = play - proc
+        backlog = int(wait // BUDGET_MS)
+        if v.playout_ms is not None and play <= v.playout_ms + BUDGET_MS / 2:
+            # Held on purpose: the jitter buffer waits for the slowest recent frame.
+            if wait >= BUDGET_MS:
+                add("warn", "jitter_buffer",
+                    f"jitter buffer adds {_ms(wait)} to mic-to-speaker to absorb late frames "
+                    f"(it aims at {_ms(v.playout_ms)}: the slowest recent frame + a margin)")
         elif backlog >= BACKLOG_WARN_FRAMES:
             add("bad" if backlog >= BACKLOG_BAD_FRAMES else "warn", "output_backlog",
                 f"output queue holds a {backlog}-frame backlog: +{backlog * BUDGET_MS:.0f} ms "

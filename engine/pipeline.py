@@ -21,6 +21,7 @@ import numpy as np
 from .telemetry import FrameRecord, Telemetry
 
 FRAME = 1920
+FRAME_NS = 80_000_000
 
 
 class ServerGone(Exception):
@@ -61,52 +62,98 @@ class _CodecWaiter:
 
 
 class Playout:
-    """The jitter buffer in front of the speaker: how many decoded frames to hold.
+    """The jitter buffer in front of the speaker, kept in time rather than in whole frames.
 
-    `target` frames wait in the output queue behind the one playing.  It starts at 1 (jitter
-    is unknown), goes up by one at each underrun (up to `max_target`), and tries one frame less
-    after `decay_s` without underruns -- so a steady machine ends at 0 (mic-to-speaker =
-    processing + the wait for the next speaker period) and a jittery one keeps just enough.
-    A failed attempt doubles the wait before the next one.  Backlog beyond the target that
-    persists `resync_after` periods is dropped: latency can never creep.
+    Every frame plays `delay` after its capture, so the speaker keeps the microphone's 80 ms
+    spacing.  The delay aims at the slowest frame of the last `window_s` (capture -> decoded
+    PCM) plus a margin.  The margin starts at `max_margin_ms` (the jitter is unknown), shrinks
+    by 10 ms every `decay_s` without an underrun down to `min_margin_ms`, and grows by 20 ms at
+    each underrun.  Playback starts when the first frame's delay reaches the aim.  A frame that
+    is not ready when the speaker reaches it is an underrun: the speaker plays silence one block
+    at a time (20 ms, or the device's callback size) and resumes once the late frame's delay
+    reaches the new aim, so the delay grows by just what that frame needed.  When the slow
+    frames leave the window the delay comes back down: a frame that would play later than
+    aimed loses up to `trim_ms` at its start (faded in over 2 ms), at most once every
+    `trim_every` frames (~30 ms per second), and when the delay is two frames or more too long
+    (the machine got faster), whole frames are dropped.
+    Thread-safe: `observe` runs in the decoder loop, `decide` in the audio callback.
     """
 
-    def __init__(self, initial: int = 1, max_target: int = 3, decay_s: float = 30.0,
-                 resync_after: int = 3):
-        self.target = initial
-        self.max_target = max_target
-        self.decay_s = decay_s
-        self.resync_after = resync_after
-        self.playing = False
-        self._over = 0
-        self._next_decay: float | None = None
+    def __init__(self, window_s: float = 20.0, min_margin_ms: float = 20.0,
+                 max_margin_ms: float = 80.0, decay_s: float = 5.0, trim_ms: float = 10.0,
+                 trim_every: int = 4):
+        self.window_ns = int(window_s * 1e9)
+        self.min_margin_ns = int(min_margin_ms * 1e6)
+        self.max_margin_ns = int(max_margin_ms * 1e6)
+        self.margin_ns = self.max_margin_ns
+        self.decay_ns = int(decay_s * 1e9)
+        self.trim_ns = int(trim_ms * 1e6)
+        self.trim_every = trim_every
+        self.playing = False  # False before the first frame and while waiting for a late one
+        self.aim_ns: int | None = None  # the delay aimed at, as of the last decision
+        self._next_decay: int | None = None
+        self._recent: deque = deque()  # (t_decoded_ns, processing_ns)
+        self._lock = threading.Lock()
+        self._since_trim = 0
 
-    def decide(self, depth: int, now_s: float) -> tuple[int, bool]:
-        """(frames to drop first, whether to play a frame now) for one speaker period."""
+    def observe(self, t_ns: int, processing_ns: int) -> None:
+        """A frame's PCM is ready `processing_ns` after its capture."""
+        with self._lock:
+            self._recent.append((t_ns, processing_ns))
+
+    def aim(self, now_ns: int) -> int | None:
+        with self._lock:
+            recent = self._recent
+            while len(recent) > 1 and recent[0][0] < now_ns - self.window_ns:
+                recent.popleft()
+            if not recent:
+                return None
+            slowest = max(p for _, p in recent)
+        if self._next_decay is not None and now_ns >= self._next_decay:
+            self.margin_ns = max(self.min_margin_ns, self.margin_ns - 10 * 1_000_000)
+            self._next_decay = now_ns + self.decay_ns
+        self.aim_ns = slowest + self.margin_ns
+        return self.aim_ns
+
+    def decide(self, head_delay_ns: int | None, depth: int, now_ns: int) -> tuple[int, int, bool, bool]:
+        """For the frame the speaker reaches now (`head_delay_ns` = now - its capture; None when
+        the output queue is empty): (frames to drop first, ns to trim off the start of the frame
+        played, play a frame now?, is this an underrun?)."""
+        if head_delay_ns is None or depth == 0:
+            if self.playing:
+                self.playing = False
+                self.margin_ns = min(self.max_margin_ns, self.margin_ns + 20 * 1_000_000)
+                self._next_decay = now_ns + self.decay_ns
+                return 0, 0, False, True
+            return 0, 0, False, False
+        aim = self.aim(now_ns)
         if not self.playing:
-            if depth <= self.target:
-                return 0, False  # still filling the buffer: silence, not an underrun
+            if aim is not None and head_delay_ns < aim:
+                return 0, 0, False, False  # not yet: the frame would play earlier than aimed
             self.playing = True
-            self._next_decay = now_s + self.decay_s
-            return depth - self.target - 1, True
-        if depth == 0:
-            if self.target < self.max_target:
-                self.target += 1
-            self.decay_s = min(self.decay_s * 2, 60.0)  # back to low latency within a minute
-            self._next_decay = now_s + self.decay_s
-            self._over = 0
-            return 0, False
-        if self.target > 0 and self._next_decay is not None and now_s >= self._next_decay:
-            self.target -= 1
-            self._next_decay = now_s + self.decay_s
-        drop = 0
-        if depth > self.target + 1:
-            self._over += 1
-            if self._over >= self.resync_after:
-                drop, self._over = depth - self.target - 1, 0
-        else:
-            self._over = 0
-        return drop, True
+            self._since_trim = 0
+            if self._next_decay is None:
+                self._next_decay = now_ns + self.decay_ns
+            return 0, 0, True, False
+        self._since_trim += 1
+        excess = head_delay_ns - aim if aim is not None else 0
+        if excess >= 2 * FRAME_NS and depth > 1:
+            return min(depth - 1, excess // FRAME_NS - 1), 0, True, False
+        if excess > self.trim_ns // 2 and self._since_trim >= self.trim_every:
+            self._since_trim = 0
+            return 0, min(excess, self.trim_ns), True, False
+        return 0, 0, True, False
+
+
+_FADE = np.linspace(0.0, 1.0, 48, endpoint=False, dtype=np.float32)  # 2 ms at 24 kHz
+
+
+def _trimmed(pcm: np.ndarray, trim_ns: int) -> np.ndarray:
+    """The frame without its first `trim_ns`, faded in so that the cut does not click."""
+    n = min(len(pcm) - len(_FADE), trim_ns * 24_000 // 1_000_000_000)
+    out = np.array(pcm[n:], dtype=np.float32)
+    out[: len(_FADE)] *= _FADE
+    return out
 
 
 class ClientPipeline:
@@ -120,7 +167,6 @@ class ClientPipeline:
         input_max: int = 6,
         inflight_max: int = 4,
         output_max: int = 6,
-        resync_after: int = 3,
         codec_max: int = 2,
         on_server_error=None,
     ):
@@ -135,7 +181,6 @@ class ClientPipeline:
         self.output_q: deque = deque()
         self.output_max = output_max
         self.inflight_max = inflight_max
-        self.resync_after = resync_after
         self.on_server_error = on_server_error
         self.stop_ev = threading.Event()
         self.send_lock = threading.Lock()
@@ -152,7 +197,7 @@ class ClientPipeline:
         self._sent = 0
         self._returned = 0
         self._frame_id = 0
-        self.playout = Playout(resync_after=resync_after)
+        self.playout = Playout()
         self.muted = False
         self.threads: list[threading.Thread] = []
         self.server_error: str | None = None
@@ -201,33 +246,38 @@ class ClientPipeline:
                 self.tel.count("drops_input")
         self.tel.sample_queues(self.depths())
 
-    def pull(self, t_play: int):
-        """Audio sink callback: the PCM to play now, or None (silence)."""
+    def pull(self, t_play: int, room: int = FRAME):
+        """Audio sink callback: the PCM to play from `t_play`, or None (`room` samples of
+        silence)."""
         pcm = self._pull(t_play)
         if self.recorder is not None:
-            self.recorder.output(pcm)
+            self.recorder.output(pcm, room)
         return pcm
 
     def _pull(self, t_play: int):
         q = self.output_q
-        depth = len(q)
-        drop, play = self.playout.decide(depth, t_play / 1e9)
+        head = q[0][0] if q else None  # only this callback pops; the decoder loop appends
+        delay = t_play - head.t_cap if head is not None and head.t_cap else None
+        drop, trim, play, underrun = self.playout.decide(delay, len(q), t_play)
         if drop:
-            # A backlog beyond the jitter buffer's target adds 80 ms of mic-to-speaker latency
-            # per frame for the rest of the session: drop the stale frames.
+            # The delay is a whole frame longer than the jitter needs: catch up at once.
             for _ in range(drop):
                 rec, _pcm = q.popleft()
                 self.tel.count("drops_output")
                 self.tel.frame_retired(rec)
             self.tel.warn("playback resynchronised: stale output dropped")
-        self.tel.info["playout_frames"] = self.playout.target
+        if self.playout.aim_ns is not None:
+            self.tel.info["playout_ms"] = round(self.playout.aim_ns / 1e6, 1)
         if not play:
-            if self.playout.playing and depth == 0:
+            if underrun:
                 self.tel.count("underruns")
                 self.tel.underrun_at(t_play)
             self.tel.add_level("output", 0.0)
             return None
         rec, pcm = q.popleft()
+        if trim:
+            pcm = _trimmed(pcm, trim)
+            self.tel.count("trims_output")
         rec.t_play = t_play
         self.tel.frame_played(rec)
         self.tel.add_level("output", _rms(pcm))
@@ -419,6 +469,8 @@ class ClientPipeline:
                 nxt.t_dec0 = max(nxt.t_dec0, rec.t_dec)
             self.tel.frame_decoded(rec)
             pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+            if rec.t_cap:
+                self.playout.observe(rec.t_dec, rec.t_dec - rec.t_cap)
             self.output_q.append((rec, pcm))
             while len(self.output_q) > self.output_max:
                 old, _ = self.output_q.popleft()

@@ -68,14 +68,15 @@ class SessionRecorder:
         if self._in is not None:
             self._q.put(("in", pcm))
 
-    def output(self, pcm: np.ndarray | None) -> None:
+    def output(self, pcm: np.ndarray | None, silence: int = FRAME) -> None:
+        """What the speaker plays next: `pcm`, or (None) `silence` samples of silence."""
         if self._out is not None:
-            self._q.put(("out", pcm))
+            self._q.put(("out", pcm if pcm is not None else silence))
 
     def _write_audio(self, kind: str, pcm) -> None:
         w = self._in if kind == "in" else self._out
-        if pcm is None:
-            pcm = np.zeros(FRAME, np.float32)
+        if isinstance(pcm, int):
+            pcm = np.zeros(pcm, np.float32)
         try:
             w.write(pcm)
         except Exception as e:  # a full disk must not stop the conversation

@@ -315,15 +315,16 @@ class RemoteSession(ProcessFigures):
             self._notify()
         tel.sample_queues(self.depths())
 
-    def pull(self, t_play: int):
-        """Audio sink callback: the PCM to play now, or None (silence)."""
+    def pull(self, t_play: int, room: int = FRAME):
+        """Audio sink callback: the PCM to play from `t_play`, or None (`room` samples of
+        silence)."""
         item, underrun = self.jitter.pop()
         if underrun:
             self.tel.count("underruns")
         if item is None:
             self.tel.add_level("output", 0.0)
             if self.recorder is not None:
-                self.recorder.output(None)
+                self.recorder.output(None, room)
             return None
         conn, rec, pcm = item
         rec.t_play = t_play

@@ -247,10 +247,10 @@ class Session(ProcessFigures):
         if not self._restarting:
             self.pipeline.on_frame(pcm, t_cap)
 
-    def _pull(self, t_play: int):
+    def _pull(self, t_play: int, room: int):
         if self._restarting:
             return None
-        return self.pipeline.pull(t_play)
+        return self.pipeline.pull(t_play, room)
 
     @property
     def can_restart(self) -> bool:

@@ -129,15 +129,16 @@ class TestRules:
         b = by_rule(v, "output_backlog")
         assert b.level == "warn" and "1-frame backlog: +80 ms" in b.text
 
-    def test_frames_held_by_the_jitter_buffer_are_not_a_backlog(self, form):
+    def test_delay_held_by_the_jitter_buffer_is_not_a_backlog(self, form):
         tel = feed(Telemetry(), enc=30, model=14, dec=22, out_wait=173.0)
-        tel.info["playout_frames"] = 2  # the adaptive buffer chose to hold two frames
-        snap = tel.snapshot()
-        v = diagnose(snap)
+        play = tel.snapshot().stage_stats["playback"]["p50"]
+        tel.info["playout_ms"] = play - 10  # the buffer aims at (about) this delay on purpose
+        v = diagnose(tel.snapshot())
         assert "output_backlog" not in rules(v)
         assert by_rule(v, "jitter_buffer").text == (
-            "jitter buffer holds 2 frames (+160 ms mic-to-speaker) to absorb late frames")
-        tel.info["playout_frames"] = 1  # one more than it holds: that one is a backlog
+            f"jitter buffer adds 173 ms to mic-to-speaker to absorb late frames (it aims at "
+            f"{play - 10:.0f} ms: the slowest recent frame + a margin)")
+        tel.info["playout_ms"] = play - 90  # played a frame later than it aims: a backlog
         assert by_rule(diagnose(tel.snapshot()), "output_backlog").level == "bad"
 
     def test_no_backlog_when_output_waits_less_than_a_period(self, form):

@@ -64,7 +64,7 @@ def test_session_on_jack_devices(jack_server, demo_cache):
         # machine's jitter (at most a few underruns, in the first half), the speaker never runs
         # dry again.  On a machine with headroom there are none at all.
         times = [t for t in s.tel.underrun_times if not t_wired <= t <= t_wired + 1.0]
-        diag = (c, s.tel.underrun_times, t_wired, s.tel.info.get("playout_frames"))
+        diag = (c, s.tel.underrun_times, t_wired, s.tel.info.get("playout_ms"))
         assert len(times) <= 3, diag
         assert [t for t in times if t > 10.0] == [], diag
     else:

@@ -1,51 +1,89 @@
-"""The jitter buffer's policy, period by period (no clocks: times are given)."""
+"""The jitter buffer's policy, on a simulated speaker (no clocks: times are given).
 
-from engine.pipeline import Playout
+Frames are captured every 80 ms and ready `processing` ms later; the speaker asks for the next
+frame when it reaches it, or, while it waits, once per 20 ms block (like the file and null
+sinks)."""
+
+from collections import deque
+
+import numpy as np
+
+from engine.pipeline import Playout, _trimmed
+
+MS = 1_000_000
 
 
-def run(p, arrivals):
-    """arrivals[i] = frames decoded during period i; returns (played, underruns, drops, depth)."""
-    depth = played = underruns = drops = 0
-    for i, n in enumerate(arrivals):
-        depth += n
-        drop, play = p.decide(depth, i * 0.08)
-        depth -= drop
-        drops += drop
+def simulate(processing_ms, block_ms=20.0, **kw):
+    p = Playout(**kw)
+    ready = [(k * 80.0 + pr, k * 80.0) for k, pr in enumerate(processing_ms)]
+    q: deque = deque()
+    i = 0
+    t = 0.0
+    out = {"delays": [], "times": [], "underruns": 0, "drops": 0, "trims": 0, "gaps": []}
+    gap_from = None
+    while t < len(processing_ms) * 80.0:
+        while i < len(ready) and ready[i][0] <= t:
+            p.observe(int(ready[i][0] * MS), int((ready[i][0] - ready[i][1]) * MS))
+            q.append(ready[i][1])
+            i += 1
+        head = int((t - q[0]) * MS) if q else None
+        drop, trim, play, underrun = p.decide(head, len(q), int(t * MS))
+        for _ in range(drop):
+            q.popleft()
+        out["drops"] += drop
+        out["underruns"] += underrun
+        if underrun:
+            gap_from = t
         if play:
-            depth -= 1
-            played += 1
-        elif p.playing and depth == 0:
-            underruns += 1
-    return played, underruns, drops, depth
+            if gap_from is not None:
+                out["gaps"].append(t - gap_from)
+                gap_from = None
+            cap = q.popleft()
+            out["delays"].append(t - cap)
+            out["times"].append(t)
+            out["trims"] += bool(trim)
+            t += 80.0 - trim / MS
+        else:
+            t = (t // block_ms + 1) * block_ms  # silence to the end of the block
+    return out
 
 
-def test_steady_machine_ends_with_no_buffer():
-    p = Playout(initial=1, decay_s=5.0)
-    played, underruns, drops, depth = run(p, [1] * 200)
-    assert underruns == 0
-    assert p.target == 0  # the buffer was given back: minimal latency
-    assert depth <= 1 and drops == 1  # the one extra frame was dropped when it decayed
+def test_steady_machine_plays_the_slowest_frame_plus_the_margin():
+    r = simulate([100.0] * 600)
+    assert r["underruns"] == 0 and r["drops"] == 0
+    assert 180 <= r["delays"][0] < 200  # at first a whole frame of margin: jitter unknown
+    late = r["delays"][-100:]
+    assert max(late) - min(late) < 1 and 120 <= late[0] <= 125  # after 30 s, 100 + 20 ms
+    assert r["trims"] >= 5  # it came down by trimming 10 ms at a time, no frame lost
 
 
-def test_jitter_grows_the_buffer_until_underruns_stop():
-    p = Playout(initial=0, decay_s=1000.0)
-    # every 10th frame comes one period late (and the next one with it)
-    arrivals = []
-    for i in range(300):
-        arrivals.append(0 if i % 10 == 5 else (2 if i % 10 == 6 else 1))
-    played, underruns, drops, _ = run(p, arrivals)
-    assert p.target == 1
-    assert underruns == 1  # only the first late frame: after it the buffer absorbs them
+def test_a_late_frame_costs_a_short_gap_then_the_delay_comes_back():
+    proc = [100.0] * 900
+    proc[500] = 170.0  # one slow frame, 40 s in
+    r = simulate(proc)
+    assert r["underruns"] == 1 and r["drops"] == 0
+    assert r["gaps"] and r["gaps"][0] <= 100  # silence until it is ready (+ margin), in blocks
+    i = next(k for k, t in enumerate(r["times"]) if t > 40.5e3)
+    assert r["delays"][i] >= 170  # the frames after it keep the longer delay...
+    assert max(r["delays"][-20:]) <= 125  # ...until it leaves the 20 s window
 
 
-def test_backlog_beyond_target_is_dropped_not_kept():
-    p = Playout(initial=0, decay_s=1000.0, resync_after=3)
-    played, underruns, drops, depth = run(p, [3] + [1] * 50)  # a burst of three at start-up
-    assert drops == 2 and depth == 0 and underruns == 0
+def test_jitter_within_the_window_causes_no_underruns():
+    rng = np.random.default_rng(3)
+    proc = list(rng.uniform(90.0, 160.0, 900))
+    r = simulate(proc)
+    assert r["underruns"] == 0
+    assert np.median(r["delays"][450:]) < 185  # ~ the slowest frame of the window + 20 ms
 
 
-def test_failed_decay_waits_longer_next_time():
-    p = Playout(initial=1, decay_s=2.0)
-    p.decide(2, 0.0)  # start playing
-    p.decide(0, 1.0)  # underrun
-    assert p.target == 2 and p.decay_s == 4.0
+def test_a_backlog_is_dropped_when_the_machine_gets_faster():
+    proc = [300.0] * 150 + [100.0] * 500
+    r = simulate(proc)
+    assert r["drops"] >= 1 and r["underruns"] == 0
+    assert max(r["delays"][-20:]) <= 125
+
+
+def test_a_trimmed_frame_is_shorter_and_fades_in():
+    pcm = np.ones(1920, np.float32)
+    out = _trimmed(pcm, 10 * MS)
+    assert len(out) == 1920 - 240 and out[0] == 0.0 and out[47] < 1.0 and out[48] == 1.0
