@@ -63,7 +63,7 @@ class _View:
     cpu_demand: tuple[float, int] | None = None  # (cores one frame needs, cores), bench only
     captured: int = 0
     processed: int = 0
-    playout_ms: float | None = None  # mic-to-speaker delay the jitter buffer aims at (live)
+    playout_ms: float | None = None  # mic-to-speaker delay the jitter buffer aims at (last)
 
 
 def _view(x) -> _View:
@@ -101,6 +101,7 @@ def _view(x) -> _View:
             cpu_demand=demand,
             captured=int((x.get("frames") or {}).get("captured") or 0),
             processed=int((x.get("frames") or {}).get("processed") or 0),
+            playout_ms=(x.get("audio") or {}).get("playout_ms"),
         )
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
 

@@ -66,9 +66,10 @@ class Playout:
 
     Every frame plays `delay` after its capture, so the speaker keeps the microphone's 80 ms
     spacing.  The delay aims at the slowest frame of the last `window_s` (capture -> decoded
-    PCM) plus a margin.  The margin starts at `max_margin_ms` (the jitter is unknown), shrinks
-    by 10 ms every `decay_s` without an underrun down to `min_margin_ms`, and grows by 20 ms at
-    each underrun.  Playback starts when the first frame's delay reaches the aim.  A frame that
+    PCM), but never more than `max_hold_ms` above the window's median (a stall of the machine
+    costs a gap and dropped frames, not seconds of extra latency), plus a margin.  The margin
+    starts at `max_margin_ms` (the jitter is unknown), shrinks by 10 ms every `decay_s` without
+    an underrun down to `min_margin_ms`, and grows by 20 ms at each underrun.  Playback starts when the first frame's delay reaches the aim.  A frame that
     is not ready when the speaker reaches it is an underrun: the speaker plays silence one block
     at a time (20 ms, or the device's callback size) and resumes once the late frame's delay
     reaches the new aim, so the delay grows by just what that frame needed.  When the slow
@@ -81,8 +82,9 @@ class Playout:
 
     def __init__(self, window_s: float = 20.0, min_margin_ms: float = 20.0,
                  max_margin_ms: float = 80.0, decay_s: float = 5.0, trim_ms: float = 10.0,
-                 trim_every: int = 4):
+                 trim_every: int = 4, max_hold_ms: float = 240.0):
         self.window_ns = int(window_s * 1e9)
+        self.max_hold_ns = int(max_hold_ms * 1e6)
         self.min_margin_ns = int(min_margin_ms * 1e6)
         self.max_margin_ns = int(max_margin_ms * 1e6)
         self.margin_ns = self.max_margin_ns
@@ -108,7 +110,9 @@ class Playout:
                 recent.popleft()
             if not recent:
                 return None
-            slowest = max(p for _, p in recent)
+            ps = sorted(p for _, p in recent)
+        # (a stall of the machine must not hold the whole conversation back for the window)
+        slowest = min(ps[-1], ps[len(ps) // 2] + self.max_hold_ns)
         if self._next_decay is not None and now_ns >= self._next_decay:
             self.margin_ns = max(self.min_margin_ns, self.margin_ns - 10 * 1_000_000)
             self._next_decay = now_ns + self.decay_ns

@@ -13,12 +13,12 @@ from engine.pipeline import Playout, _trimmed
 MS = 1_000_000
 
 
-def simulate(processing_ms, block_ms=20.0, **kw):
+def simulate(processing_ms, block_ms=20.0, phase_ms=0.0, **kw):
     p = Playout(**kw)
     ready = [(k * 80.0 + pr, k * 80.0) for k, pr in enumerate(processing_ms)]
     q: deque = deque()
     i = 0
-    t = 0.0
+    t = phase_ms
     out = {"delays": [], "times": [], "underruns": 0, "drops": 0, "trims": 0, "gaps": []}
     gap_from = None
     while t < len(processing_ms) * 80.0:
@@ -44,7 +44,7 @@ def simulate(processing_ms, block_ms=20.0, **kw):
             out["trims"] += bool(trim)
             t += 80.0 - trim / MS
         else:
-            t = (t // block_ms + 1) * block_ms  # silence to the end of the block
+            t = ((t - phase_ms) // block_ms + 1) * block_ms + phase_ms  # silence to the block end
     return out
 
 
@@ -80,6 +80,17 @@ def test_a_backlog_is_dropped_when_the_machine_gets_faster():
     proc = [300.0] * 150 + [100.0] * 500
     r = simulate(proc)
     assert r["drops"] >= 1 and r["underruns"] == 0
+    assert max(r["delays"][-20:]) <= 125
+
+
+def test_a_stall_costs_a_gap_and_drops_not_lasting_latency():
+    proc = [100.0] * 900
+    for k in range(8):  # the machine stalls for 600 ms at 40 s: eight frames come out at once
+        proc[500 + k] = 700.0 - 80.0 * k
+    r = simulate(proc)
+    assert r["drops"] >= 2  # the backlog the stall left is cut...
+    i = next(k for k, t in enumerate(r["times"]) if t > 42e3)
+    assert max(r["delays"][i:]) <= 100 + 240 + 100  # ...to at most median + 240 ms + margin
     assert max(r["delays"][-20:]) <= 125
 
 
