@@ -69,7 +69,9 @@ class Playout:
     PCM), but never more than `max_hold_ms` above the window's median (a stall of the machine
     costs a gap and dropped frames, not seconds of extra latency), plus a margin.  The margin
     starts at `max_margin_ms` (the jitter is unknown), shrinks by 10 ms every `decay_s` without
-    an underrun down to `min_margin_ms`, and grows by 20 ms at each underrun.  Playback starts when the first frame's delay reaches the aim.  A frame that
+    an underrun down to `min_margin_ms`, and grows by 20 ms at each underrun, which also doubles
+    the wait before the next shrink (up to a minute): a jittery machine settles on a margin
+    that keeps underruns rare.  Playback starts when the first frame's delay reaches the aim.  A frame that
     is not ready when the speaker reaches it is an underrun: the speaker plays silence one block
     at a time (20 ms, or the device's callback size) and resumes once the late frame's delay
     reaches the new aim, so the delay grows by just what that frame needed.  When the slow
@@ -127,6 +129,7 @@ class Playout:
             if self.playing:
                 self.playing = False
                 self.margin_ns = min(self.max_margin_ns, self.margin_ns + 20 * 1_000_000)
+                self.decay_ns = min(2 * self.decay_ns, 60_000_000_000)  # shrink more warily
                 self._next_decay = now_ns + self.decay_ns
                 return 0, 0, False, True
             return 0, 0, False, False

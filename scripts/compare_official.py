@@ -1,7 +1,7 @@
 """moshi-tui against Kyutai's official `moshi_mlx/local.py`, side by side in one run.
 
 Both run on the demo model (bf16 LM, full-size random Mimi) through real sounddevice callbacks
-on a private JACK dummy sound card (24 kHz, 80 ms periods) with the speaker looped back into
+on a private JACK dummy sound card (24 kHz, 80 ms periods or `--period N` samples) with the speaker looped back into
 the microphone, one after the other, alternating which goes first in each round, so that the
 machine's load weighs on both alike.  Kyutai's code runs unchanged (scripts/official_probe.py
 says what is wrapped around it to measure it at the same points as our telemetry).  The
@@ -192,14 +192,19 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--floor-steps", type=int, default=200, help="steps of the floor's step bench")
     ap.add_argument("--floor-frames", type=int, default=60, help="frames of the floor's codec bench")
+    ap.add_argument("--period", type=int, default=jackdummy.JACK_PERIOD,
+                    help="the sound card's period in samples at 24 kHz (default 1920 = 80 ms; "
+                         "480 = 20 ms, like most real devices)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
+    if args.period <= 0:
+        ap.error("--period must be a positive number of samples")
     demo = ensure_demo()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     results = []
     with tempfile.TemporaryDirectory(prefix="compare-official-") as tmp:
-        jack = jackdummy.start(Path(tmp))
+        jack = jackdummy.start(Path(tmp), args.period)
         env.update({k: os.environ[k] for k in jackdummy.ENV_KEYS})
         try:
             for i in range(args.rounds):

@@ -116,8 +116,9 @@ def _reinit_portaudio() -> None:
         raise JackUnavailable("this PortAudio has no JACK host API")
 
 
-def start(log_dir: Path) -> JackServer:
-    """Start a private JACK dummy server (24 kHz, 1920-frame periods), export its name in
+def start(log_dir: Path, period: int = JACK_PERIOD) -> JackServer:
+    """Start a private JACK dummy server (24 kHz, `period`-frame periods: 80 ms unless told
+    otherwise), export its name in
     JACK_DEFAULT_SERVER (so PortAudio here and in child processes talks to it and never to
     another jackd on the machine) and re-initialise PortAudio.  Raises JackUnavailable when
     this machine cannot, RuntimeError when jackd fails."""
@@ -136,7 +137,7 @@ def start(log_dir: Path) -> JackServer:
     cmd = [jackd, "-n", name]
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         cmd.append("--no-realtime")
-    cmd += ["-d", "dummy", "-r", str(JACK_RATE), "-p", str(JACK_PERIOD)]
+    cmd += ["-d", "dummy", "-r", str(JACK_RATE), "-p", str(period)]
     log_path = Path(log_dir) / "jackd.log"
     t0 = time.monotonic()
     with open(log_path, "wb") as log:

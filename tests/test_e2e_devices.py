@@ -60,13 +60,15 @@ def test_session_on_jack_devices(jack_server, demo_cache):
     c = snap.counters
     starved = c["drops_input"] + c["drops_decode"]
     if starved == 0:
-        # A machine that keeps real time: once the jitter buffer has sized itself to this
-        # machine's jitter (at most a few underruns, in the first half), the speaker never runs
-        # dry again.  On a machine with headroom there are none at all.
+        # A machine that keeps real time: the jitter buffer sizes itself to this machine's
+        # jitter, so the speaker runs dry rarely (a frame slower than every frame of the last
+        # 20 s by more than the margin); on a machine with headroom, never.
         times = [t for t in s.tel.underrun_times if not t_wired <= t <= t_wired + 1.0]
         diag = (c, s.tel.underrun_times, t_wired, s.tel.info.get("playout_ms"))
         assert len(times) <= 3, diag
-        assert [t for t in times if t > 10.0] == [], diag
+        # and it keeps mic-to-speaker within the aim: the slowest recent frame + the margin
+        play = snap.stage_stats["playback"]
+        assert play["p50"] <= snap.stage_stats["processing"]["max"] + 80 + 80, (play, diag)
     else:
         # a machine too slow or too busy for real time (codec + model > 80 ms of CPU per
         # frame, e.g. a shared 2-core box): input is dropped so latency stays bounded, and
