@@ -273,8 +273,6 @@ class ClientPipeline:
                 self.tel.count("drops_output")
                 self.tel.frame_retired(rec)
             self.tel.warn("playback resynchronised: stale output dropped")
-        if self.playout.aim_ns is not None:
-            self.tel.info["playout_ms"] = round(self.playout.aim_ns / 1e6, 1)
         if not play:
             if underrun:
                 self.tel.count("underruns")
@@ -287,6 +285,8 @@ class ClientPipeline:
             self.tel.count("trims_output")
         rec.t_play = t_play
         self.tel.frame_played(rec)
+        if self.playout.aim_ns is not None:
+            self.tel.playout_aim(self.playout.aim_ns / 1e6)
         self.tel.add_level("output", _rms(pcm))
         return pcm
 

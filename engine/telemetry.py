@@ -154,6 +154,7 @@ class Telemetry:
             "underflows": 0,  # device output underflow flags
             "delay_steps": 0,  # server steps that returned no audio (codebook delays)
             "segments": 0,  # context resets
+            "trims_output": 0,  # frames shortened (<= 10 ms) to bring the playback delay down
         }
         self.frames_captured = 0
         self.frames_processed = 0
@@ -173,6 +174,9 @@ class Telemetry:
         self.done_frames: deque[FrameRecord] = deque()  # completed records, for the trace
         self.keep_records = False
         self.underrun_times: list[float] = []  # seconds since the first capture (first 1000)
+        # The delay the jitter buffer aimed at (capture -> speaker), per played frame
+        self.playout_hist: deque = deque(maxlen=window)
+        self.playout_all = array("d")
         self.queue_samples: deque = deque()  # (t_ns, depths) per frame, with keep_records
 
     # --- writers (called from audio callbacks and loops; never block) ---
@@ -214,6 +218,23 @@ class Telemetry:
     def underrun_at(self, t_ns: int) -> None:
         if len(self.underrun_times) < 1000:
             self.underrun_times.append(round((t_ns - (self.t_start or t_ns)) / 1e9, 3))
+
+    def playout_aim(self, ms: float) -> None:
+        """A frame was played under a jitter buffer aiming at `ms` of mic-to-speaker delay."""
+        self.playout_hist.append(ms)
+        self.playout_all.append(ms)
+
+    def playout_p50(self, full: bool = False) -> float | None:
+        """Median aim of the jitter buffer: over the recent window, or the whole session."""
+        src = self.playout_all if full else self.playout_hist
+        return round(float(np.median(src)), 1) if len(src) else None
+
+    def _info(self) -> dict:
+        info = dict(self.info)
+        aim = self.playout_p50()
+        if aim is not None:
+            info["playout_ms"] = aim
+        return info
 
     def add_stage(self, name: str, ms: float) -> None:
         self.stage_hist[name].append(ms)
@@ -287,7 +308,7 @@ class Telemetry:
             output_level=self.output_level,
             level_history={k: list(d) for k, d in self.level_hist.items()},
             muted=self.muted,
-            info=dict(self.info),
+            info=self._info(),
             error=self.error,
             first_frame_ms=self.first_frame_ms,
             startup_ms=self.startup_ms,
