@@ -23,9 +23,8 @@ it).  When the thread wakes late, every period that has come due is handled back
 catch up, up to `MAX_BURST_NS` (400 ms, about what a host audio buffer absorbs).  Beyond that,
 like a real device, the excess periods are lost rather than burst: a file source skips those
 frames of the file (counted in `overflows`), a file/null sink writes silence for them without
-pulling (counted in `underflows`).  The timeline of every
-endpoint therefore stays locked to the wall clock: the output file has one frame per elapsed
-period.
+pulling (counted in `underflows`).  The timeline of every endpoint therefore stays locked to the
+wall clock: the output file has one block per elapsed period.
 
 Errors raised inside a callback or a pacing thread are caught and recorded (`error` holds the
 first message, `errors` counts them); the endpoint keeps running.  A device stream that ends on

@@ -63,7 +63,7 @@ class _View:
     cpu_demand: tuple[float, int] | None = None  # (cores one frame needs, cores), bench only
     captured: int = 0
     processed: int = 0
-    playout_ms: float | None = None  # mic-to-speaker delay the jitter buffer aims at (last)
+    playout_ms: float | None = None  # the jitter buffer's aim, median over recent/all frames
 
 
 def _view(x) -> _View:

@@ -71,14 +71,16 @@ class Playout:
     starts at `max_margin_ms` (the jitter is unknown), shrinks by 10 ms every `decay_s` without
     an underrun down to `min_margin_ms`, and grows by 20 ms at each underrun, which also doubles
     the wait before the next shrink (up to a minute): a jittery machine settles on a margin
-    that keeps underruns rare.  Playback starts when the first frame's delay reaches the aim.  A frame that
-    is not ready when the speaker reaches it is an underrun: the speaker plays silence one block
-    at a time (20 ms, or the device's callback size) and resumes once the late frame's delay
-    reaches the new aim, so the delay grows by just what that frame needed.  When the slow
-    frames leave the window the delay comes back down: a frame that would play later than
-    aimed loses up to `trim_ms` at its start (faded in over 2 ms), at most once every
-    `trim_every` frames (~30 ms per second), and when the delay is two frames or more too long
-    (the machine got faster), whole frames are dropped.
+    that keeps underruns rare.
+
+    Playback starts when the first frame's delay reaches the aim.  A frame that is not ready
+    when the speaker reaches it is an underrun: the speaker plays silence one block at a time
+    (20 ms, or the device's callback size) and resumes once the late frame's delay reaches the
+    new aim, so the delay grows by just what that frame needed.  When the slow frames leave the
+    window the delay comes back down: a frame that would play later than aimed loses up to
+    `trim_ms` at its start (faded in over 2 ms), at most once every `trim_every` frames
+    (~30 ms per second), and when the delay is two frames or more too long (the machine got
+    faster), whole frames are dropped.
     Thread-safe: `observe` runs in the decoder loop, `decide` in the audio callback.
     """
 
@@ -267,7 +269,7 @@ class ClientPipeline:
         delay = t_play - head.t_cap if head is not None and head.t_cap else None
         drop, trim, play, underrun = self.playout.decide(delay, len(q), t_play)
         if drop:
-            # The delay is a whole frame longer than the jitter needs: catch up at once.
+            # The delay is two frames or more longer than the jitter needs: catch up at once.
             for _ in range(drop):
                 rec, _pcm = q.popleft()
                 self.tel.count("drops_output")
