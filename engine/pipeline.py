@@ -68,12 +68,13 @@ class Playout:
     spacing.  The delay aims at the slowest frame of the last `window_s` (capture -> decoded
     PCM), but never more than `max_hold_ms` above the window's median (a stall of the machine
     costs a gap and dropped frames, not seconds of extra latency), plus a margin.  The margin
-    starts at `max_margin_ms` (the jitter is unknown), shrinks by 10 ms every `decay_s` without
-    an underrun down to `min_margin_ms`, and grows by 20 ms at each underrun, which also doubles
-    the wait before the next shrink (up to a minute): a jittery machine settles on a margin
-    that keeps underruns rare.
+    starts at `start_margin_ms`, shrinks by 10 ms every `decay_s` without an underrun down to
+    `min_margin_ms`, and grows by 20 ms (up to `max_margin_ms`) at each underrun, which also
+    doubles the wait before the next shrink (up to a minute): a jittery machine settles on a
+    margin that keeps underruns rare.
 
-    Playback starts when the first frame's delay reaches the aim.  A frame that is not ready
+    Playback starts at the speaker block nearest the moment the first frame's delay reaches the
+    aim.  A frame that is not ready
     when the speaker reaches it is an underrun: the speaker plays silence one block at a time
     (20 ms, or the device's callback size) and resumes once the late frame's delay reaches the
     new aim, so the delay grows by just what that frame needed.  When the slow frames leave the
@@ -84,14 +85,14 @@ class Playout:
     Thread-safe: `observe` runs in the decoder loop, `decide` in the audio callback.
     """
 
-    def __init__(self, window_s: float = 20.0, min_margin_ms: float = 20.0,
-                 max_margin_ms: float = 80.0, decay_s: float = 5.0, trim_ms: float = 10.0,
-                 trim_every: int = 4, max_hold_ms: float = 240.0):
+    def __init__(self, window_s: float = 20.0, min_margin_ms: float = 0.0,
+                 max_margin_ms: float = 80.0, start_margin_ms: float = 40.0, decay_s: float = 5.0,
+                 trim_ms: float = 10.0, trim_every: int = 4, max_hold_ms: float = 240.0):
         self.window_ns = int(window_s * 1e9)
         self.max_hold_ns = int(max_hold_ms * 1e6)
         self.min_margin_ns = int(min_margin_ms * 1e6)
         self.max_margin_ns = int(max_margin_ms * 1e6)
-        self.margin_ns = self.max_margin_ns
+        self.margin_ns = int(start_margin_ms * 1e6)
         self.decay_ns = int(decay_s * 1e9)
         self.trim_ns = int(trim_ms * 1e6)
         self.trim_every = trim_every
@@ -101,6 +102,8 @@ class Playout:
         self._recent: deque = deque()  # (t_decoded_ns, processing_ns)
         self._lock = threading.Lock()
         self._since_trim = 0
+        self._waited_at: int | None = None  # the previous call that played nothing
+        self.block_ns = 0  # the speaker's block, as seen between two such calls
 
     def observe(self, t_ns: int, processing_ns: int) -> None:
         """A frame's PCM is ready `processing_ns` after its capture."""
@@ -127,6 +130,10 @@ class Playout:
         """For the frame the speaker reaches now (`head_delay_ns` = now - its capture; None when
         the output queue is empty): (frames to drop first, ns to trim off the start of the frame
         played, play a frame now?, is this an underrun?)."""
+        if not self.playing or head_delay_ns is None or depth == 0:
+            if self._waited_at is not None and 0 < now_ns - self._waited_at < 200_000_000:
+                self.block_ns = now_ns - self._waited_at
+            self._waited_at = now_ns
         if head_delay_ns is None or depth == 0:
             if self.playing:
                 self.playing = False
@@ -137,7 +144,9 @@ class Playout:
             return 0, 0, False, False
         aim = self.aim(now_ns)
         if not self.playing:
-            if aim is not None and head_delay_ns < aim:
+            # Start at the block boundary nearest the aim (a device with 80 ms callbacks would
+            # otherwise add up to a whole period to it).
+            if aim is not None and head_delay_ns < aim - self.block_ns // 2:
                 return 0, 0, False, False  # not yet: the frame would play earlier than aimed
             self.playing = True
             self._since_trim = 0

@@ -48,13 +48,13 @@ def simulate(processing_ms, block_ms=20.0, phase_ms=0.0, **kw):
     return out
 
 
-def test_steady_machine_plays_the_slowest_frame_plus_the_margin():
+def test_steady_machine_ends_just_in_time():
     r = simulate([100.0] * 600)
     assert r["underruns"] == 0 and r["drops"] == 0
-    assert 180 <= r["delays"][0] < 200  # at first a whole frame of margin: jitter unknown
+    assert 130 <= r["delays"][0] <= 150  # at first 40 ms of margin: jitter unknown
     late = r["delays"][-100:]
-    assert max(late) - min(late) < 1 and 120 <= late[0] <= 125  # after 30 s, 100 + 20 ms
-    assert r["trims"] >= 5  # it came down by trimming 10 ms at a time, no frame lost
+    assert max(late) - min(late) < 1 and 100 <= late[0] <= 105  # then just in time
+    assert r["trims"] >= 3  # it came down by trimming 10 ms at a time, no frame lost
 
 
 def test_a_late_frame_costs_a_short_gap_then_the_delay_comes_back():
@@ -68,12 +68,12 @@ def test_a_late_frame_costs_a_short_gap_then_the_delay_comes_back():
     assert max(r["delays"][-20:]) <= 125  # ...until it leaves the 20 s window
 
 
-def test_jitter_within_the_window_causes_no_underruns():
+def test_jitter_within_the_window_causes_no_more_than_one_underrun():
     rng = np.random.default_rng(3)
     proc = list(rng.uniform(90.0, 160.0, 900))
     r = simulate(proc)
-    assert r["underruns"] == 0
-    assert np.median(r["delays"][450:]) < 185  # ~ the slowest frame of the window + 20 ms
+    assert r["underruns"] <= 1
+    assert np.median(r["delays"][450:]) < 185  # ~ the slowest frame of the window
 
 
 def test_a_backlog_is_dropped_when_the_machine_gets_faster():
