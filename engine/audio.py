@@ -5,8 +5,8 @@ Every endpoint moves 80 ms frames of 1920 float32 samples at 24 kHz mono:
 * a source calls `on_frame(pcm, t_cap_ns)` once per frame from its own thread (a device's
   audio callback thread, or a daemon thread for files and silence), with
   `t_cap_ns = time.monotonic_ns()` taken when the frame is handed over;
-* a sink plays blocks of its own size (a device's natural callback size, `OUT_BLOCK` = 20 ms
-  for files and null output) and calls `pull(t_play_ns, room)` each time it needs the next
+* a sink plays blocks of its own size (a device's 80 ms callbacks, `OUT_BLOCK` = 20 ms for files
+  and null output) and calls `pull(t_play_ns, room)` each time it needs the next
   frame: `t_play_ns` is when that frame's first sample is due (the callback's or tick's
   `time.monotonic_ns()` plus the samples before it in the block), `room` the 24 kHz samples left
   in the block.  The pull returns a frame (1920 samples, or fewer when the jitter buffer trims
@@ -620,11 +620,13 @@ class DeviceSource(_DeviceEndpoint):
 class DeviceSink(_DeviceEndpoint):
     """A PortAudio output device, played as 24 kHz mono.
 
-    The stream runs at the host's natural callback size (PortAudio's `blocksize=0`: the JACK
-    period, CoreAudio's I/O buffer, ...), so a frame can start at any callback rather than on an
-    80 ms grid; frames are pulled as the callbacks reach them.  A device that refuses 24 kHz is
-    opened at its default rate with software resampling; the resampler is primed with a few ms
-    of silence so that its look-ahead does not make the first callback pull two frames.
+    The Python callback runs once per 80 ms frame (PortAudio adapts the host's own buffer size to
+    it), like Kyutai's CLI: on a 2-core machine, a Python callback at every 20 ms host period of
+    a JACK card took the GIL often enough to slow the codec loops (processing p95 435-523 vs
+    158-204 ms for local.py in the same run).  Frames are pulled as the callbacks reach them,
+    so any block size works.  A device that refuses 24 kHz is opened at its default rate with
+    software resampling; the resampler is primed with a few ms of silence so that its
+    look-ahead does not make the first callback pull two frames.
     """
 
     _kind = "output"
@@ -657,13 +659,15 @@ class DeviceSink(_DeviceEndpoint):
         self._begin()
         sd = self._sd
         prime = 0
+        block = FRAME
         if self._rs is not None:
+            block = round(FRAME * self.device_rate / SAMPLE_RATE)
             r = self._rs
             prime = int(math.ceil(r.q * r.block_in * self.device_rate / SAMPLE_RATE)) + 2
         self._feed = _Feeder(self, pull, self.device_rate, self._rs, prime)
         try:
             self._stream = sd.OutputStream(
-                samplerate=self.device_rate, channels=1, blocksize=0, dtype="float32",
+                samplerate=self.device_rate, channels=1, blocksize=block, dtype="float32",
                 device=self.index, latency=self.latency,
                 callback=self._callback, finished_callback=self._finished,
             )

@@ -466,7 +466,7 @@ def test_device_sink_resamples_with_one_pull_per_frame(monkeypatch):
 
     sink.start(pull)
     stream = FakeStream.instances[-1]
-    assert stream.blocksize == 0 and sink.latency_s > 0.0123  # the host's own callback size
+    assert stream.blocksize == 3840 and sink.latency_s > 0.0123  # 80 ms at the device's rate
     out = []
     per_cb = []
     for k in range(25):
@@ -476,7 +476,7 @@ def test_device_sink_resamples_with_one_pull_per_frame(monkeypatch):
         per_cb.append(len(pulls) - before)
         out.append(buf[:, 0].copy())
     assert per_cb == [1] * 25  # priming keeps the 80 ms pull cadence
-    # callbacks of any size: frames are still pulled one at a time, as the speaker needs them
+    # callbacks of another size: frames are still pulled one at a time, as the speaker needs them
     for k in range(60):
         buf = np.zeros((512, 1), np.float32)
         before = len(pulls)
