@@ -621,9 +621,9 @@ class DeviceSink(_DeviceEndpoint):
     """A PortAudio output device, played as 24 kHz mono.
 
     The Python callback runs once per 80 ms frame (PortAudio adapts the host's own buffer size to
-    it), like Kyutai's CLI: on a 2-core machine, a Python callback at every 20 ms host period of
-    a JACK card took the GIL often enough to slow the codec loops (processing p95 435-523 vs
-    158-204 ms for local.py in the same run).  Frames are pulled as the callbacks reach them,
+    it), like Kyutai's CLI.  (A callback at every 20 ms host period was tried: on a 2-core
+    machine it came with slow sessions on a 20 ms JACK card, which then also came, less often,
+    at 80 ms callbacks: see README.)  Frames are pulled as the callbacks reach them,
     so any block size works.  A device that refuses 24 kHz is opened at its default rate with
     software resampling; the resampler is primed with a few ms of silence so that its
     look-ahead does not make the first callback pull two frames.

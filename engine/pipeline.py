@@ -18,10 +18,8 @@ from collections import deque
 
 import numpy as np
 
+from .audio import FRAME, FRAME_NS, SAMPLE_RATE
 from .telemetry import FrameRecord, Telemetry
-
-FRAME = 1920
-FRAME_NS = 80_000_000
 
 
 class ServerGone(Exception):
@@ -163,12 +161,12 @@ class Playout:
         return 0, 0, True, False
 
 
-_FADE = np.linspace(0.0, 1.0, 48, endpoint=False, dtype=np.float32)  # 2 ms at 24 kHz
+_FADE = np.linspace(0.0, 1.0, SAMPLE_RATE // 500, endpoint=False, dtype=np.float32)  # 2 ms
 
 
 def _trimmed(pcm: np.ndarray, trim_ns: int) -> np.ndarray:
     """The frame without its first `trim_ns`, faded in so that the cut does not click."""
-    n = min(len(pcm) - len(_FADE), trim_ns * 24_000 // 1_000_000_000)
+    n = min(len(pcm) - len(_FADE), trim_ns * SAMPLE_RATE // 1_000_000_000)
     out = np.array(pcm[n:], dtype=np.float32)
     out[: len(_FADE)] *= _FADE
     return out
