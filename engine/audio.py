@@ -4,7 +4,11 @@ Every endpoint moves 80 ms frames of 1920 float32 samples at 24 kHz mono:
 
 * a source calls `on_frame(pcm, t_cap_ns)` once per frame from its own thread (a device's
   audio callback thread, or a daemon thread for files and silence), with
-  `t_cap_ns = time.monotonic_ns()` taken when the frame is handed over;
+  `t_cap_ns = time.monotonic_ns()` taken when the frame is handed over.  Started with an
+  `on_head` callback too, it also hands over each frame's first `HEAD` samples (40 ms) as soon
+  as they are captured, before the frame itself: Mimi's encoder works in 40 ms steps, so the
+  pipeline can encode the first half of a frame while the second half is still being captured
+  (the codes are bit-identical, and the work left when the frame is complete halves);
 * a sink plays blocks of its own size (a device's 80 ms callbacks, `OUT_BLOCK` = 20 ms for files
   and null output) and calls `pull(t_play_ns, room)` each time it needs the next
   frame: `t_play_ns` is when that frame's first sample is due (the callback's or tick's
@@ -48,11 +52,13 @@ from .wavio import Resampler, WavWriter, read_wav
 FRAME = 1920
 SAMPLE_RATE = 24000
 FRAME_NS = FRAME * 1_000_000_000 // SAMPLE_RATE  # 80 ms
+HEAD = FRAME // 2  # 40 ms: one step of Mimi's encoder (25 Hz), handed over early by `on_head`
 OUT_BLOCK = 480  # 20 ms: the block of the software-paced sinks
 MAX_BURST = 5  # frames
 MAX_BURST_NS = MAX_BURST * FRAME_NS
 
 OnFrame = Callable[[np.ndarray, int], None]
+OnHead = Callable[[np.ndarray, int], None]
 Pull = Callable[[int, int], "np.ndarray | None"]
 
 
@@ -62,7 +68,7 @@ class AudioSource(Protocol):
     finished: threading.Event
     error: str | None
 
-    def start(self, on_frame: OnFrame) -> None: ...
+    def start(self, on_frame: OnFrame, on_head: OnHead | None = None) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -245,14 +251,88 @@ class _Paced(_Endpoint):
 # --------------------------------------------------------------------------- file / silence
 
 
-class WavFileSource(_Paced):
+class _PacedSource(_Paced):
+    """A software microphone: frame n is handed over at t0 + (n + 1) * 80 ms.
+
+    With `on_head` the source ticks every 40 ms: the first half of frame n goes to `on_head`
+    at t0 + (n + 1/2) * 80 ms, the whole frame to `on_frame` 40 ms later.  Subclasses give the
+    frames (`_take`) and say whether more follow (`_more`)."""
+
+    _lead = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finished = threading.Event()
+        self.overflows = 0  # frames skipped because the thread woke > MAX_BURST periods late
+        self.frames_delivered = 0
+        self._on_frame: OnFrame | None = None
+        self._on_head: OnHead | None = None
+        self._cur: np.ndarray | None = None  # the frame whose head period has passed
+
+    def start(self, on_frame: OnFrame, on_head: OnHead | None = None) -> None:
+        self._begin()
+        self._on_frame, self._on_head = on_frame, on_head
+        if on_head is not None:
+            self._period_ns = FRAME_NS // 2
+        if not self._more():
+            self.finished.set()
+            return
+        self._start_thread()
+
+    def _take(self) -> np.ndarray | None:
+        """The next frame, or None at the end of the input."""
+        raise NotImplementedError
+
+    def _more(self) -> bool:
+        raise NotImplementedError
+
+    def _give(self, fn, pcm: np.ndarray) -> None:
+        try:
+            fn(pcm.copy(), time.monotonic_ns())
+        except Exception as e:
+            self._record(e)
+
+    def _head_due(self) -> bool:
+        return self._on_head is not None and self._cur is None
+
+    def _tick(self, t_ns: int) -> bool:
+        if self._head_due():
+            self._cur = self._take()
+            if self._cur is None:
+                return False
+            self._give(self._on_head, self._cur[:HEAD])
+            return True
+        f, self._cur = (self._cur if self._cur is not None else self._take()), None
+        if f is None:
+            return False
+        self._give(self._on_frame, f)
+        self.frames_delivered += 1
+        return self._more()
+
+    def _skip(self, n: int) -> None:
+        for _ in range(n):
+            if self._head_due():  # a lost head period: that frame comes whole
+                self._cur = self._take()
+                if self._cur is None:
+                    return
+                continue
+            f, self._cur = (self._cur if self._cur is not None else self._take()), None
+            if f is None:
+                return
+            self.overflows += 1
+
+    def stop(self) -> None:
+        if self._end():
+            self._join()
+
+
+class WavFileSource(_PacedSource):
     """A WAV file (any format read_wav accepts) delivered in real time, one frame per 80 ms.
 
     The last frame is padded with zeros.  With loop=True the file restarts (after its padded
     last frame) and `finished` is never set.
     """
 
-    _lead = 1
     _thread_name = "audio-file-source"
 
     def __init__(self, path, loop: bool = False):
@@ -270,56 +350,28 @@ class WavFileSource(_Paced):
         self.label = f"file {os.path.basename(self.path)} ({self.duration_s:.1f} s)"
         if self.loop:
             self.label += ", looped"
-        self.finished = threading.Event()
-        self.overflows = 0  # frames skipped because the thread woke > MAX_BURST periods late
-        self.frames_delivered = 0
         self._pos = 0
-        self._on_frame: OnFrame | None = None
 
-    def start(self, on_frame: OnFrame) -> None:
-        self._begin()
-        self._on_frame = on_frame
-        self._start_thread()
-
-    def _advance(self) -> np.ndarray | None:
+    def _take(self) -> np.ndarray | None:
         if self._pos >= self.n_frames:
-            if not self.loop:
+            if not self.loop or not self.n_frames:
                 return None
             self._pos = 0
         f = self._frames[self._pos]
         self._pos += 1
         return f
 
-    def _skip(self, n: int) -> None:
-        for _ in range(n):
-            if self._advance() is None:
-                break
-            self.overflows += 1
-
-    def _tick(self, t_ns: int) -> bool:
-        f = self._advance()
-        if f is None:
-            return False
-        try:
-            self._on_frame(f.copy(), time.monotonic_ns())
-        except Exception as e:
-            self._record(e)
-        self.frames_delivered += 1
-        return self.loop or self._pos < self.n_frames
+    def _more(self) -> bool:
+        return self.n_frames > 0 and (self.loop or self._pos < self.n_frames)
 
     def _done(self) -> None:
-        if not self.loop and self._pos >= self.n_frames:
+        if not self.loop and self._pos >= self.n_frames and self._cur is None:
             self.finished.set()
 
-    def stop(self) -> None:
-        if self._end():
-            self._join()
 
-
-class SilenceSource(_Paced):
+class SilenceSource(_PacedSource):
     """Zeros paced like a microphone; endless when seconds is None."""
 
-    _lead = 1
     _thread_name = "audio-silence-source"
 
     def __init__(self, seconds: float | None = None):
@@ -329,39 +381,21 @@ class SilenceSource(_Paced):
         self.seconds = seconds
         self.n_frames = None if seconds is None else int(math.ceil(seconds * SAMPLE_RATE / FRAME))
         self.label = "silence" if seconds is None else f"silence ({seconds:.1f} s)"
-        self.finished = threading.Event()
-        self.overflows = 0
-        self.frames_delivered = 0
-        self._on_frame: OnFrame | None = None
+        self._taken = 0
+        self._zeros = np.zeros(FRAME, np.float32)
 
-    def start(self, on_frame: OnFrame) -> None:
-        self._begin()
-        self._on_frame = on_frame
-        if self.n_frames == 0:
-            self.finished.set()
-            return
-        self._start_thread()
+    def _take(self) -> np.ndarray | None:
+        if not self._more():
+            return None
+        self._taken += 1
+        return self._zeros
 
-    def _skip(self, n: int) -> None:
-        self.overflows += n
-
-    def _tick(self, t_ns: int) -> bool:
-        if self.n_frames is not None and self.periods >= self.n_frames:
-            return False
-        try:
-            self._on_frame(np.zeros(FRAME, np.float32), time.monotonic_ns())
-        except Exception as e:
-            self._record(e)
-        self.frames_delivered += 1
-        return self.n_frames is None or self.periods + 1 < self.n_frames
+    def _more(self) -> bool:
+        return self.n_frames is None or self._taken < self.n_frames
 
     def _done(self) -> None:
-        if self.n_frames is not None and self.periods >= self.n_frames:
+        if not self._more() and self._cur is None:
             self.finished.set()
-
-    def stop(self) -> None:
-        if self._end():
-            self._join()
 
 
 class NullSink(_Paced):
@@ -490,8 +524,9 @@ def _choose_rate(sd, index: int, kind: str, default_rate: int, label: str) -> in
         ) from None
 
 
-class _Rechunker:
-    """Cuts a stream of arbitrary-size blocks into FRAME-sized frames."""
+class FrameChunker:
+    """Cuts a stream of arbitrary-size blocks into FRAME-sized frames (`head()`: the first
+    HEAD samples of the frame being filled, once they are there, once per frame)."""
 
     def __init__(self) -> None:
         self._buf = np.zeros(4 * FRAME, np.float32)
@@ -514,7 +549,16 @@ class _Rechunker:
             rest = self._n - i
             self._buf[:rest] = self._buf[i : self._n]
             self._n = rest
+            self._head_given = False
         return out
+
+    _head_given = False
+
+    def head(self) -> np.ndarray | None:
+        if self._head_given or self._n < HEAD:
+            return None
+        self._head_given = True
+        return self._buf[:HEAD].copy()
 
 
 class _DeviceEndpoint(_Endpoint):
@@ -547,7 +591,8 @@ class _DeviceEndpoint(_Endpoint):
 
 
 class DeviceSource(_DeviceEndpoint):
-    """A PortAudio input device: 24 kHz mono float32 blocks of 1920 samples.
+    """A PortAudio input device: 24 kHz mono float32 blocks of 1920 samples (960 when started
+    with `on_head`: each callback hands over one half of a frame).
 
     If the device refuses 24 kHz it is opened at its default rate and each block is resampled
     in software (streaming polyphase filter, ~5 ms of extra latency); `device_rate` tells which.
@@ -574,15 +619,16 @@ class DeviceSource(_DeviceEndpoint):
         self.latency_s = 0.0  # device-reported input latency, known once started
         self._stream = None
         self._on_frame: OnFrame | None = None
-        self._chunker = _Rechunker()
+        self._on_head: OnHead | None = None
+        self._chunker = FrameChunker()
         self._rs = Resampler(self.device_rate, SAMPLE_RATE) if self.device_rate != SAMPLE_RATE else None
         self._stopping = False
 
-    def start(self, on_frame: OnFrame) -> None:
+    def start(self, on_frame: OnFrame, on_head: OnHead | None = None) -> None:
         self._begin()
-        self._on_frame = on_frame
+        self._on_frame, self._on_head = on_frame, on_head
         sd = self._sd
-        block = FRAME if self._rs is None else round(FRAME * self.device_rate / SAMPLE_RATE)
+        block = round((FRAME if on_head is None else HEAD) * self.device_rate / SAMPLE_RATE)
         try:
             self._stream = sd.InputStream(
                 samplerate=self.device_rate, channels=1, blocksize=block, dtype="float32",
@@ -612,6 +658,10 @@ class DeviceSource(_DeviceEndpoint):
             for f in frames_out:
                 self._on_frame(f, t)
                 self.frames_delivered += 1
+            if self._on_head is not None:
+                head = self._chunker.head()
+                if head is not None:
+                    self._on_head(head, t)
         except Exception as e:
             self._record(e)
 

@@ -123,14 +123,21 @@ def format_codec(r: dict) -> str:
     for api in ("sync", "stream"):
         d = r[api]
         rows.append(pct_row(f"encode ({api})", d["encode_ms"]))
+        if "encode_head_ms" in d:
+            rows.append(pct_row(f"  first 40 ms ({api})", d["encode_head_ms"]))
+        rows.append(pct_row(f"  rest after it ({api})", d["encode_rest_ms"]))
         rows.append(pct_row(f"decode ({api})", d["decode_ms"]))
         rows.append(pct_row(f"enc+dec ({api})", d["encode_decode_ms"]))
+    sy, st = r["sync"], r["stream"]
     lines = [
-        f"bench codec: {r['mimi_weight']}, {r['sync']['frames']} frames of 80 ms speech",
+        f"bench codec: {r['mimi_weight']}, {sy['frames']} frames of 80 ms speech",
         table(["ms per 80 ms frame", *PCT_HEAD], rows),
-        f"sync   = {r['sync']['api']}: CPU {fmt(r['sync']['cpu_ms_per_frame'])} ms/frame",
-        f"stream = {r['stream']['api']}: CPU {fmt(r['stream']['cpu_ms_per_frame'])} ms/frame",
-        f"         (waits ~85 % of its median, then polls every {fmt(r['stream']['poll_ms'], 2)} ms)",
+        f"sync   = {sy['api']}: CPU {fmt(sy['cpu_ms_per_frame'])} ms/frame",
+        f"stream = {st['api']}: CPU {fmt(st['cpu_ms_per_frame'])} ms/frame",
+        f"         (waits ~85 % of its median, then polls every {fmt(st['poll_ms'], 2)} ms)",
+        "encode split in two (first 40 ms, then the rest 40 ms later, as a session's early encode"
+        f" does it): CPU {fmt(sy['encode_split_cpu_ms_per_frame'])} ms/frame vs "
+        f"{fmt(sy['encode_cpu_ms_per_frame'])} whole (sync)",
         "(the two APIs alternate frame by frame, so machine load weighs on both alike)",
     ]
     return "\n".join(lines)
@@ -179,13 +186,20 @@ def format_pipeline(r: dict) -> str:
     lines.append(table(["stage ms", *PCT_HEAD], rows))
     lines.append("")
     cs, cst, sp = fl["codec"]["sync"], fl["codec"]["stream"], fl["step"]["step_ms"]
+    rest = s.get("floor_encode") == "rest"
+    ek = "encode_rest_ms" if rest else "encode_ms"
     floor_rows = [
-        ["isolated encode p50", cs["encode_ms"]["p50"], cst["encode_ms"]["p50"]],
+        ["isolated encode p50" + (" (after the first 40 ms)" if rest else ""),
+         cs[ek]["p50"], cst[ek]["p50"]],
         ["isolated step p50", sp["p50"], sp["p50"]],
         ["isolated decode p50", cs["decode_ms"]["p50"], cst["decode_ms"]["p50"]],
         ["compute floor", s["floor_ms"], s["floor_stream_ms"]],
     ]
+    if rest:
+        floor_rows.append(["  frames encoded whole (Kyutai's CLI)", s["floor_whole_frame_ms"], None])
     lines.append(table(["floor ms (same run)", "sync codec", "StreamTokenizer"], floor_rows))
+    lines.append(f"early encode: {fmt(100.0 * (s.get('early_encode_share') or 0.0))} % of frames "
+                 "had their first 40 ms encoded while the rest was captured")
     if s.get("cpu_demand_cores") is not None:
         lines.append(f"CPU one frame needs at full speed: {fmt(s['cpu_demand_cores'], 2)} of "
                      f"{s.get('cpus')} cores (codec CPU {fmt(cs['cpu_ms_per_frame'])} ms + step)")

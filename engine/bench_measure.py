@@ -7,7 +7,10 @@ Both return plain dicts (JSON-ready) with the per-call times summarised by
   session's server does (`server.bench_step_main`), then times back-to-back steps.
 - `run_codec`: rustymimi per 80 ms frame, through the synchronous `Tokenizer.encode_step /
   decode_step` (pure codec work) and through the `StreamTokenizer` a session uses (submit, then
-  poll for the result every `POLL_S`: thread hand-offs included).
+  poll for the result every `POLL_S`: thread hand-offs included).  Each frame is also encoded
+  the way a session's early encode does it: its first 40 ms (the head) first, then the rest;
+  `encode_rest_ms` is the work left once the frame is complete (for the StreamTokenizer the rest
+  goes in 40 ms after the head, as it is captured).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from .errors import MoshiTuiError
 from .telemetry import percentiles
 
 FRAME = 1920
+HEAD = FRAME // 2  # engine.audio.HEAD (this module does not import the audio endpoints)
+HEAD_S = 0.040
 POLL_S = 0.0002  # StreamTokenizer result polling interval in the codec bench
 CODEC_WARMUP_FRAMES = 4
 CODEC_TIMEOUT_S = 30.0  # one codec call taking longer than this is a hang, not a measurement
@@ -122,8 +127,12 @@ class _SyncCodec:
         self.tok = rustymimi.Tokenizer(path)
         self.shapes = None
 
+    def head(self, pcm) -> None:
+        if self.tok.encode_step(pcm.reshape(1, 1, -1)) is not None:
+            raise MoshiTuiError("rustymimi returned codes for half a frame", exit_code=1)
+
     def encode(self, pcm):
-        x = pcm.reshape(1, 1, FRAME)
+        x = pcm.reshape(1, 1, -1)
         codes = self.tok.encode_step(x)
         if self.shapes is None:
             self.shapes = {"encode_in": [list(x.shape), str(x.dtype)],
@@ -153,7 +162,8 @@ class _StreamCodec:
         import rustymimi
 
         self.tok = rustymimi.StreamTokenizer(path)
-        self.typical = {"enc": deque(maxlen=16), "dec": deque(maxlen=16)}
+        self.typical = {"enc": deque(maxlen=16), "dec": deque(maxlen=16),
+                        "rest": deque(maxlen=16)}
         self.polls = 0
 
     def _wait(self, kind: str, getter, t0: float):
@@ -173,10 +183,14 @@ class _StreamCodec:
                 raise MoshiTuiError("the audio codec did not answer (rustymimi hang)", exit_code=1)
             time.sleep(POLL_S)
 
+    def head(self, pcm) -> None:
+        self.tok.encode(pcm)
+
     def encode(self, pcm):
         t0 = time.perf_counter()
         self.tok.encode(pcm)
-        return self._wait("enc", self.tok.get_encoded, t0)  # uint32 (8, 1)
+        # uint32 (8, 1); the rest of a frame after its head has a typical time of its own
+        return self._wait("enc" if len(pcm) == FRAME else "rest", self.tok.get_encoded, t0)
 
     def decode(self, codes):
         t0 = time.perf_counter()
@@ -199,7 +213,11 @@ def _codec_both(path: str, frames: list[np.ndarray]) -> dict:
         for codec in codecs:
             for pcm in frames[:CODEC_WARMUP_FRAMES]:
                 codec.decode(codec.encode(pcm))
-    times = {c.name: {"enc": [], "dec": [], "cpu": 0.0} for c in codecs}
+        for codec in codecs:  # the split path too
+            codec.head(frames[0][:HEAD])
+            codec.encode(frames[0][HEAD:])
+    times = {c.name: {"enc": [], "dec": [], "head": [], "rest": [], "cpu": 0.0, "cpu_enc": 0.0,
+                      "cpu_split": 0.0} for c in codecs}
     for pcm in frames:
         for codec in codecs:
             t = times[codec.name]
@@ -207,13 +225,36 @@ def _codec_both(path: str, frames: list[np.ndarray]) -> dict:
             a = time.monotonic_ns()
             codes = codec.encode(pcm)
             b = time.monotonic_ns()
+            c1 = time.process_time()
             codec.decode(codes)
             c = time.monotonic_ns()
-            t["cpu"] += time.process_time() - c0
+            c2 = time.process_time()
+            t["cpu"] += c2 - c0
+            t["cpu_enc"] += c1 - c0
             t["enc"].append((b - a) / 1e6)
             t["dec"].append((c - b) / 1e6)
-    out = {c.name: _codec_result(times[c.name]["enc"], times[c.name]["dec"], times[c.name]["cpu"],
-                                 **c.extra()) for c in codecs}
+            # The same frame again, split as a session's early encode submits it.
+            a = time.monotonic_ns()
+            codec.head(pcm[:HEAD])
+            b = time.monotonic_ns()
+            if codec.name == "stream":  # the second half is captured meanwhile
+                time.sleep(max(0.0, HEAD_S - (b - a) / 1e9))
+            c = time.monotonic_ns()
+            codec.encode(pcm[HEAD:])
+            d = time.monotonic_ns()
+            t["cpu_split"] += time.process_time() - c2
+            t["head"].append((b - a) / 1e6)
+            t["rest"].append((d - c) / 1e6)
+    out = {}
+    for c in codecs:
+        t = times[c.name]
+        out[c.name] = _codec_result(t["enc"], t["dec"], t["cpu"], **c.extra())
+        n = len(t["enc"]) or 1
+        out[c.name]["encode_rest_ms"] = percentiles(t["rest"])
+        if c.name == "sync":  # (the StreamTokenizer's head is only a hand-off)
+            out[c.name]["encode_head_ms"] = percentiles(t["head"])
+        out[c.name]["encode_cpu_ms_per_frame"] = round(1000.0 * t["cpu_enc"] / n, 2)
+        out[c.name]["encode_split_cpu_ms_per_frame"] = round(1000.0 * t["cpu_split"] / n, 2)
     del codecs
     gc.collect()
     return out

@@ -164,11 +164,18 @@ def run_pipeline(
     breakdown = frame_breakdown(records)
     st = stats["stages_ms"]
 
-    enc_sync, dec_sync = _p50(codec["sync"]["encode_ms"]), _p50(codec["sync"]["decode_ms"])
-    enc_stream, dec_stream = _p50(codec["stream"]["encode_ms"]), _p50(codec["stream"]["decode_ms"])
+    # The floor follows how the session encoded: with early encode (most frames), only the rest
+    # of a frame after its first 40 ms is on the critical path.
+    c = stats["counters"]
+    encoded = (st.get("encode_work") or {}).get("n") or 0
+    early_share = round(c.get("early_encodes", 0) / encoded, 3) if encoded else 0.0
+    enc_key = "encode_rest_ms" if early_share >= 0.5 else "encode_ms"
+    enc_sync, dec_sync = _p50(codec["sync"][enc_key]), _p50(codec["sync"]["decode_ms"])
+    enc_stream, dec_stream = _p50(codec["stream"][enc_key]), _p50(codec["stream"]["decode_ms"])
     step_p50 = _p50(step["step_ms"])
     floor = _sum(enc_sync, step_p50, dec_sync)
     floor_stream = _sum(enc_stream, step_p50, dec_stream)
+    floor_whole = _sum(_p50(codec["sync"]["encode_ms"]), step_p50, dec_sync)
     proc = st["processing"]
     work_p50 = _sum(_p50(st["encode_work"]), _p50(st["model"]), _p50(st["decode_work"]))
     out_lat = float(tel.info.get("output_latency_ms") or 0.0)
@@ -191,12 +198,14 @@ def run_pipeline(
     codec_cpu = codec["sync"].get("cpu_ms_per_frame")
     if codec_cpu is not None and step_p50 is not None and step.get("cpu_percent") is not None:
         demand = round((codec_cpu + step_p50 * step["cpu_percent"] / 100.0) / FRAME_MS, 2)
-    c = stats["counters"]
     summary = {
         "cpu_demand_cores": demand,
         "cpus": os.cpu_count(),
+        "early_encode_share": early_share,
+        "floor_encode": "rest" if enc_key == "encode_rest_ms" else "whole",
         "floor_ms": floor,
         "floor_stream_ms": floor_stream,
+        "floor_whole_frame_ms": floor_whole,
         "processing_p50_ms": proc["p50"],
         "processing_p99_ms": proc["p99"],
         "overhead_ms": _sub(proc["p50"], floor),

@@ -41,6 +41,8 @@ COUNTER_LABELS = {
     "underflows": "output device underflows",
     "delay_steps": "steps without audio (codebook delays)",
     "segments": "context resets",
+    "trims_output": "frames shortened to bring the playback delay down",
+    "early_encodes": "frames encoded from their first 40 ms (early encode)",
 }
 
 

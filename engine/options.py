@@ -43,6 +43,9 @@ def add_session_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-save", action="store_true",
                    help="do not write a session folder")
     g.add_argument("--max-steps", type=int, help="LM context length before a new segment starts")
+    g.add_argument("--whole-frames", action="store_true",
+                   help="encode each 80 ms frame once it is complete, as Kyutai's CLI does "
+                   "(default: start on its first 40 ms while the rest is captured)")
     g.add_argument("--debug-step-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
@@ -87,6 +90,7 @@ def session_config(args) -> SessionConfig:
         max_steps=args.max_steps,
         step_delay_ms=args.debug_step_delay_ms,
         keep_records=bool(getattr(args, "trace", None)),
+        early_encode=not args.whole_frames,
         session_dir=args.session_dir,
         save=not args.no_save,
         options={k: v for k, v in vars(args).items() if not k.startswith("_")},

@@ -7,18 +7,22 @@ The official CLI polls each loop every 1 ms, all the time.  Here each loop block
 it waits for (a queue item, a pipe message); only while rustymimi has work outstanding do the
 send2/recv loops poll its result, first sleeping most of the expected codec time (the running
 median), then in short steps.  Idle loops cost nothing; busy loops wake a few times per frame.
+
+Early encode: a source that hands over each frame's first half as soon as it is captured
+(`on_head`) lets the encoder start 40 ms before the frame is complete.  Mimi's encoder is
+streaming in 40 ms steps, so the codes are bit-identical to encoding the frame whole, and only
+the second half's work (~60 % of a whole frame's on this CPU) is left once the frame is there.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
 
 import numpy as np
 
-from .audio import FRAME, FRAME_NS, SAMPLE_RATE
+from .audio import FRAME, FRAME_NS, HEAD, SAMPLE_RATE
 from .telemetry import FrameRecord, Telemetry
 
 
@@ -57,6 +61,44 @@ class _CodecWaiter:
                 return out
             time.sleep(self.fine_s)
         return None
+
+
+class _InputQueue:
+    """Frames from the source callback to the send loop: bounded, the oldest dropped first, but
+    never the frame whose first half is already in the encoder (dropping it would leave half a
+    frame in the codec's stream).  `put` never blocks."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._q: deque = deque()
+        self._cv = threading.Condition(threading.Lock())
+
+    def put(self, item, keep_frame: int | None = None):
+        """Append `item` = (rec, pcm); return the (rec, pcm) dropped to make room, or None."""
+        with self._cv:
+            dropped = None
+            if len(self._q) >= self.maxsize:
+                i = 1 if self._q[0][0].frame == keep_frame and len(self._q) > 1 else 0
+                dropped = self._q[i]
+                del self._q[i]
+            self._q.append(item)
+            self._cv.notify()
+        return dropped
+
+    def get(self, timeout: float):
+        """The oldest item, or None after `timeout` seconds."""
+        with self._cv:
+            if not self._q:
+                self._cv.wait(timeout)
+                if not self._q:
+                    return None
+            return self._q.popleft()
+
+    def qsize(self) -> int:
+        return len(self._q)
+
+    def empty(self) -> bool:
+        return not self._q
 
 
 class Playout:
@@ -193,7 +235,7 @@ class ClientPipeline:
         self.dec_tok = audio_tokenizer
         self.conn = conn
         self.spm = text_tokenizer
-        self.input_q: queue.Queue = queue.Queue(maxsize=input_max)
+        self.input_q = _InputQueue(input_max)
         self.output_q: deque = deque()
         self.output_max = output_max
         self.inflight_max = inflight_max
@@ -213,6 +255,12 @@ class ClientPipeline:
         self._sent = 0
         self._returned = 0
         self._frame_id = 0
+        # Early encode (on_head): one submitter at a time, in frame order.
+        self.early_encode = True
+        self._submit_lock = threading.Lock()
+        self._handled = -1  # the last frame the send loop encoded or dropped
+        self._head_of: int | None = None  # the frame whose first half the encoder already has
+        self._head_t = 0
         self.playout = Playout()
         self.muted = False
         self.threads: list[threading.Thread] = []
@@ -244,23 +292,35 @@ class ClientPipeline:
         rec = self.tel.new_frame(self._frame_id, t_cap)
         self._frame_id += 1
         self.tel.add_level("input", _rms(pcm))
-        try:
-            self.input_q.put_nowait((rec, pcm))
-        except queue.Full:
-            # The pipeline is behind: drop the oldest frame so latency cannot creep.
-            try:
-                old, _ = self.input_q.get_nowait()
-                self.tel.frame_retired(old)
-                self.tel.count("drops_input")
-                self.tel.warn("input dropped: pipeline behind real time")
-            except queue.Empty:
-                pass
-            try:
-                self.input_q.put_nowait((rec, pcm))
-            except queue.Full:
-                self.tel.frame_retired(rec)
-                self.tel.count("drops_input")
+        dropped = self.input_q.put((rec, pcm), keep_frame=self._head_of)
+        if dropped is not None:
+            # The pipeline is behind: the oldest frame goes, so latency cannot creep.
+            self.tel.frame_retired(dropped[0])
+            self.tel.count("drops_input")
+            self.tel.warn("input dropped: pipeline behind real time")
         self.tel.sample_queues(self.depths())
+
+    def on_head(self, pcm: np.ndarray, t_ns: int) -> None:
+        """Audio source callback: the first HEAD samples of the next frame, just captured.
+
+        They go into the encoder at once when it can take them in order (every earlier frame
+        handled, nothing waiting, room in flight, no codec switch due); otherwise they are
+        ignored and the frame is encoded whole.  Never blocks."""
+        if self.stop_ev.is_set() or not self.early_encode:
+            return
+        if not self._submit_lock.acquire(blocking=False):
+            return  # the send loop is submitting: the frame goes whole
+        try:
+            fid = self._frame_id
+            if (self._handled != fid - 1 or not self.input_q.empty()
+                    or len(self._enc_pending) >= self.codec_max
+                    or self.inflight + len(self._enc_pending) >= self.inflight_max
+                    or self._switch_due()):
+                return
+            self.enc_tok.encode(np.zeros_like(pcm) if self.muted else pcm)
+            self._head_of, self._head_t = fid, time.monotonic_ns()
+        finally:
+            self._submit_lock.release()
 
     def pull(self, t_play: int, room: int = FRAME):
         """Audio sink callback: the PCM to play from `t_play`, or None (`room` samples of
@@ -321,29 +381,49 @@ class ClientPipeline:
                 self._enc_room.wait(0.2)
                 self._enc_room.clear()
                 continue
-            try:
-                rec, pcm = self.input_q.get(timeout=0.2)
-            except queue.Empty:
+            item = self.input_q.get(timeout=0.2)
+            if item is None:
                 continue
-            if self.inflight + len(self._enc_pending) >= self.inflight_max:
-                # The server is behind: dropping here keeps the c2s queue bounded.
-                self.tel.frame_retired(rec)
-                self.tel.count("drops_input")
-                self.tel.warn("input dropped: model step slower than real time")
-                continue
-            if self.segment_frames:
-                self._maybe_rotate(rec)
-            rec.t_enc0 = time.monotonic_ns()
-            self._enc_pending.append(rec)
-            self.enc_tok.encode(pcm)
-            self._seg_count += 1
+            rec, pcm = item
+            with self._submit_lock:
+                self._submit(rec, pcm)
             self._enc_ev.set()
+
+    def _submit(self, rec: FrameRecord, pcm: np.ndarray) -> None:
+        """Encode a frame (or, when its first half went in early, the rest), or drop it."""
+        early = self._head_of == rec.frame
+        self._head_of = None
+        self._handled = rec.frame
+        # (a frame whose first half is in the encoder always goes on: the checks on_head made
+        # still hold, since nothing was submitted in between)
+        if not early and self.inflight + len(self._enc_pending) >= self.inflight_max:
+            # The server is behind: dropping here keeps the c2s queue bounded.
+            self.tel.frame_retired(rec)
+            self.tel.count("drops_input")
+            self.tel.warn("input dropped: model step slower than real time")
+            return
+        if self.segment_frames:
+            self._maybe_rotate(rec, switch=not early)
+        rec.t_enc0 = time.monotonic_ns()
+        self._enc_pending.append(rec)
+        if early:
+            rec.t_head = self._head_t
+            self.enc_tok.encode(pcm[HEAD:])
+            self.tel.count("early_encodes")
+        else:
+            self.enc_tok.encode(pcm)
+        self._seg_count += 1
 
     # ---------------------------------------------------------------- segments
     PRELOAD_FRAMES = 75  # start loading the next codec 6 s before the boundary
 
-    def _maybe_rotate(self, rec: FrameRecord) -> None:
-        """In the send loop, before `rec` is encoded."""
+    def _switch_due(self) -> bool:
+        return bool(self.segment_frames) and self._seg_count >= self.segment_frames \
+            and self._next_tok is not None
+
+    def _maybe_rotate(self, rec: FrameRecord, switch: bool = True) -> None:
+        """In the send loop, before `rec` is encoded (`switch`=False: not at this frame, whose
+        first half is already in the current encoder)."""
         n = self.segment_frames
         # (never more than two codecs alive: wait until the decoder has left the old one)
         if (self._seg_count >= n - self.PRELOAD_FRAMES and self._loader is None
@@ -351,7 +431,7 @@ class ClientPipeline:
             self._loader = threading.Thread(target=self._load_next_codec, name="codec-loader",
                                             daemon=True)
             self._loader.start()
-        if self._seg_count < n or self._next_tok is None:
+        if self._seg_count < n or self._next_tok is None or not switch:
             return  # (a late loader only delays the boundary by a few frames)
         # Every frame of the old segment must leave the old encoder first.
         while self._enc_pending and not self.stop_ev.is_set():
@@ -547,8 +627,12 @@ def warm_codec(audio_tokenizer, frames: int = 4, timeout_s: float = 20.0) -> flo
     t0 = time.perf_counter()
     deadline = time.monotonic() + timeout_s
     pcm = np.zeros(FRAME, dtype=np.float32)
-    for _ in range(frames):
-        audio_tokenizer.encode(pcm)
+    for i in range(frames):
+        if i % 2:  # the early-encode path too: a frame in two halves
+            audio_tokenizer.encode(pcm[:HEAD])
+            audio_tokenizer.encode(pcm[HEAD:])
+        else:
+            audio_tokenizer.encode(pcm)
         codes = None
         while codes is None:
             if time.monotonic() > deadline:

@@ -37,11 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from . import wsproto
+from .audio import SAMPLE_RATE, FrameChunker
 from .errors import MoshiTuiError, UsageError
 from .telemetry import Telemetry
 
-FRAME = 1920
-SAMPLE_RATE = 24000
 MAX_ERRORS = 100  # malformed messages tolerated per connection before it is closed (1008)
 IDLE_TIMEOUT_S = 30.0  # a conversation with no message from the client for this long is closed
 TIMINGS_EVERY_S = 0.25
@@ -185,7 +184,7 @@ class Conversation:
         self.index = index
         self.reader = sphn.OpusStreamReader(SAMPLE_RATE)
         self.writer = sphn.OpusStreamWriter(SAMPLE_RATE)
-        self.pending = np.zeros(0, np.float32)
+        self.chunker = FrameChunker()  # client audio -> frames (and their first 40 ms early)
         self.errors = 0
         self.frames_in = 0
         self.frames_out = 0
@@ -320,13 +319,13 @@ class Conversation:
             pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
             if pcm.size == 0:
                 return
-            buf = np.concatenate((self.pending, pcm)) if self.pending.size else pcm
-            n = buf.size // FRAME
             t = time.monotonic_ns()
-            for i in range(n):
-                self.pipeline.on_frame(buf[i * FRAME: (i + 1) * FRAME].copy(), t)
+            for frame in self.chunker.push(pcm):
+                self.pipeline.on_frame(frame, t)
                 self.frames_in += 1
-            self.pending = buf[n * FRAME:].copy()
+            head = self.chunker.head()
+            if head is not None:
+                self.pipeline.on_head(head, t)
         elif m.kind == wsproto.PING:
             await self.ws.send_bytes(wsproto.encode_ping(m.payload))
         elif m.kind == wsproto.METADATA:
@@ -465,7 +464,8 @@ class ChatServer:
         _log(
             f"conversation {conv.index} ended: {conv.frames_in} frames in, {conv.frames_out} out, "
             f"{len(tel.tokens)} text tokens, model p50 {model if model is not None else '-'} ms, "
-            f"drops {c['drops_input'] + c['drops_decode']}, rejected messages {conv.errors}"
+            f"drops {c['drops_input'] + c['drops_decode']}, rejected messages {conv.errors}, "
+            f"{c.get('early_encodes', 0)} frames encoded early"
         )
 
     async def serve(self, host: str, port: int) -> int:

@@ -37,6 +37,7 @@ class SessionConfig:
     input_max: int = 3
     inflight_max: int = 4
     keep_records: bool = False  # keep every FrameRecord (for --trace)
+    early_encode: bool = True  # encode each frame's first half while its second is captured
     session_dir: str | None = None  # None: a new folder under the user data dir
     save: bool = True  # write the session folder (recordings, transcript, stats)
     options: dict = field(default_factory=dict)  # the command line, recorded in stats
@@ -212,6 +213,7 @@ class Session(ProcessFigures):
             tel, audio_tok, parent, spm,
             input_max=self.cfg.input_max, inflight_max=self.cfg.inflight_max,
         )
+        self.pipeline.early_encode = self.cfg.early_encode
         # Segment length: the LM's step budget, and the codec's stream limit (see pipeline).
         max_steps = int(tel.info.get("server_max_steps") or 3000)
         self.pipeline.segment_frames = max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES))
@@ -235,7 +237,7 @@ class Session(ProcessFigures):
             self._cpu_start()
             self.sink.start(self._pull)
             tel.info["output_latency_ms"] = round(getattr(self.sink, "latency_s", 0.0) * 1000.0, 1)
-            self.source.start(self._on_frame)
+            self.source.start(self._on_frame, self._on_head if self.cfg.early_encode else None)
         tel.set_state("live", "")
         self.live.set()
 
@@ -246,6 +248,10 @@ class Session(ProcessFigures):
     def _on_frame(self, pcm, t_cap: int) -> None:
         if not self._restarting:
             self.pipeline.on_frame(pcm, t_cap)
+
+    def _on_head(self, pcm, t_ns: int) -> None:
+        if not self._restarting:
+            self.pipeline.on_head(pcm, t_ns)
 
     def _pull(self, t_play: int, room: int):
         if self._restarting:

@@ -34,7 +34,7 @@ STAGES = tuple(STAGE_DEFS)
 WORK_STAGES = ("encode_work", "decode_work")
 ALL_STAGES = STAGES + WORK_STAGES
 QUEUES = ("input", "c2s", "s2c", "output")
-STAMPS = ("t_cap", "t_enc0", "t_enc", "t_srv_in", "t_step0", "t_step1", "t_dec0", "t_dec", "t_play")
+STAMPS = ("t_head", "t_cap", "t_enc0", "t_enc", "t_srv_in", "t_step0", "t_step1", "t_dec0", "t_dec", "t_play")
 
 WINDOW = 250  # frames in the rolling windows (20 s)
 
@@ -64,6 +64,7 @@ class FrameRecord:
 
     frame: int
     step: int = -1
+    t_head: int = 0  # its first 40 ms went into the encoder (early encode), before t_cap
     t_cap: int = 0
     t_enc0: int = 0
     t_enc: int = 0
@@ -155,6 +156,7 @@ class Telemetry:
             "delay_steps": 0,  # server steps that returned no audio (codebook delays)
             "segments": 0,  # context resets
             "trims_output": 0,  # frames shortened (<= 10 ms) to bring the playback delay down
+            "early_encodes": 0,  # frames whose first half was encoded before the frame was complete
         }
         self.frames_captured = 0
         self.frames_processed = 0

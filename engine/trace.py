@@ -20,6 +20,7 @@ from .telemetry import Telemetry
 CLIENT_PID, SERVER_PID = 1, 2
 LANE_STRIDE = 100  # lane k of a track with tid t is tid t + k * LANE_STRIDE
 TRACKS = {
+    "early encode (first 40 ms)": (CLIENT_PID, 7, "t_head", "t_cap"),
     "input wait": (CLIENT_PID, 1, "t_cap", "t_enc0"),
     "encode": (CLIENT_PID, 2, "t_enc0", "t_enc"),
     "uplink": (CLIENT_PID, 3, "t_enc", "t_srv_in"),
@@ -69,7 +70,7 @@ def build_trace(tel: Telemetry) -> dict:
         label = name if lane == 0 else f"{name} #{lane + 1}"
         ev.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": track,
                    "args": {"name": label}})
-        order = (track % LANE_STRIDE) * LANE_STRIDE + lane
+        order = list(TRACKS).index(name) * LANE_STRIDE + lane  # tracks in TRACKS order
         ev.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": track,
                    "args": {"sort_index": order}})
     for rec in records:

@@ -15,6 +15,7 @@ import pytest
 from engine import audio, devices
 from engine.audio import (
     FRAME,
+    HEAD,
     OUT_BLOCK,
     AudioSink,
     AudioSource,
@@ -133,6 +134,135 @@ def test_source_catches_up_then_drops_like_a_device(tmp_path):
     d = intervals_ms(got.times)
     burst = d[1 : audio.MAX_BURST]
     assert (burst < 40).all()  # the catch-up frames came back-to-back
+
+
+class HeadsAndFrames:
+    """on_head / on_frame of an early-encoding pipeline: every event, in order."""
+
+    def __init__(self):
+        self.events: list[tuple[str, np.ndarray, int]] = []
+
+    def head(self, pcm, t_ns):
+        assert pcm.dtype == np.float32 and pcm.shape == (HEAD,)
+        self.events.append(("head", pcm, t_ns))
+
+    def frame(self, pcm, t_ns):
+        assert pcm.dtype == np.float32 and pcm.shape == (FRAME,)
+        self.events.append(("frame", pcm, t_ns))
+
+    def frames(self):
+        return [e for e in self.events if e[0] == "frame"]
+
+    def check_heads(self, every_frame: bool = True, open_end: bool = False):
+        """Each head comes right before its frame and is that frame's first HEAD samples
+        (`open_end`: the stream stopped after a head, before the rest of its frame)."""
+        pending = None
+        for kind, pcm, t in self.events:
+            if kind == "head":
+                assert pending is None, "two heads for one frame"
+                pending = (pcm, t)
+            else:
+                assert pending is not None or not every_frame, "a frame without its head"
+                if pending is not None:
+                    np.testing.assert_array_equal(pending[0], pcm[:HEAD])
+                    assert pending[1] <= t
+                pending = None
+        assert pending is None or open_end
+
+
+def test_file_source_hands_over_each_frame_head_40ms_early(tmp_path):
+    """With on_head, the first 40 ms of every frame arrive as soon as they are 'captured', and
+    the frames themselves keep their 80 ms schedule."""
+    x = np.concatenate([np.full(FRAME, k / 10, np.float32) for k in range(6)])
+    x[5 * FRAME + HEAD:] = -0.5  # the halves of the last frame differ
+    p = tmp_path / "six.wav"
+    write_wav(p, x)
+    src = WavFileSource(p)
+    got = HeadsAndFrames()
+    t0 = time.monotonic_ns()
+    src.start(got.frame, got.head)
+    assert src.finished.wait(5.0)
+    src.stop()
+    assert [e[0] for e in got.events] == ["head", "frame"] * 6
+    got.check_heads()
+    lead = [(f[2] - h[2]) / 1e6 for h, f in zip(got.events[::2], got.events[1::2])]
+    assert 20 < float(np.median(lead)) < 60  # ~40 ms before the frame
+    assert (got.events[-1][2] - t0) / 1e6 > 6 * 80 - 40  # frames still at t0 + (k + 1) * 80
+    np.testing.assert_allclose(np.concatenate([f[1] for f in got.frames()]), read_wav(p))
+
+
+def test_silence_source_with_heads_counts_frames_not_ticks():
+    src = SilenceSource(0.4)
+    got = HeadsAndFrames()
+    src.start(got.frame, got.head)
+    assert src.finished.wait(3.0)
+    assert len(got.frames()) == 5 and len(got.events) == 10
+    got.check_heads()
+
+
+def test_source_with_heads_catches_up_then_drops_whole_frames(tmp_path):
+    """A consumer that blocks 1 s: missed periods lose whole frames (never a half), a frame
+    whose head period was missed comes whole, and the count still adds up."""
+    n = 30
+    x = np.concatenate([np.full(FRAME, (k + 1) / 100, np.float32) for k in range(n)])
+    p = tmp_path / "long.wav"
+    write_wav(p, x)
+    src = WavFileSource(p)
+    got = HeadsAndFrames()
+
+    def slow(pcm, t):
+        got.frame(pcm, t)
+        if len(got.frames()) == 1:
+            time.sleep(1.0)
+
+    src.start(slow, got.head)
+    assert src.finished.wait(5.0)
+    src.stop()
+    frames = got.frames()
+    assert src.overflows > 0 and len(frames) + src.overflows == n
+    got.check_heads(every_frame=False)
+    ids = [round(float(f[1][0]) * 100) - 1 for f in frames]  # each frame is whole and in order
+    assert ids == sorted(ids) and all(np.ptp(f[1]) < 1e-3 for f in frames)
+
+
+def test_device_source_with_heads_asks_for_40ms_blocks(monkeypatch):
+    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(24000))
+    FakeStream.instances.clear()
+    src = DeviceSource(None)
+    got = HeadsAndFrames()
+    src.start(got.frame, got.head)
+    stream = FakeStream.instances[-1]
+    assert stream.blocksize == HEAD
+    x = np.random.default_rng(5).uniform(-0.5, 0.5, 10 * FRAME).astype(np.float32)
+    for i in range(0, len(x), HEAD):
+        stream.callback(x[i : i + HEAD].reshape(-1, 1), HEAD, None, FakeFlags())
+    assert [e[0] for e in got.events] == ["head", "frame"] * 10
+    got.check_heads()
+    np.testing.assert_array_equal(np.concatenate([f[1] for f in got.frames()]), x)
+    src.stop()
+
+
+def test_device_source_heads_with_any_host_block_size(monkeypatch):
+    """A host that ignores the block size (and resampling): still one head per frame at most,
+    each the first 40 ms of its frame, handed over once those samples are in."""
+    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(48000))
+    FakeStream.instances.clear()
+    src = DeviceSource(None)
+    got = HeadsAndFrames()
+    src.start(got.frame, got.head)
+    stream = FakeStream.instances[-1]
+    assert stream.blocksize == 2 * HEAD  # 40 ms at 48 kHz
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-0.5, 0.5, 48000 * 2).astype(np.float32)
+    i = 0
+    while i < len(x):
+        n = int(rng.integers(100, 3000))
+        stream.callback(x[i : i + n].reshape(-1, 1), len(x[i : i + n]), None, FakeFlags())
+        i += n
+    got.check_heads(every_frame=False, open_end=True)
+    heads = sum(e[0] == "head" for e in got.events)
+    assert len(got.frames()) >= 23 and heads >= len(got.frames()) - 3
+    src.stop()
 
 
 def test_callback_exceptions_are_recorded_not_fatal(tmp_path):

@@ -117,6 +117,11 @@ def test_codec_json(codec_run):
             ordered(res[api][key], f"{api} {key}")
             assert res[api][key]["n"] == 5
         assert res[api]["cpu_ms_per_frame"] > 0
+        # every frame is also encoded in two halves, as a session's early encode does
+        ordered(res[api]["encode_rest_ms"], f"{api} encode_rest_ms")
+        assert res[api]["encode_rest_ms"]["n"] == 5
+        assert res[api]["encode_split_cpu_ms_per_frame"] > 0
+    ordered(res["sync"]["encode_head_ms"], "sync encode_head_ms")
     shapes = res["sync"]["shapes"]
     assert shapes["encode_in"] == [[1, 1, 1920], "float32"]
     assert shapes["encode_out"] == [[1, 8, 1], "uint32"]
@@ -126,7 +131,8 @@ def test_codec_json(codec_run):
 
 def test_codec_table(codec_run):
     r, _ = codec_run
-    for row in ("encode (sync)", "decode (sync)", "encode (stream)", "decode (stream)"):
+    for row in ("encode (sync)", "decode (sync)", "encode (stream)", "decode (stream)",
+                "first 40 ms (sync)", "rest after it (sync)", "rest after it (stream)"):
         assert row in r.stdout
 
 
@@ -160,9 +166,14 @@ def test_pipeline_floor_and_overhead(pipeline_run):
     assert floor["step"]["steps"] == 10 and floor["codec"]["sync"]["frames"] == 5
     ordered(floor["step"]["step_ms"], "floor step")
     assert s["floor_ms"] > 0 and s["processing_p50_ms"] > 0
-    expected = (floor["codec"]["sync"]["encode_ms"]["p50"] + floor["step"]["step_ms"]["p50"]
-                + floor["codec"]["sync"]["decode_ms"]["p50"])
+    # The session encoded (most) frames early, so the floor's encode is the rest of a frame
+    # after its first 40 ms; the whole-frame floor (Kyutai's CLI) is reported beside it.
+    assert s["early_encode_share"] >= 0.5 and s["floor_encode"] == "rest"
+    sync, step = floor["codec"]["sync"], floor["step"]["step_ms"]["p50"]
+    expected = sync["encode_rest_ms"]["p50"] + step + sync["decode_ms"]["p50"]
     assert s["floor_ms"] == pytest.approx(expected, abs=0.01)
+    whole = sync["encode_ms"]["p50"] + step + sync["decode_ms"]["p50"]
+    assert s["floor_whole_frame_ms"] == pytest.approx(whole, abs=0.01)
     assert s["overhead_ms"] == pytest.approx(s["processing_p50_ms"] - s["floor_ms"], abs=0.01)
     # Per frame, processing contains the disjoint encode, model and decode service spans.
     plumbing = data["frame_breakdown_ms"]["plumbing"]

@@ -26,11 +26,11 @@ from engine.trace import build_trace
 ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["conftest_models"]
 
-CLIENT_SLICES = ("input wait", "encode", "uplink", "downlink", "decode", "output wait")
+CLIENT_SLICES = ("early encode (first 40 ms)", "input wait", "encode", "uplink", "downlink", "decode", "output wait")
 SERVER_SLICES = ("server queue", "model step")
 QUEUES = ("input", "c2s", "s2c", "output")
 # Per frame, each slice starts no earlier than the previous one in this list ends.
-CHAIN = ("input wait", "encode", "uplink", "server queue", "model step", "downlink", "decode",
+CHAIN = ("early encode (first 40 ms)", "input wait", "encode", "uplink", "server queue", "model step", "downlink", "decode",
          "output wait")
 
 
@@ -181,7 +181,7 @@ def _overlapping_telemetry() -> Telemetry:
     t0 = tel.t_launch + 100 * ms
     for i in range(4):
         cap = t0 + i * 80 * ms
-        rec = FrameRecord(frame=i, step=i, t_cap=cap)
+        rec = FrameRecord(frame=i, step=i, t_head=cap - 40 * ms, t_cap=cap)
         rec.t_enc0 = cap + 1 * ms
         rec.t_enc = t0 + (i + 1) * 140 * ms
         rec.t_srv_in = rec.t_enc + 1 * ms

@@ -1,0 +1,146 @@
+"""Early encode: the first 40 ms of a frame go into rustymimi while the rest is captured.
+
+What a user relies on: the model hears exactly the codes it would hear if every frame were
+encoded whole (so the conversation is the same, only sooner), whatever the pipeline's load,
+and a frame whose first half is in the encoder is never dropped (half a frame left in the
+codec's stream would shift every later code)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from engine.audio import FRAME, HEAD
+from engine.bench_measure import speech_frames
+from engine.pipeline import ClientPipeline, _InputQueue, warm_codec
+from engine.telemetry import FrameRecord, Telemetry
+
+pytest_plugins = ["conftest_models"]
+
+
+class FakeServer(threading.Thread):
+    """The model server's side of the pipe: records the codes, answers each frame after
+    `delay_s` with a step that has no audio (so nothing is decoded)."""
+
+    def __init__(self, conn, delay_s: float = 0.0):
+        super().__init__(daemon=True)
+        self.conn, self.delay_s = conn, delay_s
+        self.codes: dict[int, np.ndarray] = {}
+        self.order: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        step = 0
+        while not self.stop.is_set():
+            if not self.conn.poll(0.05):
+                continue
+            msg = self.conn.recv()
+            if msg[0] != "frame":
+                continue
+            _, fid, codes = msg
+            self.codes[fid] = np.asarray(codes).copy()
+            self.order.append(fid)
+            time.sleep(self.delay_s)
+            t = time.monotonic_ns()
+            self.conn.send(("result", fid, step, 0, None, t, t, t))
+            step += 1
+
+
+def reference_codes(mimi: str, frames: list[np.ndarray], ids: list[int]) -> dict[int, np.ndarray]:
+    """The codes of frames `ids`, each encoded whole, in that order, by a fresh codec."""
+    import rustymimi
+
+    tok = rustymimi.Tokenizer(mimi)
+    out = {}
+    warm = np.zeros(FRAME, np.float32)
+    for _ in range(4):  # what warm_codec pushed through the session's codec
+        tok.encode_step(warm.reshape(1, 1, -1))
+    for i in ids:
+        out[i] = tok.encode_step(frames[i].reshape(1, 1, -1))[0]
+    return out
+
+
+def run_pipeline(mimi: str, frames, *, server_delay_s=0.0, heads=True, pace_s=0.040):
+    import rustymimi
+
+    tok = rustymimi.StreamTokenizer(mimi)
+    warm_codec(tok)
+    client, server_end = mp.Pipe()
+    server = FakeServer(server_end, server_delay_s)
+    server.start()
+    tel = Telemetry()
+    pipe = ClientPipeline(tel, tok, client, None, input_max=3, inflight_max=4)
+    pipe.start()
+    try:
+        for f in frames:
+            t = time.monotonic_ns()
+            if heads:
+                pipe.on_head(f[:HEAD].copy(), t)
+            time.sleep(pace_s)
+            pipe.on_frame(f.copy(), time.monotonic_ns())
+            time.sleep(pace_s)
+        deadline = time.monotonic() + 10
+        while not pipe.idle() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        pipe.stop()
+        server.stop.set()
+        server.join(2)
+    return server, tel
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return speech_frames(24)
+
+
+def test_early_encode_gives_the_codes_of_whole_frames(demo_files, speech):
+    mimi = str(demo_files.mimi)
+    server, tel = run_pipeline(mimi, speech)
+    assert server.order == list(range(len(speech)))  # an idle pipeline keeps every frame
+    # every frame went in as two halves, and the model got exactly the whole-frame codes
+    assert tel.counters["early_encodes"] == len(speech)
+    ref = reference_codes(mimi, speech, server.order)
+    for i in server.order:
+        np.testing.assert_array_equal(server.codes[i].reshape(-1), ref[i].reshape(-1),
+                                      err_msg=f"frame {i}")
+
+
+def test_a_busy_pipeline_drops_whole_frames_and_stays_in_phase(demo_files, speech):
+    """The server answers 4x slower than real time: frames are dropped and heads are turned
+    down while frames wait, yet every code the server gets is the whole-frame code of that
+    frame, encoded after the frames before it."""
+    mimi = str(demo_files.mimi)
+    server, tel = run_pipeline(mimi, speech, server_delay_s=0.32)
+    sent = server.order
+    assert sent == sorted(sent) and len(sent) < len(speech)
+    assert tel.counters["drops_input"] > 0
+    assert 0 < tel.counters["early_encodes"] < len(sent) + 1
+    ref = reference_codes(mimi, speech, sent)
+    for i in sent:
+        np.testing.assert_array_equal(server.codes[i].reshape(-1), ref[i].reshape(-1),
+                                      err_msg=f"frame {i}")
+
+
+def test_heads_are_optional(demo_files, speech):
+    server, tel = run_pipeline(str(demo_files.mimi), speech[:6], heads=False)
+    assert server.order == list(range(6))
+    assert tel.counters["early_encodes"] == 0
+
+
+def test_input_queue_never_drops_the_frame_whose_head_is_encoded():
+    q = _InputQueue(3)
+    recs = [(FrameRecord(frame=i), np.zeros(FRAME, np.float32)) for i in range(6)]
+    assert q.put(recs[0], keep_frame=0) is None
+    assert q.put(recs[1], keep_frame=0) is None
+    assert q.put(recs[2], keep_frame=0) is None
+    dropped = q.put(recs[3], keep_frame=0)  # full: frame 0 stays, the next oldest goes
+    assert dropped[0].frame == 1
+    dropped = q.put(recs[4])  # nothing protected: the oldest goes
+    assert dropped[0].frame == 0
+    assert [q.get(0.01)[0].frame for _ in range(3)] == [2, 3, 4]
+    assert q.get(0.01) is None and q.empty()
