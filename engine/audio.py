@@ -670,13 +670,20 @@ class DeviceSource(_DeviceEndpoint):
 class DeviceSink(_DeviceEndpoint):
     """A PortAudio output device, played as 24 kHz mono.
 
-    The Python callback runs once per 80 ms frame (PortAudio adapts the host's own buffer size to
-    it), like Kyutai's CLI.  (A callback at every 20 ms host period was tried: on a 2-core
-    machine it came with slow sessions on a 20 ms JACK card, which then also came, less often,
-    at 80 ms callbacks: see README.)  Frames are pulled as the callbacks reach them,
-    so any block size works.  A device that refuses 24 kHz is opened at its default rate with
-    software resampling; the resampler is primed with a few ms of silence so that its
-    look-ahead does not make the first callback pull two frames.
+    The Python callback plays 20 ms blocks (`OUT_BLOCK`, like the file and null sinks), so a
+    late frame costs a 20 ms gap and playback can start within 20 ms of the jitter buffer's aim;
+    Kyutai's CLI asks for 80 ms blocks, which on most devices also means 80 ms host buffers.
+    Frames are pulled as the callbacks reach them, so any block size works.
+
+    When the host plays a period in several callbacks back to back (a 20 ms block on an 80 ms
+    period), the callback's own time is not when its block plays: PortAudio's DAC times say
+    when.  A block is stamped `callback time + (its DAC lead - the smallest DAC lead seen)`,
+    and that smallest lead, the device's own output latency, is `latency_s` (PortAudio's
+    reported latency until DAC times are seen; some hosts under-report it by a period).
+
+    A device that refuses 24 kHz is opened at its default rate with software resampling; the
+    resampler is primed with a few ms of silence so that its look-ahead does not make the first
+    callback pull two frames.
     """
 
     _kind = "output"
@@ -699,6 +706,7 @@ class DeviceSink(_DeviceEndpoint):
         self._stream = None
         self._feed: _Feeder | None = None
         self._rs = Resampler(SAMPLE_RATE, self.device_rate) if self.device_rate != SAMPLE_RATE else None
+        self._extra_s = 0.0
         self._stopping = False
 
     @property
@@ -709,9 +717,8 @@ class DeviceSink(_DeviceEndpoint):
         self._begin()
         sd = self._sd
         prime = 0
-        block = FRAME
+        block = round(OUT_BLOCK * self.device_rate / SAMPLE_RATE)
         if self._rs is not None:
-            block = round(FRAME * self.device_rate / SAMPLE_RATE)
             r = self._rs
             prime = int(math.ceil(r.q * r.block_in * self.device_rate / SAMPLE_RATE)) + 2
         self._feed = _Feeder(self, pull, self.device_rate, self._rs, prime)
@@ -721,13 +728,27 @@ class DeviceSink(_DeviceEndpoint):
                 device=self.index, latency=self.latency,
                 callback=self._callback, finished_callback=self._finished,
             )
-            self.latency_s = float(self._stream.latency)
-            if self._rs is not None:
-                self.latency_s += self._rs.latency_s
+            self._extra_s = self._rs.latency_s if self._rs is not None else 0.0
+            self.latency_s = float(self._stream.latency) + self._extra_s
             self._stream.start()
         except Exception as e:
             self._close_stream()
             raise AudioError(f"cannot open output {self.label}: {_pa_message(e)}") from None
+
+    _lead_min: float | None = None  # seconds
+
+    def _block_time(self, t_ns: int, time_info) -> int:
+        """When this block plays, on the callbacks' clock (see the class docstring)."""
+        try:
+            lead = float(time_info.outputBufferDacTime) - float(time_info.currentTime)
+        except (AttributeError, TypeError):
+            return t_ns
+        if not (time_info.outputBufferDacTime > 0 and 0.0 <= lead < 2.0):
+            return t_ns  # this host gives no DAC times
+        if self._lead_min is None or lead < self._lead_min:
+            self._lead_min = lead
+            self.latency_s = lead + self._extra_s
+        return t_ns + int((lead - self._lead_min) * 1e9)
 
     def _callback(self, outdata, frames, time_info, status) -> None:
         t = time.monotonic_ns()
@@ -736,7 +757,7 @@ class DeviceSink(_DeviceEndpoint):
         try:
             if status.output_underflow:
                 self.underflows += 1
-            outdata[:, 0] = self._feed.fill(frames, t)
+            outdata[:, 0] = self._feed.fill(frames, self._block_time(t, time_info))
             if outdata.shape[1] > 1:
                 outdata[:, 1:] = outdata[:, :1]
         except Exception as e:

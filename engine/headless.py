@@ -77,7 +77,7 @@ def run_headless(args, cfg, out=sys.stdout) -> int:
         from .trace import write_trace
 
         write_trace(args.trace, session.tel)
-    if snap.error and reason == "interrupted" and not session.live.is_set():
+    if reason == "interrupted" and not session.live.is_set():
         print("interrupted while loading", file=sys.stderr, flush=True)
         return 130
     if snap.error:

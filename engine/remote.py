@@ -741,10 +741,7 @@ class RemoteSession(ProcessFigures):
                 break
             if not self.live.is_set():
                 continue
-            for end in (self.source, self.sink):
-                err = getattr(end, "error", None)
-                if err:
-                    self.tel.warn(err)
+            self.tel.note_endpoints(self.source, self.sink)
             seconds = getattr(self.cfg, "seconds", None)
             if seconds is not None and time.monotonic() - self._t_live >= seconds:
                 self._finish("time limit")

@@ -132,6 +132,10 @@ class Session(ProcessFigures):
         try:
             self._startup()
         except MoshiTuiError as e:
+            if self._stop_req.is_set():  # the user stopped while it loaded: not an error
+                self.end_reason = "stopped during loading"
+                self.done.set()
+                return
             self._fail(str(e), e.exit_code)
             return
         except Exception as e:  # unexpected: still one line, and the session ends cleanly
@@ -208,11 +212,18 @@ class Session(ProcessFigures):
                 tel.info.update({f"server_{k}": v for k, v in msg[1].items()})
                 break
         tel.info["codec_warmup_ms"] = round(codec_warm_ms, 1)
+        # stop() runs either before this (then nothing starts: no device is opened after the
+        # session was stopped) or after it (then it stops what started here).
+        with self._lock:
+            if self._stopped:
+                raise MoshiTuiError("stopped during loading", exit_code=1)
+            self._go_live(ClientPipeline(tel, audio_tok, parent, spm,
+                                         input_max=self.cfg.input_max,
+                                         inflight_max=self.cfg.inflight_max), restart)
 
-        self.pipeline = ClientPipeline(
-            tel, audio_tok, parent, spm,
-            input_max=self.cfg.input_max, inflight_max=self.cfg.inflight_max,
-        )
+    def _go_live(self, pipeline, restart: bool) -> None:
+        tel = self.tel
+        self.pipeline = pipeline
         self.pipeline.early_encode = self.cfg.early_encode
         # Segment length: the LM's step budget, and the codec's stream limit (see pipeline).
         max_steps = int(tel.info.get("server_max_steps") or 3000)
@@ -315,10 +326,7 @@ class Session(ProcessFigures):
                     f"the model server process died (exit code {self.server.exitcode})"
                 )
                 continue
-            for end in (self.source, self.sink):
-                err = getattr(end, "error", None)
-                if err:
-                    self.tel.warn(err)
+            self.tel.note_endpoints(self.source, self.sink)
             if self.cfg.seconds is not None and time.monotonic() - t_live >= self.cfg.seconds:
                 self.end_reason = "time limit"
                 break

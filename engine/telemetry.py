@@ -217,6 +217,17 @@ class Telemetry:
         if not self.warnings or self.warnings[-1] != message:
             self.warnings.append(message)
 
+    def note_endpoints(self, source, sink) -> None:
+        """From the session's watch loop: the audio endpoints' errors become warnings, and the
+        output latency follows the sink (a device measures its own once it plays)."""
+        for end in (source, sink):
+            err = getattr(end, "error", None)
+            if err:
+                self.warn(err)
+        lat = getattr(sink, "latency_s", None)
+        if lat is not None:
+            self.info["output_latency_ms"] = round(lat * 1000.0, 1)
+
     def underrun_at(self, t_ns: int) -> None:
         if len(self.underrun_times) < 1000:
             self.underrun_times.append(round((t_ns - (self.t_start or t_ns)) / 1e9, 3))

@@ -53,7 +53,9 @@ def measure_floor(env: dict, work: Path, steps: int, frames: int) -> dict:
     step = json.loads(step_json.read_text())["result"]["step_ms"]["p50"]
     codec = json.loads(codec_json.read_text())["result"]["stream"]
     enc, dec = codec["encode_ms"]["p50"], codec["decode_ms"]["p50"]
-    return {"encode_ms": enc, "step_ms": step, "decode_ms": dec, "floor_ms": enc + step + dec}
+    rest = codec["encode_rest_ms"]["p50"]  # what early encode leaves once a frame is complete
+    return {"encode_ms": enc, "step_ms": step, "decode_ms": dec, "floor_ms": enc + step + dec,
+            "encode_rest_ms": rest, "floor_early_ms": rest + step + dec}
 
 
 class CpuWatch(ProcessFigures):
@@ -127,12 +129,13 @@ def run_official(jack, demo_dir: Path, seconds: float, env: dict, work: Path) ->
     }
 
 
-def run_ours(jack, seconds: float, env: dict, work: Path) -> dict:
-    stats_path = work / "ours.json"
+def run_ours(jack, seconds: float, env: dict, work: Path, extra: tuple = (),
+             name: str = "ours") -> dict:
+    stats_path = work / f"{name}.json"
     dev_in, dev_out = jackdummy.device_index("input"), jackdummy.device_index("output")
     cmd = [*CLI, "--headless", "--demo", "--input", str(dev_in), "--output", str(dev_out),
-           "--seconds", str(seconds + 2), "--stats-json", str(stats_path), "--no-save"]
-    with open(work / "ours.log", "w") as log:
+           "--seconds", str(seconds + 2), "--stats-json", str(stats_path), "--no-save", *extra]
+    with open(work / f"{name}.log", "w") as log:
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         jack.connect_loopback(timeout=180)
@@ -156,6 +159,7 @@ def run_ours(jack, seconds: float, env: dict, work: Path) -> dict:
         "output_backlog_end": s["queues_now"]["output"],
         "processes": s["processes"],
         "output_latency_ms": s["audio"].get("output_latency_ms"),
+        "early_encodes": c.get("early_encodes", 0),
     }
 
 
@@ -163,27 +167,36 @@ def _f(v, nd=1):
     return "-" if v is None else f"{v:.{nd}f}"
 
 
-def format_round(floor: dict, official: dict, ours: dict) -> str:
+def format_round(floor: dict, official: dict, ours: dict, whole: dict | None = None) -> str:
+    """One round's table; `whole`: our session with --whole-frames, when it ran."""
     fl = floor["floor_ms"]
+    cols = [("official", official), ("ours", ours)] + ([("whole", whole)] if whole else [])
     rows = []
     for key, label in (("processing", "processing (capture → PCM)"), ("playback", "mic → speaker")):
         for q in ("p50", "p95", "p99"):
-            a, b = official[key][q], ours[key][q]
-            rows.append([f"{label} {q} ms", _f(a), _f(b), _f(b / a, 2) if a and b else "-"])
-    rows.append(["processing p50 / floor", _f(official["processing"]["p50"] / fl, 2),
-                 _f(ours["processing"]["p50"] / fl, 2), ""])
+            a = official[key][q]
+            vals = [r[key][q] for _, r in cols]
+            rows.append([f"{label} {q} ms", *map(_f, vals),
+                         _f(ours[key][q] / a, 2) if a and ours[key][q] else "-"])
+    rows.append(["processing p50 / floor", *(_f(r["processing"]["p50"] / fl, 2) for _, r in cols),
+                 ""])
     for key in ("underruns", "drops", "output_backlog_end"):
-        rows.append([key.replace("_", " "), str(official[key]), str(ours[key]), ""])
+        rows.append([key.replace("_", " "), *(str(r[key]) for _, r in cols), ""])
+    rows.append(["frames encoded early", "-", *(str(r.get("early_encodes", 0)) for _, r in cols[1:]),
+                 ""])
     for role in ("client", "server"):
-        a = official["processes"].get(role, {})
-        b = ours["processes"].get(role, {})
-        rows.append([f"{role} CPU %", _f(a.get("cpu_percent")), _f(b.get("cpu_percent")), ""])
-        rows.append([f"{role} RSS MB", _f(a.get("rss_mb")), _f(b.get("rss_mb")), ""])
+        for what, unit in (("cpu_percent", "CPU %"), ("rss_mb", "RSS MB")):
+            rows.append([f"{role} {unit}",
+                         *(_f(r["processes"].get(role, {}).get(what)) for _, r in cols), ""])
     pm = official["processes"].get("main (printer)", {})
-    rows.append(["3rd process (printer) CPU %", _f(pm.get("cpu_percent")), "none", ""])
+    rows.append(["3rd process (printer) CPU %", _f(pm.get("cpu_percent")),
+                 *(["none"] * (len(cols) - 1)), ""])
     head = (f"floor {fl:.1f} ms = encode {floor['encode_ms']:.1f} + step {floor['step_ms']:.1f}"
-            f" + decode {floor['decode_ms']:.1f} (isolated p50, measured just before)")
-    return head + "\n" + table(["", "official local.py", "moshi-tui", "ratio"], rows)
+            f" + decode {floor['decode_ms']:.1f} (isolated p50, measured just before); with early"
+            f" encode {floor['floor_early_ms']:.1f} ms (rest of a frame after its first 40 ms "
+            f"{floor['encode_rest_ms']:.1f})")
+    names = ["official local.py", "moshi-tui"] + (["moshi-tui --whole-frames"] if whole else [])
+    return head + "\n" + table(["", *names, "ratio"], rows)
 
 
 def main() -> int:
@@ -195,6 +208,9 @@ def main() -> int:
     ap.add_argument("--period", type=int, default=jackdummy.JACK_PERIOD,
                     help="the sound card's period in samples at 24 kHz (default 1920 = 80 ms; "
                          "480 = 20 ms, like most real devices)")
+    ap.add_argument("--whole-frames-too", action="store_true",
+                    help="also run moshi-tui --whole-frames (frames encoded whole, as local.py) "
+                         "in each round")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     if args.period <= 0:
@@ -212,17 +228,22 @@ def main() -> int:
                 work.mkdir()
                 print(f"[round {i + 1}/{args.rounds}] compute floor ...", flush=True)
                 floor = measure_floor(env, work, args.floor_steps, args.floor_frames)
-                order = ("official", "ours") if i % 2 == 0 else ("ours", "official")
+                order = ["official", "ours"] + (["whole"] if args.whole_frames_too else [])
+                order = order[i % len(order):] + order[:i % len(order)]  # rotate per round
                 got = {}
                 for who in order:
                     print(f"[round {i + 1}/{args.rounds}] {who}: {args.seconds:.0f} s ...", flush=True)
                     if who == "official":
                         got[who] = run_official(jack, demo.root, args.seconds, env, work)
+                    elif who == "whole":
+                        got[who] = run_ours(jack, args.seconds, env, work, ("--whole-frames",),
+                                            name="whole")
                     else:
                         got[who] = run_ours(jack, args.seconds, env, work)
                     time.sleep(1.0)
                 results.append({"floor": floor, "order": list(order), **got})
-                print(format_round(floor, got["official"], got["ours"]), flush=True)
+                print(format_round(floor, got["official"], got["ours"], got.get("whole")),
+                      flush=True)
         finally:
             jackdummy.shutdown(jack)
     if args.json:

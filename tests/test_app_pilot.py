@@ -6,6 +6,7 @@ Run alone with `pytest -m pilot` (or `pytest tests/test_app_pilot.py`); each tes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -42,6 +43,18 @@ async def wait_for(pilot, condition, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what} (state {snap and snap.state})")
         await pilot.pause(0.2)
+
+
+async def quit_app(pilot, timeout: float = 30.0) -> None:
+    """Press q and wait until the app has asked to exit: it does so only once its shutdown
+    (session stopped, files written) is done.  (Waiting for the workers is not enough: a
+    worker cancelled with the app's teardown returns from wait() while its thread still runs.)"""
+    app = pilot.app
+    await pilot.press("q")
+    deadline = time.monotonic() + timeout
+    while app.return_code is None:
+        assert time.monotonic() < deadline, "the app did not finish quitting"
+        await asyncio.sleep(0.05)
 
 
 def server_gone(pid: int) -> bool:
@@ -118,9 +131,7 @@ async def test_live_session_feeds_every_panel_and_exports(tmp_path, demo_cache, 
         assert doc["audio"]["output"]
 
         # quit: the session stops, its files are written, the server is gone
-        await pilot.press("q")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await quit_app(pilot)
     assert app.return_code == 0
     assert server_gone(pid)
     assert (folder / "stats.json").exists()
@@ -134,9 +145,7 @@ async def test_quit_while_loading_leaves_no_process(tmp_path, demo_cache, speech
         await wait_for(pilot, lambda: app.session.server is not None, 30, "the server process")
         pid = app.session.server.pid
         assert app.snapshot.state in ("loading", "warming up", "live")
-        await pilot.press("q")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await quit_app(pilot)
     assert server_gone(pid)
     assert (tmp_path / "session" / "transcript.md").exists()
 
@@ -152,9 +161,7 @@ async def test_engine_error_shows_the_modal(tmp_path, demo_cache, speech_wav):
             await pilot.pause(0.2)
         assert isinstance(app.screen, ErrorScreen)
         assert app.screen.message == app.snapshot.error
-        await pilot.press("q")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await quit_app(pilot)
     assert app.return_code == app.session.exit_code != 0
 
 

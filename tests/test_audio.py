@@ -596,16 +596,16 @@ def test_device_sink_resamples_with_one_pull_per_frame(monkeypatch):
 
     sink.start(pull)
     stream = FakeStream.instances[-1]
-    assert stream.blocksize == 3840 and sink.latency_s > 0.0123  # 80 ms at the device's rate
+    assert stream.blocksize == 960 and sink.latency_s > 0.0123  # 20 ms at the device's rate
     out = []
     per_cb = []
-    for k in range(25):
-        buf = np.zeros((3840, 1), np.float32)
+    for k in range(100):
+        buf = np.zeros((960, 1), np.float32)
         before = len(pulls)
-        stream.callback(buf, 3840, None, FakeFlags(underflow=(k == 3)))
+        stream.callback(buf, 960, None, FakeFlags(underflow=(k == 3)))
         per_cb.append(len(pulls) - before)
         out.append(buf[:, 0].copy())
-    assert per_cb == [1] * 25  # priming keeps the 80 ms pull cadence
+    assert per_cb == [1, 0, 0, 0] * 25  # priming keeps a pull at every fourth 20 ms block
     # callbacks of another size: frames are still pulled one at a time, as the speaker needs them
     for k in range(60):
         buf = np.zeros((512, 1), np.float32)
@@ -618,6 +618,47 @@ def test_device_sink_resamples_with_one_pull_per_frame(monkeypatch):
     y = np.concatenate(out)
     f = np.abs(np.fft.rfft(y[4000:] * np.hanning(len(y) - 4000)))
     assert abs(np.argmax(f) * 48000 / (len(y) - 4000) - 1000) < 3
+    sink.stop()
+
+
+class FakeTime:
+    def __init__(self, dac: float, current: float):
+        self.outputBufferDacTime, self.currentTime, self.inputBufferAdcTime = dac, current, 0.0
+
+
+def test_device_sink_stamps_blocks_by_their_dac_time(monkeypatch):
+    """A host that plays an 80 ms period as four 20 ms callbacks back to back: each block is
+    stamped when it plays (PortAudio's DAC time), not when its callback ran, and the smallest
+    DAC lead is the device's output latency."""
+    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(24000))
+    FakeStream.instances.clear()
+    sink = DeviceSink(None)
+    pulls = []
+    sink.start(lambda t, room: pulls.append(t) or np.zeros(FRAME, np.float32))
+    stream = FakeStream.instances[-1]
+    assert stream.blocksize == OUT_BLOCK
+    assert sink.latency_s == pytest.approx(0.0123)  # PortAudio's figure until DAC times come
+    starts = []
+    orig = sink._feed.fill
+    monkeypatch.setattr(sink._feed, "fill", lambda n, t: starts.append(t) or orig(n, t))
+    clock = 100.0
+    for period in range(3):
+        for k in range(4):  # the four callbacks of one period run at once
+            lead = 0.160 + 0.020 * k
+            stream.callback(np.zeros((OUT_BLOCK, 1), np.float32), OUT_BLOCK,
+                            FakeTime(clock + lead, clock), FakeFlags())
+        clock += 0.080
+    gaps = np.diff(starts) / 1e6
+    # within a period the blocks are 20 ms apart (their callbacks were not)
+    for p in range(3):
+        np.testing.assert_allclose(gaps[4 * p: 4 * p + 3], 20.0, atol=1.0)
+    assert sink.latency_s == pytest.approx(0.160)
+    assert np.all(np.diff(pulls) > 0) and len(pulls) == 3
+    # a host without DAC times: the callback's own time
+    before = len(starts)
+    t0 = time.monotonic_ns()
+    stream.callback(np.zeros((OUT_BLOCK, 1), np.float32), OUT_BLOCK, FakeTime(0.0, 0.0), FakeFlags())
+    assert abs(starts[before] - t0) < 50e6 and sink.latency_s == pytest.approx(0.160)
     sink.stop()
 
 

@@ -17,14 +17,17 @@ def test_compare_official_measures_both_pipelines(jack_server, demo_env, tmp_pat
     out = tmp_path / "compare.json"
     r = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "compare_official.py"), "--seconds", "6",
-         "--rounds", "1", "--floor-steps", "20", "--floor-frames", "5", "--json", str(out)],
+         "--rounds", "1", "--floor-steps", "20", "--floor-frames", "5", "--whole-frames-too",
+         "--json", str(out)],
         cwd=ROOT, env=demo_env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "official local.py" in r.stdout and "moshi-tui" in r.stdout
     rnd = json.loads(out.read_text())["rounds"][0]
     fl = rnd["floor"]
     assert fl["floor_ms"] == fl["encode_ms"] + fl["step_ms"] + fl["decode_ms"] > 0
-    for who in ("official", "ours"):
+    assert fl["floor_early_ms"] == fl["encode_rest_ms"] + fl["step_ms"] + fl["decode_ms"] > 0
+    assert "moshi-tui --whole-frames" in r.stdout and rnd["whole"]["early_encodes"] == 0
+    for who in ("official", "ours", "whole"):
         res = rnd[who]
         # ~6 s of 80 ms frames went through each pipeline and came out of the speaker
         assert res["frames_captured"] >= 50, (who, res)

@@ -167,3 +167,25 @@ def test_bad_input_one_line_exit_2(demo_env, tmp_path):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "not a WAV file" in r.stderr
+
+
+def test_ctrl_c_while_loading_exits_130_and_keeps_the_folder(demo_env, tmp_path):
+    """Ctrl+C before the session is live: one line, exit 130, no process left, and the session
+    folder still gets its transcript and stats (nothing a user had is lost)."""
+    folder = tmp_path / "s"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "--demo", "--headless", "--input", "silence",
+         "--output", "null", "--session-dir", str(folder)],
+        cwd=ROOT, env=demo_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    for line in p.stdout:
+        if "loading model in the server process" in line:
+            break
+    kids = _descendants(p.pid)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (out, err)
+    assert err.strip() == "interrupted while loading", err
+    assert not _wait_gone(kids, timeout=2.0)
+    assert (folder / "transcript.md").exists() and (folder / "stats.json").exists()
+    assert json.loads((folder / "stats.json").read_text())["error"] is None
