@@ -261,6 +261,8 @@ class ClientPipeline:
         self._handled = -1  # the last frame the send loop encoded or dropped
         self._head_of: int | None = None  # the frame whose first half the encoder already has
         self._head_t = 0
+        self._head_seen = 0  # when the last head was handed over (used or not)
+        self._head_leads: deque = deque(maxlen=25)  # head -> its frame, ns, recent frames
         self.playout = Playout()
         self.muted = False
         self.threads: list[threading.Thread] = []
@@ -291,6 +293,10 @@ class ClientPipeline:
             self.recorder.input(pcm)
         rec = self.tel.new_frame(self._frame_id, t_cap)
         self._frame_id += 1
+        if self._head_seen:
+            self._head_leads.append(t_cap - self._head_seen)
+            self._head_seen = 0
+            self.tel.info["early_encode"] = self.early_encode and self.heads_help()
         self.tel.add_level("input", _rms(pcm))
         dropped = self.input_q.put((rec, pcm), keep_frame=self._head_of)
         if dropped is not None:
@@ -300,13 +306,26 @@ class ClientPipeline:
             self.tel.warn("input dropped: pipeline behind real time")
         self.tel.sample_queues(self.depths())
 
+    MIN_HEAD_LEAD_NS = 10_000_000
+
+    def heads_help(self) -> bool:
+        """Heads arrive well before their frames (median of the last 2 s >= 10 ms).  A host
+        that runs 80 ms periods hands both halves over at once: splitting the encode would then
+        cost work and gain nothing."""
+        leads = sorted(self._head_leads)
+        return not leads or leads[len(leads) // 2] >= self.MIN_HEAD_LEAD_NS
+
     def on_head(self, pcm: np.ndarray, t_ns: int) -> None:
         """Audio source callback: the first HEAD samples of the next frame, just captured.
 
         They go into the encoder at once when it can take them in order (every earlier frame
-        handled, nothing waiting, room in flight, no codec switch due); otherwise they are
-        ignored and the frame is encoded whole.  Never blocks."""
+        handled, nothing waiting, room in flight, no codec switch due) and heads come early
+        enough to help (`heads_help`); otherwise they are ignored and the frame is encoded
+        whole.  Never blocks."""
         if self.stop_ev.is_set() or not self.early_encode:
+            return
+        self._head_seen = t_ns
+        if not self.heads_help():
             return
         if not self._submit_lock.acquire(blocking=False):
             return  # the send loop is submitting: the frame goes whole

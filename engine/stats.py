@@ -39,7 +39,8 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
         "end_reason": end_reason,
         "error": snap.error,
         "model": {k: v for k, v in snap.info.items() if k == "model" or k.startswith("server_")},
-        "audio": {**{k: snap.info.get(k) for k in ("input", "output", "output_latency_ms")},
+        "audio": {**{k: snap.info.get(k) for k in ("input", "output", "output_latency_ms",
+                                                   "early_encode")},
                   # (the jitter buffer's aim, median over the session's played frames)
                   "playout_ms": tel.playout_p50(full=True) or snap.info.get("playout_ms")},
         "options": options or {},

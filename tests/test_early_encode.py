@@ -64,7 +64,8 @@ def reference_codes(mimi: str, frames: list[np.ndarray], ids: list[int]) -> dict
     return out
 
 
-def run_pipeline(mimi: str, frames, *, server_delay_s=0.0, heads=True, pace_s=0.040):
+def run_pipeline(mimi: str, frames, *, server_delay_s=0.0, heads=True, pace_s=0.040,
+                 head_lead_s=None):
     import rustymimi
 
     tok = rustymimi.StreamTokenizer(mimi)
@@ -80,9 +81,10 @@ def run_pipeline(mimi: str, frames, *, server_delay_s=0.0, heads=True, pace_s=0.
             t = time.monotonic_ns()
             if heads:
                 pipe.on_head(f[:HEAD].copy(), t)
-            time.sleep(pace_s)
+            lead = pace_s if head_lead_s is None else head_lead_s
+            time.sleep(lead)
             pipe.on_frame(f.copy(), time.monotonic_ns())
-            time.sleep(pace_s)
+            time.sleep(2 * pace_s - lead)
         deadline = time.monotonic() + 10
         while not pipe.idle() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -124,6 +126,19 @@ def test_a_busy_pipeline_drops_whole_frames_and_stays_in_phase(demo_files, speec
     for i in sent:
         np.testing.assert_array_equal(server.codes[i].reshape(-1), ref[i].reshape(-1),
                                       err_msg=f"frame {i}")
+
+
+def test_heads_that_come_with_their_frame_are_not_used(demo_files):
+    """A host with 80 ms periods hands both halves over at once: after a couple of seconds
+    the pipeline stops splitting (it would cost work for nothing), and the codes stay right."""
+    frames = speech_frames(60)
+    mimi = str(demo_files.mimi)
+    server, tel = run_pipeline(mimi, frames, head_lead_s=0.0)
+    assert server.order == list(range(len(frames)))
+    assert 0 < tel.counters["early_encodes"] <= 30
+    ref = reference_codes(mimi, frames, server.order)
+    for i in server.order:
+        np.testing.assert_array_equal(server.codes[i].reshape(-1), ref[i].reshape(-1))
 
 
 def test_heads_are_optional(demo_files, speech):
