@@ -25,6 +25,8 @@ class HelpScreen(ModalScreen[None]):
                 table.add_row(*row)
             yield table
             yield Static("Panels show the last 20 s; p50/p95 are over that window. "
-                         "The frame budget is 80 ms: a stage in red is slower than real time.",
+                         "The frame budget is 80 ms: a stage in red is slower than real time. "
+                         "encode is the work left once a frame is complete: its first 40 ms "
+                         "are encoded while the rest is captured.",
                          classes="dialog-hint")
             yield Static("[b]Esc[/] close", classes="dialog-hint")

@@ -16,7 +16,10 @@ from .table_row import HeaderRow, PanelRow
 
 LABELS = {"input": "input", "c2s": "c→s", "s2c": "s→c", "output": "output"}
 COUNTERS = {"underruns": "underruns", "drops_input": "drops in", "drops_output": "drops out",
-            "overruns": "overruns"}
+            "overruns": "overruns", "trims_output": "trims"}
+
+
+CALM = {"trims_output"}
 
 
 class QueueRow(PanelRow):
@@ -65,5 +68,6 @@ class QueuesPanel(Vertical):
         for key in keys:
             label = COUNTERS.get(key) or key.replace("drops_", "drops ")
             n = snap.counters.get(key, 0)
-            parts.append(f"[$text-error b]{label} {n}[/]" if n else f"[dim]{label} {n}[/]")
+            alarm = n and key not in CALM  # (trims are the jitter buffer working, not a loss)
+            parts.append(f"[$text-error b]{label} {n}[/]" if alarm else f"[dim]{label} {n}[/]")
         self.query_one("#counters", SteadyStatic).set_content("  ".join(parts))
