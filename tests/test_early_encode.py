@@ -31,6 +31,8 @@ class FakeServer(threading.Thread):
         self.conn, self.delay_s = conn, delay_s
         self.codes: dict[int, np.ndarray] = {}
         self.order: list[int] = []
+        self.resets = 0
+        self.segment_of: dict[int, int] = {}
         self.stop = threading.Event()
 
     def run(self):
@@ -39,11 +41,14 @@ class FakeServer(threading.Thread):
             if not self.conn.poll(0.05):
                 continue
             msg = self.conn.recv()
+            if msg[0] == "reset":  # a new segment: fresh codec from the next frame on
+                self.resets += 1
             if msg[0] != "frame":
                 continue
             _, fid, codes = msg
             self.codes[fid] = np.asarray(codes).copy()
             self.order.append(fid)
+            self.segment_of[fid] = self.resets
             time.sleep(self.delay_s)
             t = time.monotonic_ns()
             self.conn.send(("result", fid, step, 0, None, t, t, t))
@@ -65,7 +70,7 @@ def reference_codes(mimi: str, frames: list[np.ndarray], ids: list[int]) -> dict
 
 
 def run_pipeline(mimi: str, frames, *, server_delay_s=0.0, heads=True, pace_s=0.040,
-                 head_lead_s=None):
+                 head_lead_s=None, segment_frames=None):
     import rustymimi
 
     tok = rustymimi.StreamTokenizer(mimi)
@@ -75,6 +80,11 @@ def run_pipeline(mimi: str, frames, *, server_delay_s=0.0, heads=True, pace_s=0.
     server.start()
     tel = Telemetry()
     pipe = ClientPipeline(tel, tok, client, None, input_max=3, inflight_max=4)
+    if segment_frames:
+        from engine.session import load_codec
+
+        pipe.segment_frames = segment_frames
+        pipe.codec_factory = lambda: load_codec(mimi)
     pipe.start()
     try:
         for f in frames:
@@ -139,6 +149,23 @@ def test_heads_that_come_with_their_frame_are_not_used(demo_files):
     ref = reference_codes(mimi, frames, server.order)
     for i in server.order:
         np.testing.assert_array_equal(server.codes[i].reshape(-1), ref[i].reshape(-1))
+
+
+def test_codec_switch_at_a_segment_boundary_keeps_the_codes_right(demo_files):
+    """Every 12 frames a fresh codec takes over (what a session does every 3600): the frame at
+    the boundary is never split across the two codecs, so each segment's codes are those of a
+    fresh codec encoding that segment's frames whole."""
+    frames = speech_frames(40)
+    mimi = str(demo_files.mimi)
+    server, tel = run_pipeline(mimi, frames, segment_frames=12)
+    assert server.order == list(range(len(frames)))
+    assert server.resets >= 2 and tel.counters["early_encodes"] > len(frames) // 2
+    for seg in range(server.resets + 1):
+        ids = [i for i in server.order if server.segment_of[i] == seg]
+        ref = reference_codes(mimi, frames, ids)
+        for i in ids:
+            np.testing.assert_array_equal(server.codes[i].reshape(-1), ref[i].reshape(-1),
+                                          err_msg=f"segment {seg}, frame {i}")
 
 
 def test_heads_are_optional(demo_files, speech):
