@@ -37,6 +37,7 @@ THROUGHPUT_BAD = 0.8
 INFLIGHT_SLACK = 8  # frames that may legitimately be in flight or in the codebook delay
 CPU_DEMAND_WARN_FRACTION = 0.7  # bench: codec + model CPU per frame above this share of the cores
 CPU_DEMAND_BAD_FRACTION = 1.0
+DEVICE_LATENCY_WARN_MS = 100.0  # the output device's own latency (Bluetooth: 150-300 ms)
 
 LEVELS = ("ok", "warn", "bad")
 _RANK = {lvl: i for i, lvl in enumerate(LEVELS)}
@@ -64,6 +65,7 @@ class _View:
     captured: int = 0
     processed: int = 0
     playout_ms: float | None = None  # the jitter buffer's aim, median over recent/all frames
+    output_latency_ms: float | None = None  # the output device's own latency
 
 
 def _view(x) -> _View:
@@ -77,6 +79,7 @@ def _view(x) -> _View:
             captured=int(x.frames_captured or 0),
             processed=int(x.frames_processed or 0),
             playout_ms=(x.info or {}).get("playout_ms"),
+            output_latency_ms=(x.info or {}).get("output_latency_ms"),
         )
     if isinstance(x, dict):
         breakdown = x.get("frame_breakdown_ms") or {}
@@ -102,6 +105,7 @@ def _view(x) -> _View:
             captured=int((x.get("frames") or {}).get("captured") or 0),
             processed=int((x.get("frames") or {}).get("processed") or 0),
             playout_ms=(x.get("audio") or {}).get("playout_ms"),
+            output_latency_ms=(x.get("audio") or {}).get("output_latency_ms"),
         )
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
 
@@ -232,6 +236,12 @@ def diagnose(x, previous=None) -> list[Verdict]:
             add("bad" if backlog >= BACKLOG_BAD_FRAMES else "warn", "output_backlog",
                 f"output queue holds a {backlog}-frame backlog: +{backlog * BUDGET_MS:.0f} ms "
                 "mic-to-speaker")
+
+    dev_ms = v.output_latency_ms
+    if dev_ms is not None and dev_ms >= DEVICE_LATENCY_WARN_MS:
+        add("warn", "device_latency",
+            f"the output device adds {_ms(dev_ms)} after the speaker stage (Bluetooth or a large "
+            "buffer): a wired device makes the conversation snappier")
 
     # --- counters -------------------------------------------------------------------------
     _counters(v, _view(previous) if previous is not None else None, add)

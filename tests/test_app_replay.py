@@ -80,6 +80,17 @@ async def test_loading_then_live_transcript_and_panels(tmp_path):
         assert "underruns 2" in str(app.query_one("#counters").render())
 
 
+async def test_latency_panel_names_the_speaker_device_latency(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await play(pilot, ticks=60)
+        panel = app.query_one(LatencyPanel)
+        assert panel.border_subtitle == "budget 80 ms/frame"  # a file or null speaker: none
+        app.session.tel.info["output_latency_ms"] = 40.0  # measured from the device's DAC times
+        await play(pilot, ticks=3)
+        assert panel.border_subtitle == "budget 80 ms/frame · speaker device +40 ms"
+
+
 async def test_panel_keys_toggle_and_side_column_goes_when_empty(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -167,6 +167,14 @@ class TestRules:
         assert by_rule(v, "underruns").text.startswith("3 underruns since playback started")
         assert by_rule(v, "drops").text == "3 frames dropped (input 2, decode 1)"
 
+    def test_slow_output_device(self, form):
+        tel = feed(Telemetry())
+        tel.info["output_latency_ms"] = 40.0  # a wired device, as measured from its DAC times
+        assert "device_latency" not in rules(diagnose(both(tel)[form]))
+        tel.info["output_latency_ms"] = 210.0  # Bluetooth headphones
+        d = by_rule(diagnose(both(tel)[form]), "device_latency")
+        assert d.level == "warn" and d.text.startswith("the output device adds 210 ms")
+
     def test_measuring_when_too_few_frames(self, form):
         v = diagnose(both(feed(Telemetry(), n=dg.MIN_FRAMES - 1))[form])
         assert [x.rule for x in v] == ["measuring"]

@@ -73,6 +73,11 @@ class LatencyPanel(Vertical):
         if key == getattr(self, "_drawn", None):  # no new frame since the last draw
             return
         self._drawn = key
+        device = (snap.info or {}).get("output_latency_ms")
+        subtitle = f"budget {FRAME_BUDGET_MS:.0f} ms/frame"
+        if device:  # the speaker device's own latency, after mic→spk
+            subtitle += f" · speaker device +{device:.0f} ms"
+        self.border_subtitle = subtitle
         for row in self.query(StageRow):
             row.update_from(snap.stage_history.get(row.stage, []), snap.stage_stats.get(row.stage, {}))
         level = budget_level(snap.stage_stats.get("processing", {}).get("p95"))
