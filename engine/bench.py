@@ -228,10 +228,12 @@ def format_pipeline(r: dict) -> str:
         g = rss.get(proc) or {}
         work = s["work_share"].get(
             "client_codec_work_percent" if proc == "client" else "server_model_work_percent")
+        py = (f"; Python threads {fmt(p['python_cpu_percent'])} %: loops, polling, pacing"
+              if p.get("python_cpu_percent") is not None else "")
         sum_rows.append([
             f"{proc} process",
             f"CPU {fmt(p.get('cpu_percent'))} % ({'codec' if proc == 'client' else 'model'} "
-            f"busy {fmt(work)} % of wall), "
+            f"busy {fmt(work)} % of wall{py}), "
             f"RSS {fmt(p.get('rss_mb'))} MB (growth {fmt(g.get('growth_percent'), 2)} %)",
         ])
     lines.append(table(["summary", ""], sum_rows, left=(0, 1)))

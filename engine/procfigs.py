@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 
 class ProcessFigures:
     """Mixin: `process_figures()` gives CPU % since `_cpu_start()` and RSS, per process
     ("client", and "server" while a local server process runs); `_cpu_end()` keeps the last
-    figures in `self.cpu`."""
+    figures in `self.cpu`.  For this process it also splits the CPU by thread:
+    `python_cpu_percent` is what the Python threads took (the four loops with their polling,
+    the file pacers, the recorder, the UI); the rest is native threads (rustymimi's codec and
+    its worker pool, the audio host's callback threads)."""
 
     _cpu0 = None
     cpu: dict | None = None  # figures at the end of the session
@@ -29,6 +33,7 @@ class ProcessFigures:
     def _cpu_start(self) -> None:
         try:
             self._cpu0 = (time.monotonic(), {k: p.cpu_times() for k, p in self._procs().items()})
+            self._threads0 = _thread_times()
         except Exception:
             self._cpu0 = None
 
@@ -52,6 +57,11 @@ class ProcessFigures:
             if c0 is not None and wall > 0:
                 cpu = 100.0 * ((ct.user + ct.system) - (c0.user + c0.system)) / wall
             out[k] = {"cpu_percent": None if cpu is None else round(cpu, 1), "rss_mb": round(rss / 2**20, 1)}
+            if p.pid == os.getpid() and wall > 0 and getattr(self, "_threads0", None) is not None:
+                now = _thread_times()
+                py = {t.native_id for t in threading.enumerate()}
+                used = sum(v - self._threads0.get(tid, 0.0) for tid, v in now.items() if tid in py)
+                out[k]["python_cpu_percent"] = round(100.0 * used / wall, 1)
         return out
 
     def _cpu_end(self) -> None:
@@ -59,3 +69,10 @@ class ProcessFigures:
             self.cpu = self.process_figures()
         except Exception:
             self.cpu = {}
+
+
+def _thread_times() -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of this process, by native thread id."""
+    import psutil
+
+    return {t.id: t.user_time + t.system_time for t in psutil.Process().threads()}

@@ -192,6 +192,10 @@ def test_pipeline_counters_processes_startup(pipeline_run):
         p = s["processes"][proc]
         assert p["cpu_percent"] is not None and p["cpu_percent"] >= 0
         assert p["rss_mb"] > 0
+    # the client's CPU split: its Python threads (loops, polling, pacing) are a part of it
+    client = s["processes"]["client"]
+    assert 0 < client["python_cpu_percent"] <= client["cpu_percent"] + 1.0
+    assert "python_cpu_percent" not in s["processes"]["server"]
     assert s["startup_ms"] > 0
     assert 0 < s["first_live_frame_processing_ms"] <= s["first_capture_to_first_output_ms"]
     assert s["work_share"]["client_codec_work_percent"] > 0
