@@ -35,18 +35,27 @@ def _rms(pcm: np.ndarray) -> float:
 
 
 class _CodecWaiter:
-    """Poll a rustymimi result getter efficiently while results are outstanding."""
+    """Poll a rustymimi result getter efficiently while results are outstanding.
+
+    The typical codec time is learned per kind of work (`kind`: a whole frame, or the rest of
+    one whose first half went in early), so that switching between the two neither sleeps
+    past a result nor polls for long."""
 
     def __init__(self, getter, fine_s: float = 0.0005):
         self.getter = getter
         self.fine_s = fine_s
-        self.expected_s = 0.020
-        self.hist: deque[float] = deque(maxlen=32)
+        self.expected: dict[str, float] = {}
+        self.hist: dict[str, deque] = {}
         self.polls = 0
 
-    def wait(self, submitted_ns: int, stop: threading.Event):
+    def inherit(self, other: "_CodecWaiter") -> None:
+        """Start from another waiter's typical times (a new codec of the same model)."""
+        self.expected = dict(other.expected)
+
+    def wait(self, submitted_ns: int, stop: threading.Event, kind: str = "whole"):
         # Sleep until ~85 % of the typical codec time has elapsed since submission, then poll.
-        target = submitted_ns + int(self.expected_s * 0.85e9)
+        expected = self.expected.get(kind, 0.020)
+        target = submitted_ns + int(expected * 0.85e9)
         now = time.monotonic_ns()
         if target > now:
             time.sleep((target - now) / 1e9)
@@ -55,9 +64,10 @@ class _CodecWaiter:
             out = self.getter()
             if out is not None:
                 took = (time.monotonic_ns() - submitted_ns) / 1e9
-                self.hist.append(took)
-                if len(self.hist) >= 4:
-                    self.expected_s = float(np.median(self.hist))
+                hist = self.hist.setdefault(kind, deque(maxlen=32))
+                hist.append(took)
+                if len(hist) >= 4:
+                    self.expected[kind] = float(np.median(hist))
                 return out
             time.sleep(self.fine_s)
         return None
@@ -458,7 +468,7 @@ class ClientPipeline:
             self._enc_room.clear()
         new, self._next_tok, self._loader = self._next_tok, None, None
         waiter = _CodecWaiter(new.get_encoded)
-        waiter.expected_s = self._enc_wait.expected_s
+        waiter.inherit(self._enc_wait)
         self.enc_tok, self._enc_wait = new, waiter
         self._seg_count = 0
         self._dec_switch_at = rec.frame
@@ -475,7 +485,7 @@ class ClientPipeline:
         while self._dec_pending and not self.stop_ev.is_set():
             time.sleep(0.002)
         waiter = _CodecWaiter(self.enc_tok.get_decoded)
-        waiter.expected_s = self._dec_wait.expected_s
+        waiter.inherit(self._dec_wait)
         self.dec_tok, self._dec_wait = self.enc_tok, waiter
         self._dec_switch_at = None
         if self.on_codec_released is not None:
@@ -490,7 +500,7 @@ class ClientPipeline:
                 self._enc_ev.clear()
                 continue
             rec = self._enc_pending[0]
-            codes = self._enc_wait.wait(rec.t_enc0, self.stop_ev)
+            codes = self._enc_wait.wait(rec.t_enc0, self.stop_ev, "rest" if rec.t_head else "whole")
             if codes is None:
                 return
             rec.t_enc = time.monotonic_ns()
