@@ -225,6 +225,7 @@ class Session(ProcessFigures):
         tel = self.tel
         self.pipeline = pipeline
         self.pipeline.early_encode = self.cfg.early_encode
+        tel.info["early_encode"] = self.cfg.early_encode  # (off later if heads do not help)
         # Segment length: the LM's step budget, and the codec's stream limit (see pipeline).
         max_steps = int(tel.info.get("server_max_steps") or 3000)
         self.pipeline.segment_frames = max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES))

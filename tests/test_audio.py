@@ -225,13 +225,18 @@ def test_source_with_heads_catches_up_then_drops_whole_frames(tmp_path):
     assert ids == sorted(ids) and all(np.ptp(f[1]) < 1e-3 for f in frames)
 
 
-def test_device_source_with_heads_asks_for_40ms_blocks(monkeypatch):
-    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(24000))
+def heads_device_source(monkeypatch, rate: int):
+    """A DeviceSource on the fake PortAudio, started with on_head: (source, events, stream)."""
+    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(rate))
     FakeStream.instances.clear()
     src = DeviceSource(None)
     got = HeadsAndFrames()
     src.start(got.frame, got.head)
-    stream = FakeStream.instances[-1]
+    return src, got, FakeStream.instances[-1]
+
+
+def test_device_source_with_heads_asks_for_40ms_blocks(monkeypatch):
+    src, got, stream = heads_device_source(monkeypatch, 24000)
     assert stream.blocksize == HEAD
     x = np.random.default_rng(5).uniform(-0.5, 0.5, 10 * FRAME).astype(np.float32)
     for i in range(0, len(x), HEAD):
@@ -245,12 +250,7 @@ def test_device_source_with_heads_asks_for_40ms_blocks(monkeypatch):
 def test_device_source_heads_with_any_host_block_size(monkeypatch):
     """A host that ignores the block size (and resampling): still one head per frame at most,
     each the first 40 ms of its frame, handed over once those samples are in."""
-    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(48000))
-    FakeStream.instances.clear()
-    src = DeviceSource(None)
-    got = HeadsAndFrames()
-    src.start(got.frame, got.head)
-    stream = FakeStream.instances[-1]
+    src, got, stream = heads_device_source(monkeypatch, 48000)
     assert stream.blocksize == 2 * HEAD  # 40 ms at 48 kHz
     rng = np.random.default_rng(4)
     x = rng.uniform(-0.5, 0.5, 48000 * 2).astype(np.float32)
