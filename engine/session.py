@@ -167,18 +167,26 @@ class Session(ProcessFigures):
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
         options = {"max_steps": self.cfg.max_steps, "step_delay_ms": self.cfg.step_delay_ms}
-        self.server = ctx.Process(
+        server = ctx.Process(
             target=server_main, args=(child, self.resolved, options), name="moshi-tui-server",
             daemon=True,
         )
-        self.server.start()
+        # Started under the lock stop() takes: stop() sees no server or a started one (joining
+        # one that is not started yet fails), and no server starts after a stop.
+        with self._lock:
+            if self._stopped:
+                raise MoshiTuiError("stopped during loading", exit_code=1)
+            server.start()
+            self.server, self.conn = server, parent
         child.close()
-        self.conn = parent
         tel.info["server_pid"] = self.server.pid
         tel.set_state("loading", "loading model in the server process")
 
         # The codec and text tokenizer load here while the server loads the LM.
         from .modelload import ModelLoadError, load_text_tokenizer
+
+        if self._stop_req.is_set():
+            raise MoshiTuiError("stopped during loading", exit_code=1)
 
         with codec_allocations():
             try:

@@ -46,9 +46,8 @@ async def wait_for(pilot, condition, timeout: float, what: str) -> None:
 
 
 async def quit_app(pilot, timeout: float = 30.0) -> None:
-    """Press q and wait until the app has asked to exit: it does so only once its shutdown
-    (session stopped, files written) is done.  (Waiting for the workers is not enough: a
-    worker cancelled with the app's teardown returns from wait() while its thread still runs.)"""
+    """Press q and wait until the app has asked to exit: it does so once its shutdown worker
+    (session stopped, files written) has ended."""
     app = pilot.app
     await pilot.press("q")
     deadline = time.monotonic() + timeout

@@ -257,3 +257,34 @@ def test_restart_after_the_server_died(demo_cache, tmp_path):
         s.stop()
     assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == "zombie"
     assert json.loads((tmp_path / "s" / "stats.json").read_text())["frames"]["processed"] > before
+
+
+def test_stop_while_the_server_process_is_being_started(demo_cache, tmp_path, monkeypatch):
+    """Quitting at the very start (the app's q while the server process is spawning): the
+    session stops cleanly, keeps its folder's files, and leaves no server behind (joining a
+    process that was not started yet used to fail, and the files were never written)."""
+    import multiprocessing.context as mpc
+    import threading
+
+    from engine.options import build_parser, session_config
+    from engine.session import Session
+
+    orig = mpc.SpawnProcess.start
+    starting = threading.Event()
+
+    def slow_start(self):
+        starting.set()
+        time.sleep(0.5)  # the spawn takes its time: stop() arrives meanwhile
+        orig(self)
+
+    monkeypatch.setattr(mpc.SpawnProcess, "start", slow_start)
+    args = build_parser().parse_args(["--demo", "--input", "silence", "--output", "null",
+                                      "--session-dir", str(tmp_path / "s")])
+    s = Session(session_config(args))
+    s.prepare()
+    s.start()
+    assert starting.wait(30)
+    s.stop()
+    assert s.tel.state == "stopped" and s.tel.error is None
+    assert (tmp_path / "s" / "transcript.md").exists()
+    assert s.server is None or not s.server.is_alive()
