@@ -122,7 +122,7 @@ class ModelHost:
 
     def stop(self) -> None:
         p = self.process
-        if p is None:
+        if p is None or p.pid is None:  # (interrupted before it was started)
             return
         try:
             self.conn.send(("stop",))
