@@ -128,9 +128,9 @@ class Session(ProcessFigures):
     def _progress(self, text: str) -> None:
         self.tel.set_state(self.tel.state if self.tel.state != "starting" else "loading", text)
 
-    def _run(self) -> None:
+    def _run(self, restart: bool = False) -> None:
         try:
-            self._startup()
+            self._startup(restart=restart)
         except MoshiTuiError as e:
             if self._stop_req.is_set():  # the user stopped while it loaded: not an error
                 self.end_reason = "stopped during loading"
@@ -311,15 +311,7 @@ class Session(ProcessFigures):
         self.server = None
         self.tel.mark_segment(self.tel.steps, time.monotonic_ns())
         self.tel.warn("model server restarted")
-        try:
-            self._startup(restart=True)
-        except MoshiTuiError as e:
-            self._fail(str(e), e.exit_code)
-            return
-        except Exception as e:
-            self._fail(f"{type(e).__name__}: {e}", 1)
-            return
-        self._watch()
+        self._run(restart=True)
 
     def _watch(self) -> None:
         """End the session when the input runs out, time is up, the server dies, or stop()."""
