@@ -531,6 +531,7 @@ class FrameChunker:
     def __init__(self) -> None:
         self._buf = np.zeros(4 * FRAME, np.float32)
         self._n = 0
+        self._head_given = False  # head() was handed out for the frame being filled
 
     def push(self, x: np.ndarray) -> list[np.ndarray]:
         need = self._n + len(x)
@@ -551,8 +552,6 @@ class FrameChunker:
             self._n = rest
             self._head_given = False
         return out
-
-    _head_given = False
 
     def head(self) -> np.ndarray | None:
         if self._head_given or self._n < HEAD:

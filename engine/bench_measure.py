@@ -24,12 +24,11 @@ from typing import Callable
 
 import numpy as np
 
+from .audio import FRAME, HEAD, SAMPLE_RATE
 from .errors import MoshiTuiError
 from .telemetry import percentiles
 
-FRAME = 1920
-HEAD = FRAME // 2  # engine.audio.HEAD (this module does not import the audio endpoints)
-HEAD_S = 0.040
+HEAD_S = HEAD / SAMPLE_RATE  # 40 ms
 POLL_S = 0.0002  # StreamTokenizer result polling interval in the codec bench
 CODEC_WARMUP_FRAMES = 4
 CODEC_TIMEOUT_S = 30.0  # one codec call taking longer than this is a hang, not a measurement

@@ -273,6 +273,7 @@ class ClientPipeline:
         self._head_t = 0
         self._head_seen = 0  # when the last head was handed over (used or not)
         self._head_leads: deque = deque(maxlen=25)  # head -> its frame, ns, recent frames
+        self._heads_help = True  # see heads_help(), updated once per frame
         self.playout = Playout()
         self.muted = False
         self.threads: list[threading.Thread] = []
@@ -306,7 +307,8 @@ class ClientPipeline:
         if self._head_seen:
             self._head_leads.append(t_cap - self._head_seen)
             self._head_seen = 0
-            self.tel.info["early_encode"] = self.early_encode and self.heads_help()
+            self._heads_help = self.heads_help()
+            self.tel.info["early_encode"] = self.early_encode and self._heads_help
         self.tel.add_level("input", _rms(pcm))
         dropped = self.input_q.put((rec, pcm), keep_frame=self._head_of)
         if dropped is not None:
@@ -335,7 +337,7 @@ class ClientPipeline:
         if self.stop_ev.is_set() or not self.early_encode:
             return
         self._head_seen = t_ns
-        if not self.heads_help():
+        if not self._heads_help:
             return
         if not self._submit_lock.acquire(blocking=False):
             return  # the send loop is submitting: the frame goes whole

@@ -553,7 +553,7 @@ class RemoteSession(ProcessFigures):
                                             processes=self.process_figures)
         self._cpu_start()
         self.sink.start(self.pull)
-        tel.info["output_latency_ms"] = round(getattr(self.sink, "latency_s", 0.0) * 1000.0, 1)
+        tel.note_endpoints(self.source, self.sink)
         self.source.start(self.on_frame)
         tel.set_state("live", "")
         self._t_live = time.monotonic()

@@ -256,7 +256,7 @@ class Session(ProcessFigures):
         else:
             self._cpu_start()
             self.sink.start(self._pull)
-            tel.info["output_latency_ms"] = round(getattr(self.sink, "latency_s", 0.0) * 1000.0, 1)
+            tel.note_endpoints(self.source, self.sink)
             self.source.start(self._on_frame, self._on_head if self.cfg.early_encode else None)
         tel.set_state("live", "")
         self.live.set()
