@@ -53,6 +53,8 @@ FRAME = 1920
 SAMPLE_RATE = 24000
 FRAME_NS = FRAME * 1_000_000_000 // SAMPLE_RATE  # 80 ms
 HEAD = FRAME // 2  # 40 ms: one step of Mimi's encoder (25 Hz), handed over early by `on_head`
+# the speech recording played as the microphone by the demo without one, and by the benches
+BUNDLED_SPEECH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "speech.wav")
 OUT_BLOCK = 480  # 20 ms: the block of the software-paced sinks
 MAX_BURST = 5  # frames
 MAX_BURST_NS = MAX_BURST * FRAME_NS

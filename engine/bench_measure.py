@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .audio import FRAME, HEAD, SAMPLE_RATE
+from .audio import BUNDLED_SPEECH, FRAME, HEAD, SAMPLE_RATE
 from .errors import MoshiTuiError
 from .telemetry import percentiles
 
@@ -103,7 +103,6 @@ def run_step(resolved, steps: int = 200, *, max_steps: int | None = None,
 
 def speech_frames(n: int, wav: Path | str | None = None) -> list[np.ndarray]:
     """`n` frames of 1920 float32 samples from a speech WAV (the bundled one), looped."""
-    from .session import BUNDLED_SPEECH
     from .wavio import read_wav
 
     pcm = np.asarray(read_wav(wav or BUNDLED_SPEECH), dtype=np.float32).reshape(-1)

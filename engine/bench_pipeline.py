@@ -120,7 +120,7 @@ def run_pipeline(
     resolved = resolve(mopts, progress=lambda s: _say(progress, f"model: {s}"))
     # Open (validate) the endpoints before spending a minute on benches.
     source = open_source(input_spec or str(BUNDLED_SPEECH), loop=True)
-    sink = open_sink(output_spec)
+    sink = open_sink(output_spec, input_spec=input_spec)
 
     codec = run_codec_isolated(resolved.mimi_weight, floor_frames, progress=progress)
     step = run_step(resolved, floor_steps, max_steps=max_steps, progress=progress)

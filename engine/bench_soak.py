@@ -26,7 +26,7 @@ def run_soak(mopts: ModelOptions, *, minutes: float, input_spec: str | None = No
     from .session import BUNDLED_SPEECH, Session, SessionConfig
 
     source = open_source(input_spec or str(BUNDLED_SPEECH), loop=True)
-    sink = open_sink(output_spec)
+    sink = open_sink(output_spec, input_spec=input_spec)
     cfg = SessionConfig(model=mopts, input=input_spec, output=output_spec,
                         seconds=minutes * 60.0, max_steps=max_steps, save=False)
     session = Session(cfg)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from .audio import (
+    BUNDLED_SPEECH,
     DeviceSink,
     DeviceSource,
     NullSink,
@@ -178,9 +179,19 @@ def _on_default_hostapi(matches: list[dict], kind: str) -> int | None:
 
 def _is_file_spec(spec: str) -> bool:
     """PATH.wav always; another existing file unless the spec is a device index."""
+    if os.path.isdir(os.path.expanduser(spec)):
+        raise AudioError(f"{spec} is a folder: give a WAV file (or a device, see `moshi-tui devices`)",
+                         exit_code=2)
     if spec.lower().endswith(".wav"):
         return True
     return not spec.strip().lstrip("-").isdigit() and os.path.isfile(spec)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(os.path.expanduser(a), os.path.expanduser(b))
+    except OSError:  # (b does not exist yet)
+        return False
 
 
 def _silence_seconds(spec: str) -> float | None | bool:
@@ -211,17 +222,42 @@ def open_source(spec: str | None, *, loop: bool = False):
     return DeviceSource(index)
 
 
-def open_sink(spec: str | None):
-    """The AudioSink an --output spec names (see the module docstring)."""
+def open_sink(spec: str | None, *, input_spec: str | None = None):
+    """The AudioSink an --output spec names (see the module docstring); a WAV file that is the
+    input (`input_spec`) is refused rather than overwritten."""
     if spec is not None:
         if _silence_seconds(spec) is not False:
             return NullSink()
         if _is_file_spec(spec):
+            if input_spec is not None and _same_file(spec, input_spec):
+                raise AudioError(f"--output {spec} is the input file: it would be overwritten",
+                                 exit_code=2)
             return WavFileSink(spec)
     index = resolve_device(spec, "output")
     if index is None:
         _require_default("output")
     return DeviceSink(index)
+
+
+def open_endpoints(input_spec: str | None, output_spec: str | None, *, demo: bool, warn):
+    """(source, sink) for a session's --input/--output.  The demo must run anywhere: with no
+    microphone the bundled speech recording stands in for one, with no speaker the audio goes
+    nowhere (each said through `warn`); an explicit --input/--output never falls back."""
+    try:
+        source = open_source(input_spec)
+    except AudioError:
+        if input_spec is not None or not demo:
+            raise
+        source = open_source(BUNDLED_SPEECH)
+        warn("no input device: playing the bundled speech recording as the microphone")
+    try:
+        sink = open_sink(output_spec, input_spec=input_spec)
+    except AudioError:
+        if output_spec is not None or not demo:
+            raise
+        sink = open_sink("null")
+        warn("no output device: Moshi's audio is not played")
+    return source, sink
 
 
 def _require_default(kind: str) -> None:

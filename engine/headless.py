@@ -9,7 +9,7 @@ import time
 
 from .diagnose import Diagnoser, verdict_line
 from .session import open_session
-from .stats import build_stats, check_writable, status_line, write_json_atomic
+from .stats import build_stats, check_writable, status_line, write_json_atomic, write_outputs
 
 
 def run_headless(args, cfg, out=sys.stdout) -> int:
@@ -71,12 +71,14 @@ def run_headless(args, cfg, out=sys.stdout) -> int:
         processes=session.cpu,
         end_reason=reason,
     )
-    if args.stats_json:
-        write_json_atomic(args.stats_json, stats)
-    if args.trace:
-        from .trace import write_trace
+    from .trace import write_trace
 
-        write_trace(args.trace, session.tel)
+    write_errors = write_outputs([
+        ("stats to", args.stats_json, lambda path: write_json_atomic(path, stats)),
+        ("trace to", args.trace, lambda path: write_trace(path, session.tel)),
+    ])
+    for line in write_errors:
+        print(f"moshi-tui: error: {line}", file=sys.stderr, flush=True)
     if reason == "interrupted" and not session.live.is_set():
         print("interrupted while loading", file=sys.stderr, flush=True)
         return 130
@@ -91,4 +93,4 @@ def run_headless(args, cfg, out=sys.stdout) -> int:
         print(f"transcript: {snap.text.strip()}", file=out, flush=True)
     if session.folder is not None:
         print(f"session files: {session.folder}", file=out, flush=True)
-    return 0
+    return 1 if write_errors else 0

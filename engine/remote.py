@@ -54,7 +54,6 @@ FRAME = 1920
 SAMPLE_RATE = 24000
 FRAME_MS = 80.0
 EXTRA_STAGES = ("rtt", "e2e")
-BUNDLED_SPEECH = Path(__file__).with_name("data") / "speech.wav"
 
 
 def normalize_url(url: str) -> str:
@@ -246,8 +245,7 @@ class RemoteSession(ProcessFigures):
     # ------------------------------------------------------------------ setup
     def prepare(self) -> None:
         """Cheap validation: the URL and the audio endpoints. Raises MoshiTuiError."""
-        from .devices import open_sink, open_source
-        from .errors import AudioError
+        from .devices import open_endpoints
 
         self.url = normalize_url(self.url_arg)
         model = getattr(self.cfg, "model", None)
@@ -257,20 +255,8 @@ class RemoteSession(ProcessFigures):
                                               "tokenizer", "lm_config")
         ):
             self.tel.warn("model options are ignored with --remote: the server chooses the model")
-        try:
-            self.source = open_source(self.cfg.input)
-        except AudioError:
-            if self.cfg.input is not None or not demo:
-                raise
-            self.source = open_source(str(BUNDLED_SPEECH))
-            self.tel.warn("no input device: playing the bundled speech recording as the microphone")
-        try:
-            self.sink = open_sink(self.cfg.output)
-        except AudioError:
-            if self.cfg.output is not None or not demo:
-                raise
-            self.sink = open_sink("null")
-            self.tel.warn("no output device: Moshi's audio is not played")
+        self.source, self.sink = open_endpoints(self.cfg.input, self.cfg.output, demo=demo,
+                                                warn=self.tel.warn)
         self.tel.info.update(input=self.source.label, output=self.sink.label)
         self.tel.info.update(model=f"remote {self.url}", remote_url=self.url)
         if getattr(self.cfg, "save", False):

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .alloc import codec_allocations, release_free_memory, tune_allocator
+from .audio import BUNDLED_SPEECH  # noqa: F401 (the benches import it from here)
 from .errors import MoshiTuiError
 from .model_source import ModelOptions, resolve
 from .procfigs import ProcessFigures
 from .telemetry import Telemetry
 
-BUNDLED_SPEECH = Path(__file__).with_name("data") / "speech.wav"
 # rustymimi's streaming encoder fails once its transformer positions pass max_seq_len
 # (measured: see README), and its KV caches grow ~128 KB per frame until then.
 CODEC_SEGMENT_FRAMES = 3600
@@ -92,25 +92,10 @@ class Session(ProcessFigures):
     # ------------------------------------------------------------------ setup
     def prepare(self) -> None:
         """Cheap validation: audio endpoints and model files. Raises MoshiTuiError."""
-        from .devices import open_sink, open_source
-        from .errors import AudioError
+        from .devices import open_endpoints
 
-        try:
-            self.source = open_source(self.cfg.input)
-        except AudioError:
-            # The demo must run anywhere: with no microphone at all, the bundled speech
-            # recording stands in for one.  An explicit --input never falls back.
-            if self.cfg.input is not None or not self.cfg.model.demo:
-                raise
-            self.source = open_source(str(BUNDLED_SPEECH))
-            self.tel.warn("no input device: playing the bundled speech recording as the microphone")
-        try:
-            self.sink = open_sink(self.cfg.output)
-        except AudioError:
-            if self.cfg.output is not None or not self.cfg.model.demo:
-                raise
-            self.sink = open_sink("null")
-            self.tel.warn("no output device: Moshi's audio is not played")
+        self.source, self.sink = open_endpoints(self.cfg.input, self.cfg.output,
+                                                demo=self.cfg.model.demo, warn=self.tel.warn)
         self.tel.info.update(input=self.source.label, output=self.sink.label)
         if self.cfg.save:
             from .recorder import prepare_session_dir

@@ -144,6 +144,10 @@ BAD = [
     (["--output", "{d}/text.wav/out.wav"], "cannot write"),
     (["--session-dir", "{d}/text.wav/session"], "session folder"),
     (["--stats-json", "{d}/nodir/stats.json"], "does not exist"),
+    (["--stats-json", "{d}"], "is a folder"),
+    (["--trace", "/proc/moshi-tui-trace.json"], "cannot write trace to /proc/"),
+    (["--input", "{d}"], "is a folder"),
+    (["--output", "{d}"], "is a folder"),
     (["-q", "5"], "invalid choice"),
 ]
 
@@ -162,6 +166,32 @@ def test_bad_input_exits_2_with_one_line(args, message, bad_files, demo_env, tmp
     assert "Traceback" not in r.stderr
     assert len(err.splitlines()) == 1, err
     assert message in err, err
+
+
+def test_output_over_the_input_file_is_refused(demo_env, speech_wav, tmp_path):
+    """`-i talk.wav -o talk.wav` would destroy the user's recording: refused, file untouched."""
+    talk = tmp_path / "talk.wav"
+    talk.write_bytes(speech_wav.read_bytes())
+    for out in (talk, tmp_path / "." / "talk.wav"):
+        r = cli(["--demo", "--headless", "--no-save", "--seconds", "2", "--input", str(talk),
+                 "--output", str(out)], demo_env)
+        assert r.returncode == 2 and "is the input file" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert talk.read_bytes() == speech_wav.read_bytes()
+
+
+def test_a_file_that_cannot_be_written_at_the_end_does_not_hide_the_others(tmp_path):
+    from engine.stats import write_outputs
+
+    def fail(path):
+        raise PermissionError(13, "Permission denied")
+
+    written = []
+    errors = write_outputs([("stats to", str(tmp_path / "a.json"), fail),
+                            ("trace to", None, fail),  # not asked: not written
+                            ("trace to", str(tmp_path / "t.json"), written.append)])
+    assert errors == [f"could not write stats to {tmp_path / 'a.json'}: Permission denied"]
+    assert written == [str(tmp_path / "t.json")]
 
 
 def test_odd_wavs_simply_work(demo_env, tmp_path):

@@ -435,14 +435,16 @@ def run_app(args, cfg) -> int:
             app.write_session_files()
         except Exception as e:  # noqa: BLE001 - report, do not mask the exit
             print(f"moshi-tui: error: could not save the session files: {e}", file=sys.stderr)
-    if getattr(args, "stats_json", None):
-        from engine.stats import write_json_atomic
+    from engine.stats import write_json_atomic, write_outputs
+    from engine.trace import write_trace
 
-        write_json_atomic(args.stats_json, app.collect_stats())
-    if getattr(args, "trace", None):
-        from engine.trace import write_trace
-
-        write_trace(args.trace, session.tel)
+    write_errors = write_outputs([
+        ("stats to", getattr(args, "stats_json", None),
+         lambda path: write_json_atomic(path, app.collect_stats())),
+        ("trace to", getattr(args, "trace", None), lambda path: write_trace(path, session.tel)),
+    ])
+    for line in write_errors:
+        print(f"moshi-tui: error: {line}", file=sys.stderr)
     if err_log.exists() and err_log.stat().st_size:
         print(f"moshi-tui: messages printed by the engine and libraries are in {err_log}", file=sys.stderr)
     elif err_log.exists() and folder is None:
@@ -455,4 +457,4 @@ def run_app(args, cfg) -> int:
     if snap.error:
         print(f"moshi-tui: error: {snap.error}", file=sys.stderr)
         return session.exit_code or 1
-    return app.return_code or 0
+    return app.return_code or (1 if write_errors else 0)
