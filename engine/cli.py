@@ -12,9 +12,18 @@ from .errors import MoshiTuiError
 
 
 def _devices(argv) -> int:
-    from .devices import format_devices, list_devices
+    import json
 
-    print(format_devices(list_devices()))
+    from .devices import format_devices, list_devices
+    from .options import _Parser
+
+    p = _Parser(prog="moshi-tui devices",
+                description="List the audio devices PortAudio sees, with the index or name "
+                "that --input/--output take.")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    args = p.parse_args(argv)
+    devs = list_devices()
+    print(json.dumps(devs, indent=2) if args.json else format_devices(devs))
     return 0
 
 

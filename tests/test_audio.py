@@ -4,6 +4,7 @@ paths no JACK server can exercise, and device-spec resolution."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -754,3 +755,16 @@ def test_jack_loopback(jack_server, record_property):
     for k, v in stats.items():
         record_property(k, v)
     print("jack loopback:", stats)
+
+
+def test_devices_command_prints_json_and_refuses_unknown_options(monkeypatch, capsys):
+    from engine import cli
+    from engine.errors import UsageError
+
+    monkeypatch.setattr(devices, "list_devices", lambda: FAKE_DEVICES)
+    assert cli._devices(["--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == FAKE_DEVICES
+    assert cli._devices([]) == 0
+    assert "MacBook Pro Microphone" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="unrecognized arguments: --bogus"):
+        cli._devices(["--bogus"])
