@@ -123,6 +123,28 @@ async def test_wide_screen_shows_the_log_and_p99(tmp_path):
             assert needle in text
 
 
+async def test_log_lines_wrap_to_the_panel_and_rewrap_on_resize(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await play(pilot)
+        log = app.query_one("#log", RichLog)
+        long = "diagnosis: " + " ".join(f"word{i}" for i in range(40))
+        app.log_event(long)
+        await pilot.pause()
+
+        def fits() -> bool:
+            width = log.scrollable_content_region.width
+            return all(line.cell_length <= width for line in log.lines)
+
+        assert fits(), [line.cell_length for line in log.lines]
+        assert "word39" in log_text(app)  # nothing cut off on the right
+        narrow_lines = len(log.lines)
+        await pilot.resize_terminal(160, 40)
+        await pilot.pause()
+        assert fits() and len(log.lines) < narrow_lines  # written again at the new width
+        assert "word39" in log_text(app) and "live" in log_text(app)
+
+
 async def test_narrow_and_stacked_layouts(tmp_path):
     app = make_app(tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:

@@ -20,7 +20,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
-from textual.widgets import Footer, RichLog
+from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
 from engine.errors import MoshiTuiError
@@ -35,6 +35,7 @@ from .screens.export import ExportChoice, ExportScreen
 from .screens.help import HelpScreen
 from .stderr_guard import start_resource_tracker, stderr_to_file
 from .widgets.diagnosis import DiagnosisView
+from .widgets.event_log import EventLog
 from .widgets.latency import LatencyPanel
 from .widgets.levels import LevelMeter
 from .widgets.loading import LoadingView
@@ -150,7 +151,7 @@ class MoshiApp(App[int]):
                 yield DiagnosisView(id="diagnosis").data_bind(MoshiApp.verdicts)
                 yield LatencyPanel(id="latency").data_bind(snapshot=MoshiApp.diagnostics)
                 yield QueuesPanel(id="queues").data_bind(snapshot=MoshiApp.diagnostics)
-                yield RichLog(id="log", max_lines=1000, wrap=True, markup=False)
+                yield EventLog(id="log")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -159,7 +160,7 @@ class MoshiApp(App[int]):
         self.body = self.query_one("#body", Horizontal)
         self.transcript = self.query_one(TranscriptView)
         self.loading = self.query_one(LoadingView)
-        self.event_log = self.query_one("#log", RichLog)
+        self.event_log = self.query_one("#log", EventLog)
         self._ui_ready = True
         self.transcript.border_title = "Conversation"
         self.query_one(DiagnosisView).border_title = "Diagnosis"
@@ -262,7 +263,7 @@ class MoshiApp(App[int]):
 
     def log_event(self, text: str, style: str = "") -> None:
         line = Text.assemble((f"{fmt_clock(self.clock() - self._t0)} ", "dim"), (text, style))
-        self.event_log.write(line)
+        self.event_log.add(line)
 
     def _show_error(self, message: str, title: str | None = None) -> None:
         can_restart = bool(getattr(self.session, "can_restart", False))
