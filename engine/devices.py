@@ -178,8 +178,10 @@ def _on_default_hostapi(matches: list[dict], kind: str) -> int | None:
 
 
 def _is_file_spec(spec: str) -> bool:
-    """PATH.wav always; another existing file unless the spec is a device index."""
-    if os.path.isdir(os.path.expanduser(spec)):
+    """PATH.wav always; another existing file unless the spec is a device index.  A path to a
+    folder is refused (a bare word is a device name, even if a folder has that name)."""
+    looks_like_path = os.sep in spec or spec.startswith(("~", "."))
+    if looks_like_path and os.path.isdir(os.path.expanduser(spec)):
         raise AudioError(f"{spec} is a folder: give a WAV file (or a device, see `moshi-tui devices`)",
                          exit_code=2)
     if spec.lower().endswith(".wav"):
