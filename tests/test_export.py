@@ -111,6 +111,22 @@ def test_export_picks_format_and_writes(tmp_path, stats):
     assert not (tmp_path / "t.pdf").exists()
 
 
+def test_exported_files_get_the_usual_permissions(tmp_path, stats):
+    """A transcript is for sharing: umask-based mode, not the private mode of a temp file; a
+    file written over keeps its own mode."""
+    old = os.umask(0o022)
+    try:
+        new = ex.export(stats, tmp_path / "t.md")
+        assert new.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "k.md"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        ex.export(stats, kept)
+        assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() != "old"
+    finally:
+        os.umask(old)
+
+
 def test_failed_export_keeps_the_previous_file(tmp_path, stats, monkeypatch):
     target = tmp_path / "transcript.md"
     target.write_text("previous export\n")
