@@ -189,3 +189,66 @@ def test_ctrl_c_while_loading_exits_130_and_keeps_the_folder(demo_env, tmp_path)
     assert not _wait_gone(kids, timeout=2.0)
     assert (folder / "transcript.md").exists() and (folder / "stats.json").exists()
     assert json.loads((folder / "stats.json").read_text())["error"] is None
+
+
+def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path):
+    """The full-screen app as a user starts it, in a real terminal (a pty): it goes live, the
+    session ends at --seconds, `q` quits with 0, and what is left is the session folder (no
+    empty stderr.log), a line saying where it is, and no process."""
+    import os
+    import pty
+    import select
+
+    folder = tmp_path / "session"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the app, in a 120x40 terminal
+        try:
+            os.chdir(ROOT)
+            env = dict(demo_env, TERM="xterm-256color", COLUMNS="120", LINES="40")
+            os.execve(sys.executable, [sys.executable, "-m", "tui.cli", "--demo", "--input",
+                                       str(speech_wav), "--output", "null", "--seconds", "3",
+                                       "--session-dir", str(folder)], env)
+        finally:
+            os._exit(127)
+    screen = bytearray()
+    children: set = set()  # the model server and whatever else the app started
+    quit_sent = False
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                screen += data
+            try:
+                children.update(psutil.Process(pid).children(recursive=True))
+            except psutil.Error:
+                pass
+            stats = folder / "stats.json"
+            if not quit_sent and stats.exists() and '"time limit"' in stats.read_text():
+                os.write(fd, b"q")
+                quit_sent = True
+        _, status = os.waitpid(pid, 0)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(fd)
+    text = screen.decode("utf-8", "replace")
+    assert quit_sent, text[-2000:]
+    assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+    assert "LIVE" in text and "Conversation" in text  # the screen was drawn
+    assert f"session files: {folder}" in text
+    names = {p.name for p in folder.iterdir()}
+    assert {"input.wav", "output.wav", "stats.json", "transcript.md", "transcript.json"} <= names
+    assert "stderr.log" not in names  # nothing was printed around the UI: no empty file
+    assert json.loads((folder / "stats.json").read_text())["frames"]["processed"] > 10
+    assert children, "the app started no model server?"
+    gone, alive = psutil.wait_procs(list(children), timeout=10)
+    assert not alive, alive

@@ -448,7 +448,7 @@ def run_app(args, cfg) -> int:
         print(f"moshi-tui: error: {line}", file=sys.stderr)
     if err_log.exists() and err_log.stat().st_size:
         print(f"moshi-tui: messages printed by the engine and libraries are in {err_log}", file=sys.stderr)
-    elif err_log.exists() and folder is None:
+    elif err_log.exists():  # nothing was printed: no empty file left behind
         err_log.unlink()
     if app.shutdown_error:
         print(f"moshi-tui: error while saving: {app.shutdown_error}", file=sys.stderr)
