@@ -33,7 +33,7 @@ def status_line(s: Snapshot) -> str:
 def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict | None = None,
                 end_reason: str = "") -> dict:
     snap = tel.snapshot()
-    return {
+    stats = {
         "version": 1,
         "started_at": tel.started_at,
         "state": snap.state,
@@ -75,6 +75,11 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
         },
         "machine": machine_info(),
     }
+    from .diagnose import diagnose
+
+    # the diagnosis the app and the headless status show, over the whole session
+    stats["diagnosis"] = [{"level": v.level, "text": v.text, "rule": v.rule} for v in diagnose(stats)]
+    return stats
 
 
 def _r(v):

@@ -294,3 +294,11 @@ def test_thresholds_are_documented_constants():
 def test_frame_record_import_is_the_pipeline_one():
     # the helper above builds the same records the pipeline does
     assert FrameRecord(frame=0).stages_ms() == {}
+
+
+def test_session_stats_carry_the_diagnosis():
+    """stats.json (headless --stats-json, the session folder) says in words what the app shows."""
+    slow = build_stats(feed(Telemetry(), model=95.0))
+    assert {"level": "bad", "rule": "model_budget"} == {k: slow["diagnosis"][0][k] for k in ("level", "rule")}
+    assert slow["diagnosis"][0]["text"].startswith("model step 95 ms > 80 ms")
+    assert [d["rule"] for d in build_stats(feed(Telemetry()))["diagnosis"]] == ["all_ok"]
