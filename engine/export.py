@@ -136,6 +136,10 @@ def transcript_markdown(stats: dict) -> str:
             lines += [f"*— context full: segment {p.segment + 1} starts —*", ""]
         lines += [f"**[{mmss(p.t_ms)}]** {p.text}", ""]
 
+    if stats.get("diagnosis"):
+        lines += ["## Diagnosis", ""]
+        lines += [f"- **{d.get('level', '?')}**: {d.get('text', '')}" for d in stats["diagnosis"]]
+        lines.append("")
     lines += ["## Latency", "",
               f"Milliseconds per 80 ms frame (budget {FRAME_BUDGET_MS:.0f} ms), whole session.", "",
               "| stage | p50 | p95 | p99 | max | frames |", "|---|---:|---:|---:|---:|---:|"]

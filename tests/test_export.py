@@ -46,6 +46,8 @@ def stats() -> dict:
         "counters": {"underruns": 2, "drops_input": 1, "segments": 1, "custom_counter": 5},
         "queues_max": {"input": 2, "c2s": 1, "s2c": 1, "output": 2},
         "warnings": ["input dropped: pipeline behind real time"],
+        "diagnosis": [{"level": "warn", "rule": "jitter",
+                       "text": "processing p99 99 ms is 26 ms above its p50: some frames are late"}],
         "processes": {"client": {"cpu_percent": 80.0, "rss_mb": 900.0}},
         "machine": {"platform": "test"},
         "transcript": {"text": "".join(t["text"] for t in tokens), "tokens": tokens},
@@ -76,7 +78,8 @@ def test_markdown_reads_well(stats):
     assert "| output underruns | 2 |" in md
     assert "| custom_counter | 5 |" in md  # unknown counters still appear
     assert "- input dropped: pipeline behind real time" in md
-    assert md.index("## Transcript") < md.index("## Latency") < md.index("## Counters")
+    assert "- **warn**: processing p99 99 ms is 26 ms above its p50: some frames are late" in md
+    assert md.index("## Transcript") < md.index("## Diagnosis") < md.index("## Latency") < md.index("## Counters")
 
 
 def test_markdown_without_tokens_or_date():
