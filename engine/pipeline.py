@@ -310,6 +310,10 @@ class ClientPipeline:
             self._heads_help = self.heads_help()
             self.tel.info["early_encode"] = self.early_encode and self._heads_help
         self.tel.add_level("input", _rms(pcm))
+        if self.server_error is not None:
+            # No model to send it to (the UI says why; the recording goes on): not a drop.
+            self.tel.frame_retired(rec)
+            return
         dropped = self.input_q.put((rec, pcm), keep_frame=self._head_of)
         if dropped is not None:
             # The pipeline is behind: the oldest frame goes, so latency cannot creep.
@@ -334,7 +338,7 @@ class ClientPipeline:
         handled, nothing waiting, room in flight, no codec switch due) and heads come early
         enough to help (`heads_help`); otherwise they are ignored and the frame is encoded
         whole.  Never blocks."""
-        if self.stop_ev.is_set() or not self.early_encode:
+        if self.stop_ev.is_set() or not self.early_encode or self.server_error is not None:
             return
         self._head_seen = t_ns
         if not self._heads_help:
@@ -374,7 +378,7 @@ class ClientPipeline:
                 self.tel.frame_retired(rec)
             self.tel.warn("playback resynchronised: stale output dropped")
         if not play:
-            if underrun:
+            if underrun and self.server_error is None:  # (after it died, silence is expected)
                 self.tel.count("underruns")
                 self.tel.underrun_at(t_play)
             self.tel.add_level("output", 0.0)

@@ -273,6 +273,14 @@ def test_restart_after_the_server_died(demo_cache, tmp_path):
         psutil.Process(first_pid).kill()
         assert s.wait(5), "the client did not notice the dead server"
         assert s.snapshot().error and s.can_restart
+        # While the error is shown, the input keeps coming: frames with no model to go to are
+        # neither "dropped, pipeline behind" nor is the silence after them an underrun.
+        counters = dict(s.snapshot().counters)
+        time.sleep(1.0)
+        after = s.snapshot()
+        for name in ("drops_input", "underruns"):
+            assert after.counters[name] == counters[name], (name, counters, after.counters)
+        assert "input dropped: pipeline behind real time" not in after.warnings[-3:]
         before = s.snapshot().frames_processed
         s.restart_server()
         deadline = time.monotonic() + 60
