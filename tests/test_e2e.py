@@ -191,6 +191,22 @@ def test_ctrl_c_while_loading_exits_130_and_keeps_the_folder(demo_env, tmp_path)
     assert json.loads((folder / "stats.json").read_text())["error"] is None
 
 
+def app_in_a_pty(args, env):
+    """(pid, fd of the terminal) of the app started in a new 120x40 pseudo-terminal."""
+    import os
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        try:
+            os.chdir(ROOT)
+            os.execve(sys.executable, [sys.executable, "-m", "tui.cli", *args],
+                      dict(env, TERM="xterm-256color", COLUMNS="120", LINES="40"))
+        finally:
+            os._exit(127)
+    return pid, fd
+
+
 def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path):
     """The full-screen app as a user starts it, in a real terminal (a pty): it goes live, the
     session ends at --seconds, `q` quits with 0, and what is left is the session folder (no
@@ -200,16 +216,8 @@ def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path):
     import select
 
     folder = tmp_path / "session"
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the app, in a 120x40 terminal
-        try:
-            os.chdir(ROOT)
-            env = dict(demo_env, TERM="xterm-256color", COLUMNS="120", LINES="40")
-            os.execve(sys.executable, [sys.executable, "-m", "tui.cli", "--demo", "--input",
-                                       str(speech_wav), "--output", "null", "--seconds", "3",
-                                       "--session-dir", str(folder)], env)
-        finally:
-            os._exit(127)
+    pid, fd = app_in_a_pty(["--demo", "--input", str(speech_wav), "--output", "null",
+                            "--seconds", "3", "--session-dir", str(folder)], demo_env)
     screen = bytearray()
     children: set = set()  # the model server and whatever else the app started
     quit_sent = False
@@ -251,4 +259,52 @@ def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path):
     assert json.loads((folder / "stats.json").read_text())["frames"]["processed"] > 10
     assert children, "the app started no model server?"
     gone, alive = psutil.wait_procs(list(children), timeout=10)
+    assert not alive, alive
+
+
+def test_sigterm_quits_the_app_even_when_its_terminal_stopped_reading(demo_env, tmp_path):
+    """A terminal that is gone or stopped reading (closed window, Ctrl+S) fills Textual's
+    output queue and blocks the app's event loop; SIGTERM/SIGHUP must still stop the session,
+    write its files and exit, leaving no process (it used to hang there forever)."""
+    import os
+    import select
+
+    folder = tmp_path / "session"
+    pid, fd = app_in_a_pty(["--demo", "--input", "silence", "--output", "null",
+                            "--session-dir", str(folder)], demo_env)
+    children: set = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder / "stats.json").exists() and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                os.read(fd, 65536)  # read while it starts
+            try:
+                children.update(psutil.Process(pid).children(recursive=True))
+            except psutil.Error:
+                pass
+        assert (folder / "stats.json").exists(), "the app did not go live"
+        time.sleep(8.0)  # stop reading: the terminal buffer and then Textual's queue fill up
+        os.kill(pid, signal.SIGTERM)
+        t0 = time.monotonic()
+        status = None
+        while time.monotonic() - t0 < 40:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the app did not exit after SIGTERM")
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    stats = json.loads((folder / "stats.json").read_text())
+    assert stats["end_reason"] == "stopped" and stats["frames"]["captured"] > 50
+    assert (folder / "transcript.md").exists()
+    assert children
+    _, alive = psutil.wait_procs(list(children), timeout=10)
     assert not alive, alive

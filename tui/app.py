@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -124,6 +125,8 @@ class MoshiApp(App[int]):
         self.refresh_hz = refresh_hz
         self._show_log_default = show_log
         self._handle_signals = handle_signals
+        self._watchdog: threading.Thread | None = None
+        self.exited = threading.Event()  # set by run_app once app.run() has returned
         self.started_at = _dt.datetime.now()
         self.saved_files: list[Path] = []
         self.shutdown_error: str | None = None
@@ -184,20 +187,48 @@ class MoshiApp(App[int]):
         if self._handle_signals:
             self._install_signal_handlers()
 
+    QUIT_GRACE_S = 8.0  # after SIGTERM/SIGHUP, how long the normal quit may take
+
     def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGHUP (kill, terminal closed) quit like `q`: the session files get written."""
+        """SIGTERM/SIGHUP (kill, terminal closed) quit like `q`: the session files get written.
+
+        Plain signal handlers, not the event loop's: when the terminal is gone or stopped
+        reading, Textual's output queue fills and the loop blocks on it, so a handler the loop
+        would run never runs.  This one also starts a watchdog that, if the normal quit has not
+        finished after QUIT_GRACE_S, stops the session, writes its files and exits."""
         import asyncio
         import signal
 
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum, frame) -> None:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._exit_if_stuck, name="quit-watchdog",
+                                                  daemon=True)
+                self._watchdog.start()
+            try:
+                loop.call_soon_threadsafe(lambda: self.call_next(self.action_quit))
+            except RuntimeError:  # the loop has closed: the app is exiting anyway
+                pass
+
         for name in ("SIGTERM", "SIGHUP"):
             sig = getattr(signal, name, None)
             if sig is None:
                 continue
             try:
-                loop.add_signal_handler(sig, lambda: self.call_next(self.action_quit))
-            except (NotImplementedError, RuntimeError):  # not on this platform/loop
+                signal.signal(sig, on_signal)
+            except (ValueError, OSError):  # not the main thread (tests), or not on this platform
                 pass
+
+    def _exit_if_stuck(self) -> None:
+        if self.exited.wait(self.QUIT_GRACE_S):
+            return
+        try:  # (both idempotent: the quit worker may be doing the same)
+            self.session.stop()
+            if not self.saved_files:
+                self.write_session_files()
+        finally:
+            os._exit(self.exit_code())
 
     # ------------------------------------------------------------------ the 8 Hz refresh
     def poll(self) -> None:
@@ -430,6 +461,7 @@ def run_app(args, cfg) -> int:
         with stderr_to_file(err_log):
             app.run()
     finally:
+        app.exited.set()
         session.stop()  # idempotent; covers exits that bypassed the quit action
     if not app.saved_files:  # the app ended without its quit action (crash, signal)
         try:
