@@ -114,7 +114,8 @@ def run_pipeline(
 ) -> dict:
     """Run the floor benches then a session; returns the JSON-ready result (raises on bad input)."""
     from .devices import open_sink, open_source
-    from .session import BUNDLED_SPEECH, Session, SessionConfig
+    from .audio import BUNDLED_SPEECH
+    from .session import Session, SessionConfig
     from .stats import build_stats, status_line
 
     resolved = resolve(mopts, progress=lambda s: _say(progress, f"model: {s}"))

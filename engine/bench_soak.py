@@ -23,7 +23,8 @@ def run_soak(mopts: ModelOptions, *, minutes: float, input_spec: str | None = No
              output_spec: str | None = "null", max_steps: int | None = None,
              minute_s: float = MINUTE_S, progress=None) -> dict:
     from .devices import open_sink, open_source
-    from .session import BUNDLED_SPEECH, Session, SessionConfig
+    from .audio import BUNDLED_SPEECH
+    from .session import Session, SessionConfig
 
     source = open_source(input_spec or str(BUNDLED_SPEECH), loop=True)
     sink = open_sink(output_spec, input_spec=input_spec)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .alloc import codec_allocations, release_free_memory, tune_allocator
-from .audio import BUNDLED_SPEECH  # noqa: F401 (the benches import it from here)
 from .errors import MoshiTuiError
 from .model_source import ModelOptions, resolve
 from .procfigs import ProcessFigures
