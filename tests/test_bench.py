@@ -166,11 +166,15 @@ def test_pipeline_floor_and_overhead(pipeline_run):
     assert floor["step"]["steps"] == 10 and floor["codec"]["sync"]["frames"] == 5
     ordered(floor["step"]["step_ms"], "floor step")
     assert s["floor_ms"] > 0 and s["processing_p50_ms"] > 0
-    # The session encoded (most) frames early, so the floor's encode is the rest of a frame
-    # after its first 40 ms; the whole-frame floor (Kyutai's CLI) is reported beside it.
-    assert s["early_encode_share"] >= 0.5 and s["floor_encode"] == "rest"
+    # The floor's encode follows how the session encoded: the rest of a frame after its first
+    # 40 ms when most frames went in early, else whole frames (a host too slow for real time
+    # encodes whole: frames wait); the whole-frame floor (Kyutai's CLI) is reported beside it.
+    share = s["early_encode_share"]
+    assert 0.0 <= share <= 1.0
+    assert s["floor_encode"] == ("rest" if share >= 0.5 else "whole")
     sync, step = floor["codec"]["sync"], floor["step"]["step_ms"]["p50"]
-    expected = sync["encode_rest_ms"]["p50"] + step + sync["decode_ms"]["p50"]
+    enc = "encode_rest_ms" if share >= 0.5 else "encode_ms"
+    expected = sync[enc]["p50"] + step + sync["decode_ms"]["p50"]
     assert s["floor_ms"] == pytest.approx(expected, abs=0.01)
     whole = sync["encode_ms"]["p50"] + step + sync["decode_ms"]["p50"]
     assert s["floor_whole_frame_ms"] == pytest.approx(whole, abs=0.01)
