@@ -34,9 +34,9 @@ def looped_wav(seconds: float, folder: Path) -> Path:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from engine.wavio import read_wav, write_wav
+    from engine.audio.wavio import read_wav, write_wav
 
-    pcm = read_wav(ROOT / "engine" / "data" / "speech.wav")  # float32 at 24 kHz
+    pcm = read_wav(ROOT / "engine" / "audio" / "data" / "speech.wav")  # float32 at 24 kHz
     out = folder / "input.wav"
     write_wav(out, np.resize(pcm, int((seconds + 5) * 24000)).astype(np.float32))
     return out

@@ -33,11 +33,12 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from engine.bench import table  # noqa: E402
-from engine.demo import ensure_demo  # noqa: E402
-from engine.procfigs import ProcessFigures  # noqa: E402
-from engine.stats import machine_info, write_json_atomic  # noqa: E402
-from engine.telemetry import percentiles  # noqa: E402
+from engine.bench.report import table
+from engine.files.outputs import write_json_atomic
+from engine.model.demo import ensure_demo
+from engine.telemetry.procfigs import ProcessFigures
+from engine.telemetry.stages import percentiles
+from engine.telemetry.stats import machine_info
 from tests import jackdummy  # noqa: E402
 
 FRAME_MS = 80.0

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Regenerates engine/data/speech.wav, the bundled speech fixture (~12-15 s of synthetic English,
+# Regenerates engine/audio/data/speech.wav, the bundled speech fixture (~12-15 s of synthetic English,
 # 24 kHz mono 16-bit PCM).  Needs espeak-ng and sox (Debian: apt-get install espeak-ng sox;
 # macOS: brew install espeak-ng sox).  The WAV is committed; this script only documents and
 # reproduces it (espeak-ng versions may differ slightly in the exact samples).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=engine/data/speech.wav
-mkdir -p engine/data
+out=engine/audio/data/speech.wav
+mkdir -p engine/audio/data
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 text="Hello, can you hear me? I would like to book a table for two, tomorrow evening. \

@@ -5,10 +5,10 @@ What is changed around it, and why:
 - `models.config_v0_1()` returns the demo LM's config (local.py hard-codes the 7B structure;
   the demo weights are the same structure, shrunk).
 - the `spawn` start method: a child forked after the parent imported sounddevice gets no JACK
-  callbacks (ENVIRONMENT.md); spawn re-imports this file in each child, so the shims below
+  callbacks (a child forked after sounddevice's import gets no JACK callbacks); spawn re-imports this file in each child, so the shims below
   are installed there too.
 - shims for `rustymimi`, `sounddevice` and `queue` as local.py sees them: they pass every call
-  through and stamp, at the source, the times our telemetry stamps (DESIGN.md):
+  through and stamp, at the source, the times our telemetry stamps (engine.telemetry.stages):
   t_cap (input callback), t_enc (codes out of the encoder), t_dec (PCM out of the decoder),
   t_play (the output callback took the frame).  The client process writes them to the JSON
   file named by $OFFICIAL_PROBE_OUT once a second and when it is terminated.
@@ -37,7 +37,7 @@ import rustymimi as _rustymimi  # noqa: E402
 import sounddevice as _sd  # noqa: E402
 from moshi_mlx import local, models  # noqa: E402
 
-from engine.demo import DEMO_LM_CONFIG  # noqa: E402
+from engine.model.demo import DEMO_LM_CONFIG
 
 _now = time.monotonic_ns
 REC: dict = {"pid": os.getpid(), "live": False, "warm_enc": 0, "warm_dec": 0,

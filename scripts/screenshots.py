@@ -41,8 +41,8 @@ async def _wait(pilot, condition, timeout: float, what: str) -> None:
 
 
 async def shoot(out: Path, wav: Path, seconds: float) -> list[Path]:
-    from engine.options import build_parser, session_config
-    from engine.session import Session
+    from engine.cli.options import build_parser, session_config
+    from engine.session.local import Session
     from tui.app import MoshiApp
 
     session_dir = Path(tempfile.mkdtemp(prefix="moshi-tui-screenshots-"))
@@ -103,7 +103,7 @@ def to_png(svg: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "screenshots")
-    p.add_argument("--input", type=Path, default=ROOT / "engine" / "data" / "speech.wav")
+    p.add_argument("--input", type=Path, default=ROOT / "engine" / "audio" / "data" / "speech.wav")
     p.add_argument("--seconds", type=float, default=9.0, help="live audio before the first shot")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)

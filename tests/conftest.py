@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEECH_WAV = ROOT / "engine" / "data" / "speech.wav"
+SPEECH_WAV = ROOT / "engine" / "audio" / "data" / "speech.wav"
 
 # Test the work tree even when the package is not installed (or installed elsewhere).
 if str(ROOT) not in sys.path:

@@ -4,7 +4,7 @@ Use from a test module with `pytest_plugins = ["conftest_models"]`.
 
 - `demo_cache`: the cache root (also exported as MOSHI_TUI_CACHE for the whole session, so
   `--demo` in this process resolves to it).
-- `demo_files`: the generated `engine.demo.DemoFiles`.
+- `demo_files`: the generated `engine.model.demo.DemoFiles`.
 - `demo_env`: a copy of os.environ with MOSHI_TUI_CACHE and PYTHONPATH set, for subprocesses.
 
 Set MOSHI_TUI_TEST_CACHE to a directory to reuse one cache across runs (saves ~3 s).
@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
-    from engine import demo
+    from engine.model import demo
 
     reuse = os.environ.get("MOSHI_TUI_TEST_CACHE")
     cache = Path(reuse) if reuse else tmp_path_factory.mktemp("moshi-tui-cache")
@@ -43,7 +43,7 @@ def demo_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_files(demo_cache):
-    from engine import demo
+    from engine.model import demo
 
     return demo.DemoFiles.at(demo_cache / demo.DEMO_DIR_NAME)
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 from textual.widgets import Input
 
-from engine.options import build_parser, session_config
-from engine.session import Session
+from engine.cli.options import build_parser, session_config
+from engine.session.local import Session
 from tui.app import MoshiApp
 from tui.screens.error import ErrorScreen
 from tui.screens.export import ExportScreen

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, RichLog
 
-from engine.telemetry import Token
+from engine.telemetry.collect import Token
 from tui.app import MoshiApp
 from tui.replay import ReplaySession
 from tui.screens.error import ErrorScreen
@@ -457,7 +457,7 @@ async def test_transcript_keeps_the_last_paragraphs(tmp_path):
 
 
 async def test_live_paragraphs_match_the_export(tmp_path):
-    from engine.export import mmss, paragraphs
+    from engine.files.export import mmss, paragraphs
 
     app = make_app(tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:

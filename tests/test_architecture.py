@@ -1,4 +1,6 @@
-"""The engine stays UI-free: import-linter's contract from pyproject.toml must hold."""
+"""The engine's shape holds: it never imports the UI, and its packages follow the path of a
+frame (cli > bench > session > pipeline > model > files > telemetry > audio: a package imports
+only the ones below it).  import-linter checks both contracts of pyproject.toml."""
 
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ def test_engine_never_imports_textual_or_tui():
     assert "engine never imports the UI KEPT" in r.stdout
 
 
+def test_engine_packages_are_layered():
+    r = _lint_imports(ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Contracts: 2 kept, 0 broken." in r.stdout
+
+
 def test_contract_catches_a_violation(tmp_path):
     # The same contract on a copy of the engine with one forbidden import must fail,
     # so the test above cannot pass vacuously.
@@ -33,3 +41,14 @@ def test_contract_catches_a_violation(tmp_path):
     r = _lint_imports(tmp_path)
     assert r.returncode != 0
     assert "engine.sneaky -> textual" in r.stdout
+
+
+def test_layers_contract_catches_an_upward_import(tmp_path):
+    # The audio layer reaching up into the pipeline must break the layers contract.
+    shutil.copytree(ROOT / "engine", tmp_path / "engine")
+    shutil.copytree(ROOT / "tui", tmp_path / "tui")
+    (tmp_path / "engine" / "audio" / "sneaky.py").write_text("import engine.pipeline.client\n")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    r = _lint_imports(tmp_path)
+    assert r.returncode != 0
+    assert "engine.audio is not allowed to import engine.pipeline" in r.stdout

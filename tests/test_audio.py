@@ -1,4 +1,4 @@
-"""engine.audio and engine.devices: paced file/silence endpoints, devices under a JACK dummy
+"""engine.audio (paced file/silence endpoints, devices under a JACK dummy
 server (real PortAudio callbacks, looped back), a fake PortAudio for the resampling/re-chunking
 paths no JACK server can exercise, and device-spec resolution."""
 
@@ -13,23 +13,19 @@ import types
 import numpy as np
 import pytest
 
-from engine import audio, devices
-from engine.audio import (
-    FRAME,
-    HEAD,
-    OUT_BLOCK,
-    AudioSink,
-    AudioSource,
-    DeviceSink,
-    DeviceSource,
-    NullSink,
-    SilenceSource,
-    WavFileSink,
-    WavFileSource,
+from engine.audio import FRAME, HEAD, OUT_BLOCK, devices, paced, portaudio
+from engine.audio.devices import (
+    format_devices,
+    list_devices,
+    open_sink,
+    open_source,
+    resolve_device,
 )
-from engine.devices import format_devices, list_devices, open_sink, open_source, resolve_device
+from engine.audio.endpoints import AudioSink, AudioSource
+from engine.audio.paced import NullSink, SilenceSource, WavFileSink, WavFileSource
+from engine.audio.portaudio import DeviceSink, DeviceSource
+from engine.audio.wavio import read_wav, write_wav
 from engine.errors import AudioError
-from engine.wavio import read_wav, write_wav
 
 SR = 24000
 
@@ -133,7 +129,7 @@ def test_source_catches_up_then_drops_like_a_device(tmp_path):
     assert src.overflows > 0
     assert len(got.frames) + src.overflows == 30
     d = intervals_ms(got.times)
-    burst = d[1 : audio.MAX_BURST]
+    burst = d[1 : paced.MAX_BURST]
     assert (burst < 40).all()  # the catch-up frames came back-to-back
 
 
@@ -228,7 +224,7 @@ def test_source_with_heads_catches_up_then_drops_whole_frames(tmp_path):
 
 def heads_device_source(monkeypatch, rate: int):
     """A DeviceSource on the fake PortAudio, started with on_head: (source, events, stream)."""
-    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(rate))
+    monkeypatch.setattr(portaudio, "load_sounddevice", lambda: fake_sounddevice(rate))
     FakeStream.instances.clear()
     src = DeviceSource(None)
     got = HeadsAndFrames()
@@ -531,7 +527,7 @@ def fake_sounddevice(native_rate=48000):
 
 
 def test_device_source_resamples_and_rechunks(monkeypatch):
-    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(48000))
+    monkeypatch.setattr(portaudio, "load_sounddevice", lambda: fake_sounddevice(48000))
     FakeStream.instances.clear()
     src = DeviceSource(None)
     assert src.label == "device 7: Fake 48k (48000 Hz, resampled)" and src.device_rate == 48000
@@ -559,7 +555,7 @@ def test_device_source_resamples_and_rechunks(monkeypatch):
 
 
 def test_device_source_exact_blocks_pass_through(monkeypatch):
-    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(24000))
+    monkeypatch.setattr(portaudio, "load_sounddevice", lambda: fake_sounddevice(24000))
     FakeStream.instances.clear()
     src = DeviceSource(None)
     got = Collector()
@@ -573,7 +569,7 @@ def test_device_source_exact_blocks_pass_through(monkeypatch):
 
 
 def test_device_vanishing_sets_error(monkeypatch):
-    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(24000))
+    monkeypatch.setattr(portaudio, "load_sounddevice", lambda: fake_sounddevice(24000))
     FakeStream.instances.clear()
     src = DeviceSource(None)
     src.start(lambda f, t: None)
@@ -584,7 +580,7 @@ def test_device_vanishing_sets_error(monkeypatch):
 
 
 def test_device_sink_resamples_with_one_pull_per_frame(monkeypatch):
-    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(48000))
+    monkeypatch.setattr(portaudio, "load_sounddevice", lambda: fake_sounddevice(48000))
     FakeStream.instances.clear()
     sink = DeviceSink(None)
     pulls = []
@@ -631,7 +627,7 @@ def test_device_sink_stamps_blocks_by_their_dac_time(monkeypatch):
     """A host that plays an 80 ms period as four 20 ms callbacks back to back: each block is
     stamped when it plays (PortAudio's DAC time), not when its callback ran, and the smallest
     DAC lead is the device's output latency."""
-    monkeypatch.setattr(audio, "load_sounddevice", lambda: fake_sounddevice(24000))
+    monkeypatch.setattr(portaudio, "load_sounddevice", lambda: fake_sounddevice(24000))
     FakeStream.instances.clear()
     sink = DeviceSink(None)
     pulls = []
@@ -758,7 +754,7 @@ def test_jack_loopback(jack_server, record_property):
 
 
 def test_devices_command_prints_json_and_refuses_unknown_options(monkeypatch, capsys):
-    from engine import cli
+    from engine.cli import main as cli
     from engine.errors import UsageError
 
     monkeypatch.setattr(devices, "list_devices", lambda: FAKE_DEVICES)

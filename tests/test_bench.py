@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.bench import PCT_HEAD, table
-from engine.diagnose import LEVELS
-from engine.telemetry import ALL_STAGES, STAGES
+from engine.bench.report import PCT_HEAD, table
+from engine.telemetry.diagnose import LEVELS
+from engine.telemetry.stages import ALL_STAGES, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["conftest_models"]

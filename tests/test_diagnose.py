@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine import diagnose as dg
-from engine.diagnose import Diagnoser, Verdict, diagnose, verdict_line, worst
-from engine.stats import build_stats
-from engine.telemetry import FrameRecord, Telemetry
+from engine.telemetry import diagnose as dg
+from engine.telemetry.collect import Telemetry
+from engine.telemetry.diagnose import Diagnoser, Verdict, diagnose, verdict_line, worst
+from engine.telemetry.stages import FrameRecord
+from engine.telemetry.stats import build_stats
 
 MS = 1_000_000
 
@@ -202,7 +203,7 @@ def test_rising_counters_with_previous():
 
 
 def test_diagnoser_window(monkeypatch):
-    import engine.telemetry as telemetry
+    import engine.telemetry.collect as telemetry
 
     clock = {"t": 0}
     monkeypatch.setattr(telemetry.time, "monotonic_ns", lambda: clock["t"])

@@ -15,8 +15,8 @@ import numpy as np
 import psutil
 import pytest
 
-from engine.wavio import read_wav
-from engine.telemetry import STAGES
+from engine.audio.wavio import read_wav
+from engine.telemetry.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["conftest_models"]
@@ -212,7 +212,6 @@ def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path):
     session ends at --seconds, `q` quits with 0, and what is left is the session folder (no
     empty stderr.log), a line saying where it is, and no process."""
     import os
-    import pty
     import select
 
     folder = tmp_path / "session"

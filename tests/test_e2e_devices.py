@@ -7,8 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from engine.model_source import ModelOptions
-from engine.session import Session, SessionConfig
+from engine.model.source import ModelOptions
+from engine.session.config import SessionConfig
+from engine.session.local import Session
 
 pytest_plugins = ["conftest_models"]
 

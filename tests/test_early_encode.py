@@ -15,9 +15,13 @@ import numpy as np
 import pytest
 
 from engine.audio import FRAME, HEAD
-from engine.bench_measure import speech_frames
-from engine.pipeline import ClientPipeline, _InputQueue, warm_codec
-from engine.telemetry import FrameRecord, Telemetry
+from engine.bench.measure import speech_frames
+from engine.model.messages import Frame, Reset, Result
+from engine.pipeline.client import ClientPipeline
+from engine.pipeline.codec import warm_codec
+from engine.pipeline.input_queue import _InputQueue
+from engine.telemetry.collect import Telemetry
+from engine.telemetry.stages import FrameRecord
 
 pytest_plugins = ["conftest_models"]
 
@@ -41,17 +45,17 @@ class FakeServer(threading.Thread):
             if not self.conn.poll(0.05):
                 continue
             msg = self.conn.recv()
-            if msg[0] == "reset":  # a new segment: fresh codec from the next frame on
+            if isinstance(msg, Reset):  # a new segment: fresh codec from the next frame on
                 self.resets += 1
-            if msg[0] != "frame":
+            if not isinstance(msg, Frame):
                 continue
-            _, fid, codes = msg
-            self.codes[fid] = np.asarray(codes).copy()
+            fid = msg.frame_id
+            self.codes[fid] = np.asarray(msg.codes).copy()
             self.order.append(fid)
             self.segment_of[fid] = self.resets
             time.sleep(self.delay_s)
             t = time.monotonic_ns()
-            self.conn.send(("result", fid, step, 0, None, t, t, t))
+            self.conn.send(Result(fid, step, 0, None, t, t, t))
             step += 1
 
 
@@ -86,7 +90,7 @@ def run_pipeline(mimi: str, frames, *, server_delay_s=0.0, heads=True, pace_s=0.
     tel = Telemetry()
     pipe = ClientPipeline(tel, tok, client, None, input_max=3, inflight_max=4)
     if segment_frames:
-        from engine.session import load_codec
+        from engine.pipeline.codec import load_codec
 
         pipe.segment_frames = segment_frames
         pipe.codec_factory = lambda: load_codec(mimi)

@@ -1,4 +1,4 @@
-"""engine.export: transcript Markdown/JSON from a session summary, and atomic writes."""
+"""engine.files.export: transcript Markdown/JSON from a session summary, and atomic writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import export as ex
+from engine.files import export as ex
 
 
 def _tok(text, t_ms, segment=0, step=0):

@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from engine.wavio import read_wav
+from engine.audio.wavio import read_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["conftest_models"]
@@ -181,7 +181,7 @@ def test_output_over_the_input_file_is_refused(demo_env, speech_wav, tmp_path):
 
 
 def test_a_file_that_cannot_be_written_at_the_end_does_not_hide_the_others(tmp_path):
-    from engine.stats import write_outputs
+    from engine.files.outputs import write_outputs
 
     def fail(path):
         raise PermissionError(13, "Permission denied")
@@ -259,8 +259,9 @@ def test_memory_stays_flat_across_segments(demo_env, tmp_path):
 
 def test_restart_after_the_server_died(demo_cache, tmp_path):
     """The app's restart: same audio endpoints, telemetry and session folder, a new server."""
-    from engine.model_source import ModelOptions
-    from engine.session import Session, SessionConfig
+    from engine.model.source import ModelOptions
+    from engine.session.config import SessionConfig
+    from engine.session.local import Session
 
     s = Session(SessionConfig(model=ModelOptions(demo=True), input="silence", output="null",
                               session_dir=str(tmp_path / "s")))
@@ -289,7 +290,7 @@ def test_restart_after_the_server_died(demo_cache, tmp_path):
         snap = s.snapshot()
         assert snap.state == "live" and snap.error is None
         assert snap.frames_processed >= before + 10
-        assert s.server.pid != first_pid and s.server.is_alive()
+        assert s.server.pid != first_pid and s.server.alive()
         assert snap.counters["segments"] >= 1
     finally:
         s.stop()
@@ -304,8 +305,8 @@ def test_stop_while_the_server_process_is_being_started(demo_cache, tmp_path, mo
     import multiprocessing.context as mpc
     import threading
 
-    from engine.options import build_parser, session_config
-    from engine.session import Session
+    from engine.cli.options import build_parser, session_config
+    from engine.session.local import Session
 
     orig = mpc.SpawnProcess.start
     starting = threading.Event()
@@ -325,4 +326,4 @@ def test_stop_while_the_server_process_is_being_started(demo_cache, tmp_path, mo
     s.stop()
     assert s.tel.state == "stopped" and s.tel.error is None
     assert (tmp_path / "s" / "transcript.md").exists()
-    assert s.server is None or not s.server.is_alive()
+    assert s.server is None or not s.server.alive()

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import demo
 from engine.errors import ModelLoadError, ModelSourceError
-from engine.model_source import ModelOptions, ResolvedModel, read_safetensors_header, resolve
+from engine.model import demo
+from engine.model.safetensors import read_safetensors_header
+from engine.model.source import ModelOptions, ResolvedModel, resolve
 
 pytest_plugins = ["conftest_models"]
 
@@ -52,7 +53,7 @@ def test_demo_files_have_kyutai_names_and_config(demo_files):
 
 
 def test_demo_tokenizer_covers_every_text_token(demo_files):
-    from engine.modelload import load_text_tokenizer
+    from engine.model.load import load_text_tokenizer
 
     sp = load_text_tokenizer(demo_files.tokenizer, text_card=1000)
     pieces = [sp.id_to_piece(i) for i in range(1000)]
@@ -64,7 +65,7 @@ def test_demo_tokenizer_covers_every_text_token(demo_files):
 def test_demo_mimi_encodes_and_decodes_in_rustymimi(demo_files):
     import rustymimi
 
-    from engine.modelload import check_mimi
+    from engine.model.load import check_mimi
 
     info = check_mimi(demo_files.mimi)
     assert len(info.tensors) == 318
@@ -237,7 +238,7 @@ def test_invalid_lm_config_is_a_source_error(demo_files, tmp_path, content, mess
 )
 def test_unreachable_hub_names_the_repo_and_the_way_out(tmp_path, quantized, repo):
     code = (
-        "from engine.model_source import ModelOptions, resolve\n"
+        "from engine.model.source import ModelOptions, resolve\n"
         "from engine.errors import ModelSourceError\n"
         f"try:\n    resolve(ModelOptions(quantized={quantized!r}))\n"
         "except ModelSourceError as e:\n    print(e.exit_code, e)\nelse:\n    print('resolved')\n"
@@ -279,7 +280,7 @@ def test_hf_file_choice_from_an_offline_cache(demo_files, tmp_path):
         "model.q4.safetensors": demo_files.moshi_q4, **common})
     code = """if True:
         import json
-        from engine.model_source import ModelOptions, resolve
+        from engine.model.source import ModelOptions, resolve
         from engine.errors import ModelSourceError
         cases = [dict(hf_repo="kyutai/moshiko-mlx-bf16", quantized=4),
                  dict(hf_repo="kyutai/moshiko-mlx-bf16"),
@@ -319,7 +320,7 @@ def test_every_quantization_loads_and_steps(demo_files, variant):
     import mlx.core as mx
     import mlx.nn as nn
 
-    from engine.modelload import load_lm, make_gen
+    from engine.model.load import load_lm, make_gen
 
     if "->" in variant:
         bits = int(variant[-1])
@@ -356,7 +357,7 @@ def test_every_quantization_loads_and_steps(demo_files, variant):
 def test_strict_loading_names_a_missing_tensor(demo_files, tmp_path):
     import mlx.core as mx
 
-    from engine.modelload import load_lm
+    from engine.model.load import load_lm
 
     weights = mx.load(str(demo_files.moshi_bf16))
     victim = "depformer.slices.3.linear_out.weight"
@@ -371,7 +372,7 @@ def test_strict_loading_names_a_missing_tensor(demo_files, tmp_path):
 
 
 def test_wrong_shapes_are_named(demo_files):
-    from engine.modelload import load_lm
+    from engine.model.load import load_lm
 
     cfg = json.loads(demo_files.lm_config.read_text())
     cfg["text_card"] = 999
@@ -385,7 +386,7 @@ def test_wrong_shapes_are_named(demo_files):
 
 def test_default_7b_config_against_tiny_weights_hints_at_lm_config(demo_files):
     # Only the header is compared: the 7B model is built lazily, never materialised.
-    from engine.modelload import load_lm
+    from engine.model.load import load_lm
 
     with pytest.raises(ModelLoadError, match="pass --lm-config"):
         load_lm(_resolved(demo_files, demo_files.moshi_q4, lm_config=None))
@@ -393,7 +394,7 @@ def test_default_7b_config_against_tiny_weights_hints_at_lm_config(demo_files):
 
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty"])
 def test_broken_safetensors_is_a_load_error(demo_files, tmp_path, kind):
-    from engine.modelload import load_lm
+    from engine.model.load import load_lm
 
     path = tmp_path / "model.q4.safetensors"
     data = demo_files.moshi_q4.read_bytes()
@@ -407,7 +408,7 @@ def test_broken_safetensors_is_a_load_error(demo_files, tmp_path, kind):
 
 
 def test_garbage_tokenizer_is_a_load_error(demo_files, tmp_path):
-    from engine.modelload import load_text_tokenizer
+    from engine.model.load import load_text_tokenizer
 
     bad = tmp_path / "tokenizer_spm_32k_3.model"
     bad.write_bytes(b"\x00garbage" * 64)
@@ -418,7 +419,7 @@ def test_garbage_tokenizer_is_a_load_error(demo_files, tmp_path):
 
 
 def test_check_mimi_rejects_other_files(demo_files, tmp_path):
-    from engine.modelload import check_mimi
+    from engine.model.load import check_mimi
 
     with pytest.raises(ModelLoadError, match="are not a Mimi codec: no encoder tensors"):
         check_mimi(demo_files.moshi_bf16)

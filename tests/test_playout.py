@@ -8,7 +8,7 @@ from collections import deque
 
 import numpy as np
 
-from engine.pipeline import Playout, _trimmed
+from engine.pipeline.playout import Playout, _trimmed
 
 MS = 1_000_000
 

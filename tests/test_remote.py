@@ -1,6 +1,6 @@
-"""moshi-tui as a client of a Moshi server over Kyutai's websocket protocol (engine.remote).
+"""moshi-tui as a client of a Moshi server over Kyutai's websocket protocol (engine.session.remote).
 
-- engine.wsproto: encoding, strict decoding, Ogg page validation;
+- engine.session.wsproto: encoding, strict decoding, Ogg page validation;
 - the jitter buffer and URL handling;
 - reconnects against a small protocol server written here (loopback): a dropped connection, a
   refused reconnect, a silent (half-open) connection, a server that never comes back;
@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import wsproto
+from engine.audio.wavio import WavWriter, read_wav
 from engine.errors import UsageError
-from engine.remote import JitterBuffer, RemoteSession, normalize_url
-from engine.session import SessionConfig
-from engine.wavio import WavWriter, read_wav
+from engine.session import wsproto
+from engine.session.config import SessionConfig
+from engine.session.remote.jitter import JitterBuffer
+from engine.session.remote.session import RemoteSession
+from engine.session.remote.url import normalize_url
 
 pytest_plugins = ["conftest_models"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,7 +285,7 @@ def test_audio_and_text_through_a_protocol_server_then_clean_close():
     assert snap.counters["protocol_errors"] == 0
     assert snap.info["close_code"] == 1000
     # --trace: the frames' client-side stamps (encode, decode, wait for the speaker)
-    from engine.trace import build_trace
+    from engine.telemetry.trace import build_trace
 
     slices = {e["name"].split(" #")[0] for e in build_trace(s.tel)["traceEvents"] if e["ph"] == "X"}
     assert {"input wait", "encode", "decode", "output wait"} <= slices

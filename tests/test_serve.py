@@ -2,7 +2,7 @@
 
 The server runs as a real process with the demo model.  It is talked to by a minimal protocol
 client written here from the spec (kyutai-labs/moshi rust/protocol.md: binary messages, first
-byte the kind, Ogg/Opus 24 kHz mono audio) and by our own client (engine.remote).
+byte the kind, Ogg/Opus 24 kHz mono audio) and by our own client (engine.session.remote).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.remote import RemoteSession
-from engine.session import SessionConfig
-from engine.wavio import WavWriter, read_wav
+from engine.audio.wavio import WavWriter, read_wav
+from engine.session.config import SessionConfig
+from engine.session.remote.session import RemoteSession
 
 pytest_plugins = ["conftest_models"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ class ServeProcess:
     def __init__(self, env):
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.serve", "--demo", "--host", "127.0.0.1", "--port", "0"],
+            [sys.executable, "-m", "engine.cli.serve", "--demo", "--host", "127.0.0.1", "--port", "0"],
             cwd=ROOT, env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.telemetry import FrameRecord, Telemetry
-from engine.trace import build_trace
+from engine.telemetry.collect import Telemetry
+from engine.telemetry.stages import FrameRecord
+from engine.telemetry.trace import build_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["conftest_models"]

@@ -1,4 +1,4 @@
-"""engine.wavio: WAV parsing for every encoding, resampling quality, the crash-safe writer."""
+"""engine.audio.wavio and engine.audio.resample: WAV parsing for every encoding, resampling quality, the crash-safe writer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
+from engine.audio.resample import Resampler, resample
+from engine.audio.wavio import WavWriter, read_wav, read_wav_native, write_wav
 from engine.errors import AudioError
-from engine.wavio import Resampler, WavWriter, read_wav, read_wav_native, resample, write_wav
 
 SR = 24000
 

@@ -25,9 +25,10 @@ from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
 from engine.errors import MoshiTuiError
-from engine.export import export, write_session_files
-from engine.stats import build_stats, check_writable
-from engine.telemetry import Snapshot
+from engine.files.export import export, write_session_files
+from engine.files.outputs import check_writable
+from engine.telemetry.collect import Snapshot
+from engine.telemetry.stats import build_stats
 
 from .format import clock as fmt_clock
 from .monitor import Monitor
@@ -447,7 +448,7 @@ def run_app(args, cfg) -> int:
     """`moshi-tui` without --headless: validate, run the app, then say where the files are."""
     import tempfile
 
-    from engine.session import open_session
+    from engine.session.config import open_session
 
     check_writable(getattr(args, "stats_json", None), "stats to")
     check_writable(getattr(args, "trace", None), "trace to")
@@ -468,8 +469,7 @@ def run_app(args, cfg) -> int:
             app.write_session_files()
         except Exception as e:  # noqa: BLE001 - report, do not mask the exit
             print(f"moshi-tui: error: could not save the session files: {e}", file=sys.stderr)
-    from engine.stats import write_json_atomic, write_outputs
-    from engine.trace import write_trace
+    from engine.files.outputs import write_json_atomic, write_outputs, write_trace
 
     write_errors = write_outputs([
         ("stats to", getattr(args, "stats_json", None),

@@ -10,7 +10,7 @@ def _run_app(args, cfg) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from engine.cli import main as engine_main
+    from engine.cli.main import main as engine_main
 
     engine_main(argv, run_app=_run_app)
 

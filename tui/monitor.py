@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.diagnose import Diagnoser, Verdict, verdict_line, worst
-from engine.telemetry import Snapshot
+from engine.telemetry.collect import Snapshot
+from engine.telemetry.diagnose import Diagnoser, Verdict, verdict_line, worst
 
 from .format import new_items
 

@@ -12,7 +12,7 @@ import dataclasses
 import random
 import threading
 
-from engine.telemetry import Snapshot, Telemetry
+from engine.telemetry.collect import Snapshot, Telemetry
 
 TICK_NS = 125_000_000  # one UI refresh at 8 Hz
 FRAME_NS = 80_000_000
@@ -188,8 +188,8 @@ class ReplaySession:
 
 
 def main() -> None:  # pragma: no cover - manual preview
-    from pathlib import Path
     import tempfile
+    from pathlib import Path
 
     from .app import MoshiApp
 

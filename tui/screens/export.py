@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
 
-from engine.export import EXTENSIONS
+from engine.files.export import EXTENSIONS
 
 
 @dataclass(frozen=True)

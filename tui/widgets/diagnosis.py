@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.reactive import reactive
 
-from engine.diagnose import Verdict
+from engine.telemetry.diagnose import Verdict
 
 from .steady import SteadyStatic
 

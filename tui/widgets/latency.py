@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
 
-from engine.telemetry import Snapshot
+from engine.telemetry.collect import Snapshot
 
 from ..format import FRAME_BUDGET_MS, NEAR_BUDGET, budget_level, ms
 from .spark import budget_style, spark

@@ -8,7 +8,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
 
-from engine.telemetry import QUEUES, Snapshot
+from engine.telemetry.collect import Snapshot
+from engine.telemetry.stages import QUEUES
 
 from .spark import spark
 from .steady import SteadyStatic

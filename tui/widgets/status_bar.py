@@ -6,7 +6,7 @@ from textual.content import Content
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from engine.telemetry import Snapshot
+from engine.telemetry.collect import Snapshot
 
 from ..format import clock
 

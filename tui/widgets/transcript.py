@@ -13,7 +13,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
-from engine.export import PARAGRAPH_GAP_MS, mmss, starts_paragraph
+from engine.files.export import PARAGRAPH_GAP_MS, mmss, starts_paragraph
 
 from .steady import SteadyStatic
 

@@ -1,0 +1,117 @@
+"""`moshi-tui bench soak --minutes N`: a long demo session, reported minute by minute.
+
+The question it answers: does anything creep?  Per minute: processing and mic-to-speaker
+percentiles of the frames of that minute, model step p50, RSS of both processes, drops,
+underruns and segments (context/codec resets).
+"""
+
+from __future__ import annotations
+
+import time
+
+from engine.model.source import ModelOptions
+from engine.telemetry.stages import percentiles
+
+MINUTE_S = 60.0
+
+
+def _delta(counters: dict, prev: dict) -> dict:
+    return {k: counters.get(k, 0) - prev.get(k, 0) for k in counters}
+
+
+def run_soak(mopts: ModelOptions, *, minutes: float, input_spec: str | None = None,
+             output_spec: str | None = "null", max_steps: int | None = None,
+             minute_s: float = MINUTE_S, progress=None) -> dict:
+    from engine.audio import BUNDLED_SPEECH
+    from engine.audio.devices import open_sink, open_source
+    from engine.session.config import SessionConfig
+    from engine.session.local import Session
+
+    source = open_source(input_spec or str(BUNDLED_SPEECH), loop=True)
+    sink = open_sink(output_spec, input_spec=input_spec)
+    cfg = SessionConfig(model=mopts, input=input_spec, output=output_spec,
+                        seconds=minutes * 60.0, max_steps=max_steps, save=False)
+    session = Session(cfg)
+    session.source, session.sink = source, sink
+    session.tel.info.update(input=source.label, output=sink.label)
+    tel = session.tel
+    rows: list[dict] = []
+    mark = {s: 0 for s in ("processing", "playback", "model")}
+    prev_counters: dict = {}
+    try:
+        session.start()
+        next_row = None
+        while not session.wait(0.2):
+            if not session.live.is_set():
+                continue
+            now = time.monotonic()
+            if next_row is None:
+                next_row = now + minute_s
+                prev_counters = dict(tel.counters)
+            if now < next_row:
+                continue
+            next_row += minute_s
+            row = {"minute": len(rows) + 1}
+            for s in mark:
+                a = tel.stage_all[s]
+                n = len(a)
+                p = percentiles(a[mark[s]:n])
+                mark[s] = n
+                row[s] = {k: p[k] for k in ("p50", "p95", "p99", "max", "n")}
+            figs = session.process_figures()
+            row["rss_mb"] = {k: v.get("rss_mb") for k, v in figs.items()}
+            row["cpu_percent"] = {k: v.get("cpu_percent") for k, v in figs.items()}
+            row["counters"] = _delta(dict(tel.counters), prev_counters)
+            prev_counters = dict(tel.counters)
+            rows.append(row)
+            if progress:
+                progress(format_row(row))
+    finally:
+        session.stop()
+    snap = session.snapshot()
+    rss = [r["rss_mb"].get("client") for r in rows if r["rss_mb"].get("client")]
+    srss = [r["rss_mb"].get("server") for r in rows if r["rss_mb"].get("server")]
+    return {
+        "model": tel.info.get("model"),
+        "minutes": rows,
+        "totals": {"counters": snap.counters, "frames_processed": snap.frames_processed,
+                   "duration_s": round(snap.elapsed_s, 1)},
+        "rss_growth_percent": {
+            "client": _growth(rss), "server": _growth(srss),
+        },
+        "error": snap.error,
+        "exit_code": session.exit_code,
+        "end_reason": session.end_reason,
+    }
+
+
+def _growth(xs: list[float]) -> float | None:
+    """Last minute against the first minute (the first includes start-up allocations)."""
+    if len(xs) < 2 or not xs[0]:
+        return None
+    return round(100.0 * (xs[-1] - xs[0]) / xs[0], 2)
+
+
+HEADER = (f"{'min':>4} {'proc p50':>9} {'p95':>7} {'p99':>7} {'m2s p50':>8} {'model':>6} "
+          f"{'client MB':>10} {'server MB':>10} {'drops':>6} {'underr':>7} {'segs':>5}")
+
+
+def format_row(r: dict) -> str:
+    def f(v, w=7):
+        return f"{'-':>{w}}" if v is None else f"{v:>{w}.1f}"
+
+    c = r["counters"]
+    drops = c.get("drops_input", 0) + c.get("drops_output", 0) + c.get("drops_decode", 0)
+    return (f"{r['minute']:>4} {f(r['processing']['p50'], 9)} {f(r['processing']['p95'])}"
+            f" {f(r['processing']['p99'])} {f(r['playback']['p50'], 8)} {f(r['model']['p50'], 6)}"
+            f" {f(r['rss_mb'].get('client'), 10)} {f(r['rss_mb'].get('server'), 10)}"
+            f" {drops:>6} {c.get('underruns', 0):>7} {c.get('segments', 0):>5}")
+
+
+def format_soak(r: dict) -> str:
+    lines = [f"bench soak: {r['model']}, {r['totals']['duration_s']} s", HEADER]
+    lines += [format_row(row) for row in r["minutes"]]
+    g = r["rss_growth_percent"]
+    lines.append(f"RSS growth (last minute vs first): client {g['client']} %, server {g['server']} %")
+    lines.append(f"totals: {r['totals']['counters']}")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Command dispatch for everything that runs without the UI.
+
+The console script lives in `tui.cli` (so that `engine` never imports the UI); it calls
+`dispatch()` here and only imports Textual when the app itself is wanted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from engine.errors import MoshiTuiError
+
+
+def _devices(argv) -> int:
+    import json
+
+    from engine.audio.devices import format_devices, list_devices
+    from engine.cli.options import _Parser
+
+    p = _Parser(prog="moshi-tui devices",
+                description="List the audio devices PortAudio sees, with the index or name "
+                "that --input/--output take.")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    args = p.parse_args(argv)
+    devs = list_devices()
+    print(json.dumps(devs, indent=2) if args.json else format_devices(devs))
+    return 0
+
+
+def dispatch(argv: list[str] | None, run_app=None) -> int:
+    """Run the command in argv; returns the exit code. `run_app(args, cfg)` runs the UI."""
+    from engine.cli.options import build_parser, session_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "devices":
+        return _devices(argv[1:])
+    if argv and argv[0] == "bench":
+        from engine.cli.bench import main as bench_main
+
+        return bench_main(argv[1:])
+    if argv and argv[0] == "serve":
+        from engine.cli.serve import main as serve_main
+
+        return serve_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    cfg = session_config(args)
+    if args.headless or run_app is None:
+        from engine.cli.headless import run_headless
+
+        return run_headless(args, cfg)
+    return run_app(args, cfg)
+
+
+def main(argv: list[str] | None = None, run_app=None) -> int:
+    try:
+        code = dispatch(argv, run_app)
+    except MoshiTuiError as e:
+        print(f"moshi-tui: error: {e}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,98 @@
+"""Command-line options shared by the app, the headless runner and the bench."""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.model.source import ModelOptions
+from engine.session.config import SessionConfig
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        from engine.errors import UsageError
+
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--demo", action="store_true",
+                   help="tiny random Moshi-shaped model generated locally (offline, seconds)")
+    g.add_argument("--hf-repo", help="Hugging Face repo (default kyutai/moshiko-mlx-q4)")
+    g.add_argument("-q", "--quantized", type=int, choices=[4, 8],
+                   help="4 or 8 bits: pre-quantized file, or runtime quantization of bf16")
+    g.add_argument("--moshi-weight", help="local LM weights (.safetensors)")
+    g.add_argument("--mimi-weight", help="local Mimi codec weights (.safetensors)")
+    g.add_argument("--tokenizer", help="local sentencepiece text tokenizer (.model)")
+    g.add_argument("--lm-config", help="LM config.json (Kyutai HF format) for models other than v0.1")
+
+
+def add_session_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("audio and session")
+    g.add_argument("--input", "-i", metavar="DEV|FILE.wav",
+                   help="input device (index or name), a WAV file paced in real time, or 'silence'")
+    g.add_argument("--output", "-o", metavar="DEV|FILE.wav",
+                   help="output device (index or name), a WAV file, or 'null'")
+    g.add_argument("--seconds", type=float, help="stop after N seconds of live audio")
+    g.add_argument("--stats-json", metavar="PATH", help="write session statistics as JSON")
+    g.add_argument("--trace", metavar="PATH", help="write a Perfetto/Chrome trace of every frame")
+    g.add_argument("--session-dir", metavar="DIR",
+                   help="folder for this session's recordings, transcript and stats "
+                   "(default: a new folder under the user data dir)")
+    g.add_argument("--no-save", action="store_true",
+                   help="do not write a session folder")
+    g.add_argument("--max-steps", type=int, help="LM context length before a new segment starts")
+    g.add_argument("--whole-frames", action="store_true",
+                   help="encode each 80 ms frame once it is complete, as Kyutai's CLI does "
+                   "(default: start on its first 40 ms while the rest is captured)")
+    g.add_argument("--debug-step-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="moshi-tui",
+        description="Talk with Kyutai's Moshi on your machine and see where every 80 ms frame goes.",
+        epilog="Other commands: `moshi-tui devices` lists audio devices; "
+        "`moshi-tui bench step|codec|pipeline` measures.",
+    )
+    add_model_options(p)
+    add_session_options(p)
+    p.add_argument("--headless", action="store_true", help="no UI: status lines on stdout")
+    p.add_argument("--remote", metavar="URL",
+                   help="talk to a Moshi server at ws(s)://HOST:PORT/api/chat (moshi.server, "
+                   "moshi_mlx.local_web, moshi-backend, moshi-tui serve) instead of running the model here")
+    return p
+
+
+def model_options(args) -> ModelOptions:
+    return ModelOptions(
+        hf_repo=args.hf_repo,
+        quantized=args.quantized,
+        moshi_weight=args.moshi_weight,
+        mimi_weight=args.mimi_weight,
+        tokenizer=args.tokenizer,
+        lm_config=args.lm_config,
+        demo=args.demo,
+    )
+
+
+def session_config(args) -> SessionConfig:
+    if args.seconds is not None and args.seconds <= 0:
+        from engine.errors import UsageError
+
+        raise UsageError("--seconds must be positive")
+    return SessionConfig(
+        model=model_options(args),
+        input=args.input,
+        output=args.output,
+        seconds=args.seconds,
+        max_steps=args.max_steps,
+        step_delay_ms=args.debug_step_delay_ms,
+        keep_records=bool(getattr(args, "trace", None)),
+        early_encode=not args.whole_frames,
+        session_dir=args.session_dir,
+        save=not args.no_save,
+        options={k: v for k, v in vars(args).items() if not k.startswith("_")},
+        remote=args.remote,
+    )

@@ -1,0 +1,275 @@
+"""Transcript export: pure functions from a session summary (`engine.stats.build_stats`) to text.
+
+The app's export modal only chooses a path and a format; everything about the files is here,
+so the same code serves the app, the end-of-session files and the tests, without a UI.
+Writes are atomic (temp file beside the target + `os.replace`): a failed export never
+damages the file that was there before.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMATS = ("markdown", "json")
+
+
+EXTENSIONS = {"markdown": ".md", "json": ".json"}
+
+
+PARAGRAPH_GAP_MS = 1500.0  # silence that starts a new paragraph (and a time marker)
+
+
+PARAGRAPH_MAX_CHARS = 400  # past this, the next word starts a new paragraph
+
+
+FRAME_BUDGET_MS = 80.0
+
+
+SUMMARY_STAGES = ("encode", "uplink", "queue", "model", "decode", "processing", "playback")
+
+
+STAGE_LABELS = {
+    "encode": "encode",
+    "uplink": "uplink (client → server)",
+    "queue": "server queue",
+    "model": "model step",
+    "decode": "downlink + decode",
+    "processing": "processing (capture → PCM ready)",
+    "playback": "playback (mic → speaker)",
+    "encode_work": "encode (codec work only)",
+    "decode_work": "decode (codec work only)",
+}
+
+
+COUNTER_LABELS = {
+    "underruns": "output underruns",
+    "drops_input": "input frames dropped",
+    "drops_output": "output frames dropped",
+    "drops_decode": "frames not decoded (decoder behind)",
+    "overruns": "input device overruns",
+    "underflows": "output device underflows",
+    "delay_steps": "steps without audio (codebook delays)",
+    "segments": "context resets",
+    "trims_output": "frames shortened to bring the playback delay down",
+    "early_encodes": "frames encoded from their first 40 ms (early encode)",
+}
+
+
+def default_session_dir(now: _dt.datetime | None = None) -> Path:
+    """`<user data dir>/moshi-tui/sessions/<YYYYmmdd-HHMMSS>` (not created)."""
+    import platformdirs
+
+    now = now or _dt.datetime.now()
+    return Path(platformdirs.user_data_dir("moshi-tui")) / "sessions" / now.strftime("%Y%m%d-%H%M%S")
+
+
+# --------------------------------------------------------------------------- paragraphs
+@dataclass
+class Paragraph:
+    t_ms: float  # time of its first token, since the session start
+    segment: int
+    text: str
+    new_segment: bool = False  # the first paragraph after a context reset
+
+
+def starts_paragraph(prev_t_ms: float | None, prev_segment: int, t_ms: float, segment: int,
+                     gap_ms: float = PARAGRAPH_GAP_MS, *, length: int = 0, text: str = " ") -> bool:
+    """A token opens a paragraph when it is the first, follows a silence, starts a segment, or
+    starts a word once the paragraph holds PARAGRAPH_MAX_CHARS (a monologue still gets markers).
+
+    Shared by the exports and the app's live transcript, so both put markers at the same places.
+    """
+    return (prev_t_ms is None or segment != prev_segment or t_ms - prev_t_ms >= gap_ms
+            or (length >= PARAGRAPH_MAX_CHARS and text[:1].isspace()))
+
+
+def paragraphs(tokens: list[dict], gap_ms: float = PARAGRAPH_GAP_MS) -> list[Paragraph]:
+    """Group transcript tokens ({text, t_ms, segment}) into timed paragraphs."""
+    out: list[Paragraph] = []
+    prev_t, prev_seg = None, 0
+    for tok in tokens:
+        seg = tok.get("segment", 0)
+        length = len(out[-1].text) if out else 0
+        if starts_paragraph(prev_t, prev_seg, tok["t_ms"], seg, gap_ms, length=length, text=tok["text"]):
+            out.append(Paragraph(tok["t_ms"], seg, "", prev_t is not None and seg != prev_seg))
+        out[-1].text += tok["text"]
+        prev_t, prev_seg = tok["t_ms"], seg
+    for p in out:
+        p.text = " ".join(p.text.split())
+    return [p for p in out if p.text]
+
+
+def mmss(ms: float | None) -> str:
+    if ms is None:
+        return "--:--"
+    s = max(0, int(ms // 1000))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+# --------------------------------------------------------------------------- formats
+def _num(v, digits: int = 1) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _title_date(stats: dict) -> str:
+    started = stats.get("started_at")
+    if not started:
+        return "unknown"
+    try:
+        return _dt.datetime.fromisoformat(started).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return str(started)
+
+
+def transcript_markdown(stats: dict) -> str:
+    """A readable transcript: header, [mm:ss] paragraphs, then the latency summary."""
+    model = stats.get("model") or {}
+    audio = stats.get("audio") or {}
+    lines = ["# Moshi conversation", ""]
+    lines.append(f"- **Model:** {model.get('model') or 'unknown'}")
+    lines.append(f"- **Date:** {_title_date(stats)}")
+    lines.append(f"- **Duration:** {mmss((stats.get('duration_s') or 0) * 1000)}")
+    lines.append(f"- **Audio:** {audio.get('input') or '?'} → {audio.get('output') or '?'}")
+    if stats.get("end_reason"):
+        lines.append(f"- **Ended:** {stats['end_reason']}")
+    if stats.get("error"):
+        lines.append(f"- **Error:** {stats['error']}")
+    lines += ["", "## Transcript", ""]
+    paras = paragraphs((stats.get("transcript") or {}).get("tokens") or [])
+    if not paras:
+        lines += ["*(Moshi said nothing.)*", ""]
+    for p in paras:
+        if p.new_segment:
+            lines += [f"*— context full: segment {p.segment + 1} starts —*", ""]
+        lines += [f"**[{mmss(p.t_ms)}]** {p.text}", ""]
+
+    if stats.get("diagnosis"):
+        lines += ["## Diagnosis", ""]
+        lines += [f"- **{d.get('level', '?')}**: {d.get('text', '')}" for d in stats["diagnosis"]]
+        lines.append("")
+    lines += ["## Latency", "",
+              f"Milliseconds per 80 ms frame (budget {FRAME_BUDGET_MS:.0f} ms), whole session.", "",
+              "| stage | p50 | p95 | p99 | max | frames |", "|---|---:|---:|---:|---:|---:|"]
+    stages = stats.get("stages_ms") or {}
+    for name in SUMMARY_STAGES + ("encode_work", "decode_work"):
+        st = stages.get(name)
+        if not st:
+            continue
+        lines.append(f"| {STAGE_LABELS.get(name, name)} | {_num(st.get('p50'))} | {_num(st.get('p95'))} "
+                     f"| {_num(st.get('p99'))} | {_num(st.get('max'))} | {st.get('n') or 0} |")
+    lines += ["", "## Counters", "", "| counter | value |", "|---|---:|"]
+    frames = stats.get("frames") or {}
+    for key in ("captured", "processed", "played"):
+        if key in frames:
+            lines.append(f"| frames {key} | {frames[key]} |")
+    for key, value in (stats.get("counters") or {}).items():
+        lines.append(f"| {COUNTER_LABELS.get(key, key)} | {value} |")
+    startup = stats.get("startup") or {}
+    if startup.get("first_capture_to_first_output_ms") is not None:
+        lines.append(f"| first capture → first output (ms) | "
+                     f"{_num(startup['first_capture_to_first_output_ms'])} |")
+    warnings = stats.get("warnings") or []
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+JSON_KEYS = ("model", "audio", "duration_s", "end_reason", "error", "frames", "startup", "stages_ms",
+             "counters", "queues_max", "warnings", "processes", "machine", "options")
+
+
+def transcript_json(stats: dict) -> str:
+    """Tokens with timestamps, paragraphs, stage percentiles, counters, model and device info."""
+    transcript = stats.get("transcript") or {}
+    tokens = transcript.get("tokens") or []
+    doc = {
+        "format": "moshi-tui transcript",
+        "version": 1,
+        "started_at": stats.get("started_at"),
+        **{k: stats.get(k) for k in JSON_KEYS if k in stats},
+        "transcript": {
+            "text": transcript.get("text", ""),
+            "paragraphs": [
+                {"t_ms": round(p.t_ms, 1), "at": mmss(p.t_ms), "segment": p.segment, "text": p.text}
+                for p in paragraphs(tokens)
+            ],
+            "tokens": tokens,
+        },
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n"
+
+
+RENDERERS = {"markdown": transcript_markdown, "json": transcript_json}
+
+
+def format_for(path: str | Path) -> str:
+    """The format a file name implies (.json → json, anything else → markdown)."""
+    return "json" if str(path).lower().endswith(".json") else "markdown"
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write beside the target and rename over it; on any failure the old file is untouched."""
+    path = Path(path).expanduser()
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        # (mkstemp makes the file private: give it the mode a plain open() would, or keep the
+        # mode of the file it replaces)
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def _umask() -> int:
+    """The process umask (read without changing it where the system tells it: setting it, even
+    for an instant, would apply to files other threads create meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def export(stats: dict, path: str | Path, fmt: str | None = None) -> Path:
+    """Render `stats` as `fmt` ("markdown"/"json"; default from the extension) into `path`."""
+    fmt = fmt or format_for(path)
+    if fmt not in RENDERERS:
+        raise ValueError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
+    return write_text_atomic(path, RENDERERS[fmt](stats))
+
+
+def write_session_files(session_dir: str | Path, stats: dict) -> list[Path]:
+    """The files every session leaves behind: transcript.md, transcript.json and stats.json."""
+    folder = Path(session_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        export(stats, folder / "transcript.md", "markdown"),
+        export(stats, folder / "transcript.json", "json"),
+        write_text_atomic(folder / "stats.json", json.dumps(stats, indent=2, default=str) + "\n"),
+    ]

@@ -1,0 +1,75 @@
+"""The messages on the pipe between a session and its model process: one type each, named fields.
+
+    client -> model:   Frame | Reset | Stop
+    model -> client:   Progress ... then Ready (or Failed), then per frame Result, and Segment
+                       when the LM context filled and a new segment started; BenchDone for
+                       `bench step`
+They are pickled by `multiprocessing.Connection`; every class lives at module level for that.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+# ------------------------------------------------------------------ client -> model process
+class Frame(NamedTuple):
+    """One frame's Mimi codes, uint32 (codebooks, 1), to step the LM with."""
+
+    frame_id: int
+    codes: np.ndarray
+
+
+class Reset(NamedTuple):
+    """Start a new segment: a fresh LM state (the client swapped in a fresh codec)."""
+
+
+class Stop(NamedTuple):
+    """Exit now."""
+
+
+# ------------------------------------------------------------------ model process -> client
+class Progress(NamedTuple):
+    """What the loading is doing, for the status line."""
+
+    text: str
+
+
+class Ready(NamedTuple):
+    """The LM is loaded and warm; `info` describes it (load/warm-up times, device, pid...)."""
+
+    info: dict
+
+
+class Failed(NamedTuple):
+    """Loading or a step failed; the process exits after sending this."""
+
+    message: str
+    exit_code: int = 1
+
+
+class Result(NamedTuple):
+    """One LM step: the text token, the audio codes ((1, codebooks) uint32, or None during the
+    codebook delays) and the model process's stamps (time.monotonic_ns)."""
+
+    frame_id: int
+    step: int
+    text_token: int
+    audio: np.ndarray | None
+    t_srv_in: int
+    t_step0: int
+    t_step1: int
+
+
+class Segment(NamedTuple):
+    """The LM context filled at `step`: the model process reset it before this step."""
+
+    step: int
+
+
+class BenchDone(NamedTuple):
+    """`bench step`'s timings (engine.bench.measure.run_step reads them)."""
+
+    result: dict

@@ -1,0 +1,230 @@
+"""Inside the model process: MLX inference only.
+
+It loads the LM, warms it up, then answers each `Frame` with a `Result`: the text token, the
+audio tokens (or None during the codebook delays) and its own stamps (engine.model.messages).
+It exits when the client's end of the pipe closes or the parent process disappears, so it can
+never be orphaned.  engine.model.process starts and stops it from the client side.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+from engine.model.messages import (
+    BenchDone,
+    Failed,
+    Frame,
+    Progress,
+    Ready,
+    Reset,
+    Result,
+    Segment,
+    Stop,
+)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the parent dies (covers the loading phase, when the pipe is not being read)."""
+    while True:
+        time.sleep(0.25)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+        if sys.platform != "win32":
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+
+
+class Stepper:
+    """LmGen plus the segment logic: when the context is about to fill, start a new segment."""
+
+    def __init__(self, model, max_steps: int):
+        from engine.model.load import make_gen
+
+        self.model = model
+        self.max_steps = max_steps
+        self._make_gen = make_gen
+        self.gen = make_gen(model, max_steps)
+        self.total_steps = 0
+
+    def reset(self) -> None:
+        for c in self.model.transformer_cache:
+            c.reset()
+        self.gen = self._make_gen(self.model, self.max_steps)
+
+    def step(self, codes):
+        import mlx.core as mx
+        import numpy as np
+
+        segment = False
+        if self.gen.step_idx >= self.max_steps - 1:
+            self.reset()
+            segment = True
+        data = mx.array(codes).transpose(1, 0)[:, :8]
+        text_token = self.gen.step(data)
+        text_token = int(text_token[0].item())
+        audio = self.gen.last_audio_tokens()
+        if audio is not None:
+            audio = np.array(audio).astype(np.uint32)
+        self.total_steps += 1
+        return text_token, audio, segment
+
+
+def warm(stepper: Stepper, n: int = 6) -> float:
+    """Run a few real steps so every kernel is compiled, then reset to a fresh conversation."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    codes = np.zeros((8, 1), dtype=np.uint32)
+    for _ in range(n):
+        stepper.step(codes)
+    stepper.reset()
+    stepper.total_steps = 0
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _child_setup(conn):
+    """Common start of a spawned model process: parent watch, no SIGINT, a safe `send`."""
+    import signal
+
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    # The client handles Ctrl+C; this process must not die on the terminal's SIGINT before
+    # the client has asked it to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def send(msg) -> None:
+        try:
+            conn.send(msg)
+        except (BrokenPipeError, EOFError, OSError):
+            os._exit(0)
+
+    return send
+
+
+def _load_and_warm(resolved, options: dict, send):
+    """Load the LM exactly as every session does, then warm it: (stepper, load_ms, warm_ms)."""
+    from engine.model.load import load_lm
+
+    t0 = time.perf_counter()
+    model, cfg = load_lm(resolved, progress=lambda s: send(Progress(s)))
+    load_ms = (time.perf_counter() - t0) * 1000.0
+    send(Progress("warming up"))
+    # A new segment starts when the LM context is full (Moshi v0.1: 3000 steps = 4 min).
+    stepper = Stepper(model, int(options.get("max_steps") or cfg.transformer.context))
+    return stepper, load_ms, warm(stepper)
+
+
+def model_main(conn, resolved, options: dict) -> None:
+    """Entry point of the spawned model process of a session or of `serve`."""
+    send = _child_setup(conn)
+    try:
+        from engine.errors import MoshiTuiError
+
+        stepper, load_ms, warm_ms = _load_and_warm(resolved, options, send)
+        if options.get("step_delay_ms"):
+            delay = float(options["step_delay_ms"]) / 1000.0
+        else:
+            delay = 0.0
+        import mlx.core as mx
+
+        send(Ready({
+            "load_ms": round(load_ms, 1),
+            "warmup_ms": round(warm_ms, 1),
+            "max_steps": stepper.max_steps,
+            "mlx_device": str(mx.default_device()),
+            "pid": os.getpid(),
+        }))
+    except MoshiTuiError as e:
+        send(Failed(str(e), e.exit_code))
+        return
+    except Exception as e:  # any failure while loading must reach the client as one line
+        send(Failed(f"server failed while loading the model: {type(e).__name__}: {e}"))
+        return
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if isinstance(msg, Frame):
+            t_in = time.monotonic_ns()
+            t0 = time.monotonic_ns()
+            try:
+                text_token, audio, segment = stepper.step(msg.codes)
+            except Exception as e:
+                send(Failed(f"model step failed: {type(e).__name__}: {e}"))
+                return
+            if delay:
+                time.sleep(delay)
+            t1 = time.monotonic_ns()
+            step = stepper.total_steps - 1
+            if segment:
+                send(Segment(step))
+            send(Result(msg.frame_id, step, text_token, audio, t_in, t0, t1))
+        elif isinstance(msg, Reset):
+            stepper.reset()
+        elif isinstance(msg, Stop):
+            return
+
+
+def bench_step_main(conn, resolved, options: dict) -> None:
+    """Entry point of the spawned process of `moshi-tui bench step`.
+
+    Loads and warms the model exactly as `model_main` does (same `load_lm`, dtype, quantization,
+    `Stepper`, `warm`), then times `options["steps"]` calls of `Stepper.step` -- `LmGen.step` +
+    `last_audio_tokens()` and their conversions, the span a session's "model" stage measures --
+    on dummy codes, back to back.  Sends Progress..., then BenchDone or Failed.
+    """
+    send = _child_setup(conn)
+    try:
+        import numpy as np
+
+        from engine.errors import MoshiTuiError
+
+        stepper, load_ms, warm_ms = _load_and_warm(resolved, options, send)
+        import mlx.core as mx
+
+        steps = max(1, int(options.get("steps") or 100))
+        send(Progress(f"timing {steps} steps"))
+        codes = np.zeros((8, 1), dtype=np.uint32)
+        times_ns: list[int] = []
+        audio_none = segments = 0
+        cpu0, wall0 = time.process_time(), time.monotonic_ns()
+        for _ in range(steps):
+            a = time.monotonic_ns()
+            _text, audio, segment = stepper.step(codes)
+            b = time.monotonic_ns()
+            times_ns.append(b - a)
+            audio_none += audio is None
+            segments += bool(segment)
+        wall_ns = time.monotonic_ns() - wall0
+        cpu_s = time.process_time() - cpu0
+        try:
+            import psutil
+
+            rss_mb = round(psutil.Process().memory_info().rss / 2**20, 1)
+        except Exception:
+            rss_mb = None
+        send(BenchDone({
+            "times_ns": times_ns,
+            "wall_s": wall_ns / 1e9,
+            "cpu_s": cpu_s,
+            "load_ms": round(load_ms, 1),
+            "warmup_ms": round(warm_ms, 1),
+            "audio_none_steps": audio_none,
+            "segments": segments,
+            "max_steps": stepper.max_steps,
+            "mlx_device": str(mx.default_device()),
+            "pid": os.getpid(),
+            "rss_mb": rss_mb,
+        }))
+    except MoshiTuiError as e:
+        send(Failed(str(e), e.exit_code))
+    except Exception as e:
+        send(Failed(f"bench step failed: {type(e).__name__}: {e}"))

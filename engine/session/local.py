@@ -1,0 +1,333 @@
+"""One conversation: the spawned server, the client pipeline, the audio source and sink.
+
+`Session` is what the headless CLI, the bench and the Textual app all drive:
+    s = Session(cfg); s.prepare(); s.start(); ...; s.snapshot(); ...; s.stop()
+`prepare()` validates everything that can be checked before loading a model (files, devices),
+so bad input fails in a second with one line, not after a model load.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from engine.errors import MoshiTuiError
+from engine.model.messages import Ready
+from engine.model.process import ModelProcess
+from engine.model.source import resolve
+from engine.pipeline.alloc import codec_allocations, release_free_memory, tune_allocator
+from engine.pipeline.codec import load_codec
+from engine.session.config import SessionConfig
+from engine.telemetry.collect import Telemetry
+from engine.telemetry.procfigs import ProcessFigures
+
+# rustymimi's streaming encoder fails once its transformer positions pass max_seq_len
+# (measured: see README), and its KV caches grow ~128 KB per frame until then.
+CODEC_SEGMENT_FRAMES = 3600
+
+
+class Session(ProcessFigures):
+    def __init__(self, cfg: SessionConfig, telemetry: Telemetry | None = None):
+        tune_allocator()
+        self.cfg = cfg
+        self.tel = telemetry or Telemetry()
+        self.tel.keep_records = cfg.keep_records
+        self.source = None
+        self.sink = None
+        self.pipeline = None
+        self.server: ModelProcess | None = None
+        self.resolved = None
+        self.done = threading.Event()  # the session has ended (any reason)
+        self.live = threading.Event()
+        self.end_reason = ""
+        self._stop_req = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.cpu = {}  # cpu/rss measurements filled by stop()
+        self._cpu0 = None
+        self.folder: Path | None = None
+        self.recorder = None
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self) -> None:
+        """Cheap validation: audio endpoints and model files. Raises MoshiTuiError."""
+        from engine.audio.devices import open_endpoints
+
+        self.source, self.sink = open_endpoints(self.cfg.input, self.cfg.output,
+                                                demo=self.cfg.model.demo, warn=self.tel.warn)
+        self.tel.info.update(input=self.source.label, output=self.sink.label)
+        if self.cfg.save:
+            from engine.files.recorder import prepare_session_dir
+
+            self.folder = prepare_session_dir(self.cfg.session_dir)
+            self.tel.info["session_dir"] = str(self.folder)
+
+    def start(self) -> None:
+        """Load and go live in a background thread; progress shows in the telemetry state."""
+        if self.source is None:
+            self.prepare()
+        self._thread = threading.Thread(target=self._run, name="session", daemon=True)
+        self._thread.start()
+
+    def _progress(self, text: str) -> None:
+        self.tel.set_state(self.tel.state if self.tel.state != "starting" else "loading", text)
+
+    def _run(self, restart: bool = False) -> None:
+        try:
+            self._startup(restart=restart)
+        except MoshiTuiError as e:
+            if self._stop_req.is_set():  # the user stopped while it loaded: not an error
+                self.end_reason = "stopped during loading"
+                self.done.set()
+                return
+            self._fail(str(e), e.exit_code)
+            return
+        except Exception as e:  # unexpected: still one line, and the session ends cleanly
+            self._fail(f"{type(e).__name__}: {e}", 1)
+            return
+        self._watch()
+
+    def _fail(self, message: str, exit_code: int = 1) -> None:
+        self.tel.error = message
+        self.exit_code = exit_code
+        self.tel.set_state("error", message)
+        self.end_reason = "error"
+        self.done.set()
+
+    exit_code = 0
+
+    def _startup(self, restart: bool = False) -> None:
+        import rustymimi
+        import sentencepiece
+
+        from engine.model.worker import model_main
+        from engine.pipeline.client import ClientPipeline
+        from engine.pipeline.codec import warm_codec
+
+        tel = self.tel
+        if not restart:
+            tel.set_state("loading", "resolving model files")
+            self.resolved = resolve(self.cfg.model, progress=self._progress)
+        tel.info["model"] = self.resolved.label
+        options = {"max_steps": self.cfg.max_steps, "step_delay_ms": self.cfg.step_delay_ms}
+        server = ModelProcess(model_main, self.resolved, options)
+        # Started under the lock stop() takes: stop() sees no server or a started one (joining
+        # one that is not started yet fails), and no server starts after a stop.
+        with self._lock:
+            if self._stopped:
+                raise MoshiTuiError("stopped during loading", exit_code=1)
+            server.start()
+            self.server = server
+        tel.info["server_pid"] = server.pid
+        tel.set_state("loading", "loading model in the server process")
+
+        # The codec and text tokenizer load here while the server loads the LM.
+        from engine.errors import ModelLoadError
+        from engine.model.load import load_text_tokenizer
+
+        if self._stop_req.is_set():
+            raise MoshiTuiError("stopped during loading", exit_code=1)
+
+        with codec_allocations():
+            try:
+                audio_tok = rustymimi.StreamTokenizer(str(self.resolved.mimi_weight))
+            except Exception as e:
+                raise ModelLoadError(f"cannot load Mimi weights {self.resolved.mimi_weight}: {e}") from None
+            codec_warm_ms = warm_codec(audio_tok)
+        spm = load_text_tokenizer(self.resolved.tokenizer)
+        assert isinstance(spm, sentencepiece.SentencePieceProcessor)
+
+        # Wait for the server: it reports progress, then ready or an error.
+        def progress(text: str) -> None:
+            tel.set_state("warming up" if "warm" in text else "loading", text)
+
+        ready = server.wait_for(Ready, progress, should_stop=self._stop_req.is_set)
+        tel.info.update({f"server_{k}": v for k, v in ready.info.items()})
+        tel.info["codec_warmup_ms"] = round(codec_warm_ms, 1)
+        # stop() runs either before this (then nothing starts: no device is opened after the
+        # session was stopped) or after it (then it stops what started here).
+        with self._lock:
+            if self._stopped:
+                raise MoshiTuiError("stopped during loading", exit_code=1)
+            self._go_live(ClientPipeline(tel, audio_tok, server.conn, spm,
+                                         input_max=self.cfg.input_max,
+                                         inflight_max=self.cfg.inflight_max), restart)
+
+    def _go_live(self, pipeline, restart: bool) -> None:
+        tel = self.tel
+        self.pipeline = pipeline
+        self.pipeline.early_encode = self.cfg.early_encode
+        tel.info["early_encode"] = self.cfg.early_encode  # (off later if heads do not help)
+        # Segment length: the LM's step budget, and the codec's stream limit (see pipeline).
+        max_steps = int(tel.info.get("server_max_steps") or 3000)
+        self.pipeline.segment_frames = max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES))
+        mimi_path = str(self.resolved.mimi_weight)
+
+        def new_codec():
+            return load_codec(mimi_path)
+
+        self.pipeline.codec_factory = new_codec
+        self.pipeline.on_codec_released = release_free_memory
+        if self.folder is not None and self.recorder is None:
+            from engine.files.recorder import SessionRecorder
+
+            self.recorder = SessionRecorder(self.folder, tel, self.cfg.options,
+                                            processes=self.process_figures)
+        self.pipeline.recorder = self.recorder
+        self.pipeline.start()
+        if restart:
+            self._restarting = False  # the running source and sink feed the new pipeline now
+        else:
+            self._cpu_start()
+            self.sink.start(self._pull)
+            tel.note_endpoints(self.source, self.sink)
+            self.source.start(self._on_frame, self._on_head if self.cfg.early_encode else None)
+        tel.set_state("live", "")
+        self.live.set()
+
+    # The audio endpoints call these for the whole session; the pipeline behind them can be
+    # replaced (restart_server) without stopping a device.
+    _restarting = False
+
+    def _on_frame(self, pcm, t_cap: int) -> None:
+        if not self._restarting:
+            self.pipeline.on_frame(pcm, t_cap)
+
+    def _on_head(self, pcm, t_ns: int) -> None:
+        if not self._restarting:
+            self.pipeline.on_head(pcm, t_ns)
+
+    def _pull(self, t_play: int, room: int):
+        if self._restarting:
+            return None
+        return self.pipeline.pull(t_play, room)
+
+    @property
+    def can_restart(self) -> bool:
+        """The model server died (or failed) while the audio endpoints are still usable."""
+        return (self.pipeline is not None and self.pipeline.server_error is not None
+                and not self._stopped)
+
+    def restart_server(self) -> None:
+        """Start a new model server and codec after the old server died.
+
+        The audio devices or files keep running (silence meanwhile), and the telemetry,
+        transcript and session folder carry on: the conversation resumes as a new segment.
+        """
+        if not self.can_restart:
+            raise MoshiTuiError("the model server is running: nothing to restart", exit_code=1)
+        self._restarting = True
+        # Synchronously, so that no reader sees "error" or "done" once this returns.
+        self.tel.error = None
+        self.exit_code = 0
+        self.end_reason = ""
+        self.live.clear()
+        self.done.clear()
+        self.tel.set_state("loading", "restarting the model server")
+        self._thread = threading.Thread(target=self._run_restart, name="session-restart",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run_restart(self) -> None:
+        old = self.pipeline
+        old.stop()
+        self.server.stop()
+        self.server = None
+        self.tel.mark_segment(self.tel.steps, time.monotonic_ns())
+        self.tel.warn("model server restarted")
+        self._run(restart=True)
+
+    def _watch(self) -> None:
+        """End the session when the input runs out, time is up, the server dies, or stop()."""
+        t_live = time.monotonic()
+        drain_deadline = None
+        while not self._stop_req.wait(0.05):
+            if self.pipeline.server_error:
+                self.exit_code = self.pipeline.server_exit_code
+                self.end_reason = "server died"
+                break
+            if self.server is not None and not self.server.alive():
+                self.pipeline._server_died(
+                    f"the model server process died (exit code {self.server.exitcode})"
+                )
+                continue
+            self.tel.note_endpoints(self.source, self.sink)
+            if self.cfg.seconds is not None and time.monotonic() - t_live >= self.cfg.seconds:
+                self.end_reason = "time limit"
+                break
+            if self.source.finished.is_set() and getattr(self.source, "error", None):
+                # A device that disappeared: stop cleanly, keep everything, say why.
+                self.end_reason = f"input lost: {self.source.error}"
+                break
+            if self.source.finished.is_set():
+                # Let the last frames through the pipeline and out to the sink (at most 2 s).
+                drain_deadline = drain_deadline or time.monotonic() + 2.0
+                drained = self.pipeline.idle() and not self.pipeline.output_q
+                # A paced sink (file/null) stops one period after the input's length, so an
+                # output WAV matches its input WAV even when the machine is overloaded.
+                periods = getattr(self.sink, "periods", None)
+                covered = periods is not None and periods >= self.tel.frames_captured + 1
+                if drained or covered or time.monotonic() > drain_deadline:
+                    self.end_reason = "end of input"
+                    break
+        else:
+            self.end_reason = self.end_reason or "stopped"
+        self.done.set()
+
+    # ------------------------------------------------------------------ control
+    def snapshot(self):
+        if self.pipeline is not None:
+            self.tel.muted = self.pipeline.muted
+        return self.tel.snapshot()
+
+    def set_muted(self, muted: bool) -> None:
+        if self.pipeline is not None:
+            self.pipeline.muted = muted
+        self.tel.muted = muted
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    def request_stop(self) -> None:
+        self._stop_req.set()
+
+    def stop(self) -> None:
+        """Stop everything; idempotent; the server is gone when this returns (<= ~2 s)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stop_req.set()
+        self._cpu_end()
+        for end in (self.source, self.sink):
+            if end is not None:
+                try:
+                    end.stop()
+                except Exception:
+                    pass
+        if self.pipeline is not None:
+            self.pipeline.stop()  # first: the server closing its pipe is then not an error
+        if self.server is not None:
+            self.server.stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        if self.tel.state not in ("error",):
+            self.tel.set_state("stopped", self.end_reason)
+        if self.recorder is not None:
+            self.recorder.processes = lambda: self.cpu
+            self.recorder.close(self.end_reason, trace=self.cfg.keep_records)
+        elif self.folder is not None:
+            # Stopped before going live (quit while loading, a load error): the folder still
+            # gets its transcript and stats, so the session is never silently lost.
+            from engine.files.export import write_session_files
+            from engine.telemetry.stats import build_stats
+
+            try:
+                write_session_files(self.folder, build_stats(
+                    self.tel, options=self.cfg.options, processes=self.cpu,
+                    end_reason=self.end_reason))
+            except Exception as e:
+                self.tel.warn(f"cannot write the session files in {self.folder}: {e}")
+        self.done.set()

@@ -1,0 +1,462 @@
+"""`moshi-tui serve`: our MLX model server exposed over Kyutai's websocket protocol (`/api/chat`).
+
+    client (web UI, Rust CLI, moshi.client, moshi-tui --remote)
+      0x01 Ogg/Opus --> Opus decode -> 80 ms frames -> ClientPipeline (rustymimi encode -> the
+                        spawned MLX server process -> text token + rustymimi decode)
+      0x01 Ogg/Opus <-- Opus encode <------------------------------------------- decoded PCM
+      0x02 text     <-- each text token as soon as the model produces it
+
+The model runs in the same spawned server process as a local session (engine.server), driven
+by the same ClientPipeline, so the measured path is the same.  One conversation at a time, like
+Kyutai's servers: a second client is accepted and waits (no handshake) until the first leaves;
+every conversation starts from a fresh LM state and a fresh Mimi codec.
+
+Protocol handling (engine.wsproto): after the handshake (0x00 + two u32, as protocol.md) the
+server sends one metadata message (0x04) in the Rust backend's schema, so Kyutai's web UI shows
+it, plus a "moshi_tui" key.  A client that answers with metadata {"moshi_tui": {"timings": true}}
+(moshi-tui --remote does) then receives the server's step timings every ~250 ms as metadata
+{"timings": {"model": [ms...], "queue": [ms...]}}.  An app-level ping (0x06) is echoed.  A
+malformed message -- unknown kind, empty, over 64 KiB, not whole checksum-valid Ogg pages (a
+truncated page), undecodable Opus, bad UTF-8/JSON, a text websocket frame -- is answered with an
+error message (0x05) and dropped, before it reaches the Opus decoder; the conversation goes on.
+A websocket frame over 1 MiB closes that connection (1009).  Neither ever stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import deque
+
+import numpy as np
+
+from engine.audio import SAMPLE_RATE
+from engine.audio.endpoints import FrameChunker
+from engine.errors import MoshiTuiError
+from engine.model.messages import Ready, Reset
+from engine.model.process import ModelProcess
+from engine.pipeline.codec import load_codec
+from engine.session import wsproto
+from engine.telemetry.collect import Telemetry
+
+MAX_ERRORS = 100  # malformed messages tolerated per connection before it is closed (1008)
+
+
+IDLE_TIMEOUT_S = 30.0  # a conversation with no message from the client for this long is closed
+
+
+TIMINGS_EVERY_S = 0.25
+
+
+def _log(msg: str) -> None:
+    print(f"[serve] {msg}", flush=True)
+
+
+class ModelHost:
+    """The spawned model process (engine.model.process) plus the client-side models."""
+
+    def __init__(self, model_options, *, max_steps: int | None = None, log=_log):
+        self.model_options = model_options
+        self.max_steps = max_steps
+        self.log = log
+        self.process: ModelProcess | None = None
+        self.resolved = None
+        self.spm = None
+        self.info: dict = {}
+
+    @property
+    def conn(self):
+        return self.process.conn
+
+    def start(self) -> None:
+        from engine.model.load import load_text_tokenizer
+        from engine.model.source import resolve
+        from engine.model.worker import model_main
+
+        self.resolved = resolve(self.model_options, progress=self.log)
+        self.log(f"model: {self.resolved.label}")
+        self.process = ModelProcess(model_main, self.resolved,
+                                    {"max_steps": self.max_steps, "step_delay_ms": 0.0})
+        self.process.start()
+        self.spm = load_text_tokenizer(self.resolved.tokenizer)
+        self.info = dict(self.process.wait_for(Ready, self.log).info)
+        self.log("model ready (load {load_ms} ms, warmup {warmup_ms} ms, {mlx_device})".format(
+            **{k: self.info.get(k) for k in ("load_ms", "warmup_ms", "mlx_device")}))
+
+    def new_codec(self):
+        """A fresh, warmed-up Mimi codec for one conversation (~0.3 s)."""
+        return load_codec(str(self.resolved.mimi_weight))
+
+    def reset(self) -> None:
+        self.process.send(Reset())
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(grace_s=2.0)
+
+
+class _ConvTelemetry(Telemetry):
+    """The pipeline's telemetry, with hooks: text tokens and step timings go to the client."""
+
+    def __init__(self, on_token, on_timing):
+        super().__init__()
+        self._on_token = on_token
+        self._on_timing = on_timing
+
+    def add_token(self, text, token_id, step, t_ns) -> None:
+        super().add_token(text, token_id, step, t_ns)
+        self._on_token(text)
+
+    def add_stage(self, name, ms) -> None:
+        super().add_stage(name, ms)
+        if name in ("model", "queue"):
+            self._on_timing(name, ms)
+
+
+class _NotifyingDeque(deque):
+    """The pipeline's output queue: wakes the websocket writer on every decoded frame."""
+
+    def __init__(self, notify):
+        super().__init__()
+        self._notify = notify
+
+    def append(self, item) -> None:
+        super().append(item)
+        self._notify()
+
+
+class Conversation:
+    def __init__(self, host: ModelHost, ws, peer: str, index: int):
+        import sphn
+
+        self.host = host
+        self.ws = ws
+        self.peer = peer
+        self.index = index
+        self.reader = sphn.OpusStreamReader(SAMPLE_RATE)
+        self.writer = sphn.OpusStreamWriter(SAMPLE_RATE)
+        self.chunker = FrameChunker()  # client audio -> frames (and their first 40 ms early)
+        self.errors = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.texts: deque[str] = deque()
+        self.timings: dict[str, list] = {"model": [], "queue": []}
+        self.want_timings = False
+        self.fatal: str | None = None
+        self.pipeline = None
+        self.tel = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+
+    # called from the pipeline's threads
+    def _notify(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:
+            pass
+
+    def _on_token(self, text: str) -> None:
+        self.texts.append(text)
+        self._notify()
+
+    def _on_timing(self, name: str, ms: float) -> None:
+        if self.want_timings:
+            self.timings[name].append(round(ms, 3))
+
+    async def run(self) -> None:
+        from engine.pipeline.client import ClientPipeline
+
+        self._loop = asyncio.get_running_loop()
+        codec = await self._loop.run_in_executor(None, self.host.new_codec)
+        self.host.reset()
+        self.tel = _ConvTelemetry(self._on_token, self._on_timing)
+        self.pipeline = ClientPipeline(self.tel, codec, self.host.conn, self.host.spm,
+                                       input_max=8, inflight_max=4, output_max=64)
+        self.pipeline.output_q = _NotifyingDeque(self._notify)
+        self.pipeline.start()
+        ws = self.ws
+        tasks = []
+        try:  # from here on the pipeline must be stopped whatever happens (it shares the pipe)
+            await ws.send_bytes(wsproto.encode_handshake())
+            await ws.send_bytes(wsproto.encode_metadata(self._server_metadata()))
+            tasks = [asyncio.create_task(c) for c in (self._reader(), self._writer(), self._watchdog())]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = None if t.cancelled() else t.exception()
+                if exc is not None and not isinstance(exc, ConnectionError):
+                    _log(f"conversation {self.index}: {type(exc).__name__}: {exc}")
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.fatal and not ws.closed:
+                try:
+                    await ws.send_bytes(wsproto.encode_error(self.fatal))
+                    await ws.close(code=1011, message=b"model server failed")
+                except Exception:
+                    pass
+            await self._loop.run_in_executor(None, self._finish, codec)
+
+    def _server_metadata(self) -> dict:
+        info = self.host.info
+        label = self.host.resolved.label if self.host.resolved is not None else ""
+        # The Rust backend's MetaData schema (what Kyutai's web UI validates and shows) ...
+        meta = {
+            "text_temperature": 0.8, "text_topk": 0, "audio_temperature": 0.8, "audio_topk": 0,
+            "pad_mult": 0.0, "repetition_penalty_context": 0, "repetition_penalty": 1.0,
+            "lm_model_file": str(self.host.resolved.moshi_weight) if self.host.resolved else "",
+            "mimi_model_file": str(self.host.resolved.mimi_weight) if self.host.resolved else "",
+            "instance_name": "moshi-tui serve",
+            "build_info": {k: "" for k in (
+                "build_timestamp", "build_date", "git_branch", "git_timestamp", "git_date",
+                "git_hash", "git_describe", "rustc_host_triple", "rustc_version", "cargo_target_triple")},
+        }
+        # ... plus ours.
+        meta["moshi_tui"] = {
+            "version": _version(), "model": label, "max_steps": info.get("max_steps"),
+            "mlx_device": info.get("mlx_device"), "timings_available": True,
+        }
+        return meta
+
+    async def _reader(self) -> None:
+        import aiohttp
+
+        ws = self.ws
+        while True:
+            try:
+                msg = await ws.receive(timeout=IDLE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                _log(f"conversation {self.index}: nothing from the client for {IDLE_TIMEOUT_S:.0f} s: closing")
+                await ws.close(code=1000, message=b"idle")
+                return
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                await self._on_binary(msg.data)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                await self._reject("text websocket frames are not part of the protocol (binary only)")
+            elif msg.type == aiohttp.WSMsgType.ERROR:
+                _log(f"conversation {self.index}: websocket error: {ws.exception()}")
+                return
+            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                return
+            if self.errors > MAX_ERRORS:
+                _log(f"conversation {self.index}: over {MAX_ERRORS} malformed messages: closing")
+                await ws.close(code=1008, message=b"too many malformed messages")
+                return
+
+    async def _reject(self, reason: str) -> None:
+        self.errors += 1
+        if self.errors <= 5 or self.errors % 50 == 0:
+            _log(f"conversation {self.index}: rejected message ({self.errors}): {reason}")
+        try:
+            await self.ws.send_bytes(wsproto.encode_error(f"rejected: {reason}"))
+        except Exception:
+            pass
+
+    async def _on_binary(self, data: bytes) -> None:
+        try:
+            m = wsproto.decode(data, kinds=wsproto.SPEC_KINDS, max_size=wsproto.MAX_MESSAGE)
+        except wsproto.ProtocolError as e:
+            await self._reject(e.reason)
+            return
+        if m.kind == wsproto.AUDIO:
+            try:
+                pcm = self.reader.append_bytes(m.payload)
+            except Exception as e:
+                import sphn
+
+                self.reader = sphn.OpusStreamReader(SAMPLE_RATE)  # its stream state is now unusable
+                await self._reject(f"undecodable Opus audio: {e}")
+                return
+            pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+            if pcm.size == 0:
+                return
+            t = time.monotonic_ns()
+            for frame in self.chunker.push(pcm):
+                self.pipeline.on_frame(frame, t)
+                self.frames_in += 1
+            head = self.chunker.head()
+            if head is not None:
+                self.pipeline.on_head(head, t)
+        elif m.kind == wsproto.PING:
+            await self.ws.send_bytes(wsproto.encode_ping(m.payload))
+        elif m.kind == wsproto.METADATA:
+            req = m.data.get("moshi_tui") if isinstance(m.data, dict) else None
+            if isinstance(req, dict) and "timings" in req:
+                self.want_timings = bool(req["timings"])
+        # handshake, text, control, error from a client: valid, nothing to do in full streaming
+
+    async def _writer(self) -> None:
+        ws = self.ws
+        q = self.pipeline.output_q
+        last_timings = time.monotonic()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.texts:
+                await ws.send_bytes(wsproto.encode_text(self.texts.popleft()))
+            while q:
+                _rec, pcm = q.popleft()
+                ogg = self.writer.append_pcm(np.ascontiguousarray(pcm, dtype=np.float32))
+                if ogg:
+                    await ws.send_bytes(wsproto.encode_audio(ogg))
+                self.frames_out += 1
+            now = time.monotonic()
+            if self.want_timings and now - last_timings >= TIMINGS_EVERY_S and (
+                    self.timings["model"] or self.timings["queue"]):
+                batch, self.timings = self.timings, {"model": [], "queue": []}
+                await ws.send_bytes(wsproto.encode_metadata({"timings": batch}))
+                last_timings = now
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            if self.pipeline.server_error or not self.host.alive():
+                self.fatal = f"model server failed: {self.pipeline.server_error or 'process died'}"
+                _log(f"conversation {self.index}: {self.fatal}")
+                return
+
+    def _finish(self, codec) -> None:
+        """Let in-flight frames come back (so the next conversation starts clean), then stop."""
+        p = self.pipeline
+        deadline = time.monotonic() + 2.0
+        while not p.idle() and time.monotonic() < deadline and not self.fatal:
+            time.sleep(0.01)
+        p.stop()
+        # Anything the codec still holds belongs to this conversation.
+        t_end = time.monotonic() + 0.5
+        while time.monotonic() < t_end:
+            if codec.get_encoded() is None and codec.get_decoded() is None:
+                time.sleep(0.02)
+                if codec.get_encoded() is None and codec.get_decoded() is None:
+                    break
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("moshi-tui")
+    except Exception:
+        return "0"
+
+
+class ChatServer:
+    def __init__(self, host: ModelHost, *, static: str | None = None,
+                 max_conversations: int | None = None):
+        self.host = host
+        self.static = static
+        self.max_conversations = max_conversations
+        self.lock = asyncio.Lock()
+        self.conversations = 0
+        self.stop_event = asyncio.Event()
+        self.exit_code = 0
+
+    def app(self):
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/api/chat", self.handle_chat)
+        if self.static:
+            index = os.path.join(self.static, "index.html")
+
+            async def handle_root(_request):
+                return web.FileResponse(index)
+
+            app.router.add_get("/", handle_root)
+            app.router.add_static("/", path=self.static, name="static")
+        return app
+
+    async def handle_chat(self, request):
+        from aiohttp import web
+
+        ws = web.WebSocketResponse(max_msg_size=wsproto.MAX_TRANSPORT, autoping=True)
+        await ws.prepare(request)
+        peer = request.remote or "?"
+        _log(f"connection from {peer}")
+        async with self.lock:
+            if ws.closed or self.stop_event.is_set():
+                return ws
+            if not self.host.alive():
+                await ws.send_bytes(wsproto.encode_error("the model server is not running"))
+                await ws.close(code=1011)
+                return ws
+            self.conversations += 1
+            conv = Conversation(self.host, ws, peer, self.conversations)
+            _log(f"conversation {conv.index} with {peer} started")
+            try:
+                await conv.run()
+            except Exception as e:  # a conversation may fail; the server goes on
+                _log(f"conversation {conv.index} failed: {type(e).__name__}: {e}")
+            finally:
+                if not ws.closed:
+                    try:
+                        await ws.close()
+                    except Exception:
+                        pass
+                self._summary(conv)
+                if conv.fatal or not self.host.alive():
+                    self.exit_code = 1
+                    self.stop_event.set()
+                elif self.max_conversations and self.conversations >= self.max_conversations:
+                    self.stop_event.set()
+        return ws
+
+    def _summary(self, conv: Conversation) -> None:
+        tel = conv.tel
+        if tel is None:
+            _log(f"conversation {conv.index} ended before it started")
+            return
+        st = tel.stage_stats()
+        model = st.get("model", {}).get("p50")
+        c = tel.counters
+        _log(
+            f"conversation {conv.index} ended: {conv.frames_in} frames in, {conv.frames_out} out, "
+            f"{len(tel.tokens)} text tokens, model p50 {model if model is not None else '-'} ms, "
+            f"drops {c['drops_input'] + c['drops_decode']}, rejected messages {conv.errors}, "
+            f"{c.get('early_encodes', 0)} frames encoded early"
+        )
+
+    async def serve(self, host: str, port: int) -> int:
+        from aiohttp import web
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.stop_event.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        runner = web.AppRunner(self.app(), handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise MoshiTuiError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        for sock in site._server.sockets if site._server else ():
+            addr = sock.getsockname()
+            shown = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+            _log(f"listening on ws://{shown}:{addr[1]}/api/chat")
+            break
+        watch = asyncio.create_task(self._watch_model())
+        try:
+            await self.stop_event.wait()
+        finally:
+            watch.cancel()
+            _log("shutting down")
+            await runner.cleanup()
+        return self.exit_code
+
+    async def _watch_model(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if not self.host.alive() and not self.lock.locked():
+                _log(f"the model server process died (exit code {self.host.process.exitcode})")
+                self.exit_code = 1
+                self.stop_event.set()
+                return

@@ -1,0 +1,282 @@
+"""Per-frame telemetry: one definition shared by the UI, the headless CLI, the bench and the trace.
+
+Stamps are `time.monotonic_ns()` values taken where the event happens (audio callback, codec
+result, server step) -- monotonic time is system-wide, so client and server stamps compare.
+
+Writers are the audio callbacks and the four client loops; each touches only its own fields and
+appends to deques/arrays (GIL-atomic), so no writer ever takes a lock.  Readers (UI timer,
+status printer) call `snapshot()`, which copies bounded windows and never blocks a writer.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.telemetry.stages import ALL_STAGES, QUEUES, FrameRecord, percentiles
+
+WINDOW = 250  # frames in the rolling windows (20 s)
+
+
+@dataclass
+class Token:
+    text: str
+    token_id: int
+    step: int
+    t_ms: float  # since session start (first captured frame)
+    segment: int = 0
+
+
+@dataclass
+class Snapshot:
+    """A cheap, immutable copy of everything a UI or status line shows."""
+
+    t: float
+    state: str
+    state_detail: str
+    elapsed_s: float
+    frames_captured: int
+    frames_processed: int
+    frames_played: int
+    steps: int
+    delay_steps: int
+    segments: int
+    counters: dict[str, int]
+    queues: dict[str, int]
+    queue_history: dict[str, list[int]]
+    stage_history: dict[str, list[float]]
+    stage_stats: dict[str, dict[str, float | None]]
+    text: str
+    tokens_count: int
+    input_level: float
+    output_level: float
+    level_history: dict[str, list[float]]
+    muted: bool
+    info: dict
+    error: str | None
+    first_frame_ms: float | None
+    startup_ms: float | None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Telemetry:
+    """Collects stamps, stage durations, queue depths, counters and the transcript."""
+
+    def __init__(self, window: int = WINDOW):
+        self.window = window
+        self.t_launch = time.monotonic_ns()
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # wall clock, for exports
+        self.t_start: int | None = None  # first captured frame
+        self.t_first_out: int | None = None  # first decoded frame
+        self.frames: dict[int, FrameRecord] = {}
+        self.stage_hist: dict[str, deque] = {s: deque(maxlen=window) for s in ALL_STAGES}
+        self.stage_all: dict[str, array] = {s: array("d") for s in ALL_STAGES}
+        self.queue_hist: dict[str, deque] = {q: deque(maxlen=window) for q in QUEUES}
+        self.queue_depth: dict[str, int] = dict.fromkeys(QUEUES, 0)
+        self.queue_max: dict[str, int] = dict.fromkeys(QUEUES, 0)
+        self.level_hist: dict[str, deque] = {"input": deque(maxlen=window), "output": deque(maxlen=window)}
+        self.counters: dict[str, int] = {
+            "underruns": 0,  # output period with nothing to play after playback started
+            "drops_input": 0,  # captured frames dropped because the pipeline was behind
+            "drops_output": 0,  # decoded frames dropped to resynchronise playback
+            "drops_decode": 0,  # model frames not decoded because the decoder was behind
+            "overruns": 0,  # device input overflow flags
+            "underflows": 0,  # device output underflow flags
+            "delay_steps": 0,  # server steps that returned no audio (codebook delays)
+            "segments": 0,  # context resets
+            "trims_output": 0,  # frames shortened (<= 10 ms) to bring the playback delay down
+            "early_encodes": 0,  # frames whose first half was encoded before the frame was complete
+        }
+        self.frames_captured = 0
+        self.frames_processed = 0
+        self.frames_played = 0
+        self.steps = 0
+        self.tokens: list[Token] = []
+        self._text_parts: list[str] = []
+        self.segment = 0
+        self.state = "starting"
+        self.state_detail = ""
+        self.error: str | None = None
+        self.info: dict = {}
+        self.input_level = 0.0
+        self.output_level = 0.0
+        self.muted = False
+        self.warnings: deque[str] = deque(maxlen=8)
+        self.done_frames: deque[FrameRecord] = deque()  # completed records, for the trace
+        self.keep_records = False
+        self.underrun_times: list[float] = []  # seconds since the first capture (first 1000)
+        # The delay the jitter buffer aimed at (capture -> speaker), per played frame
+        self.playout_hist: deque = deque(maxlen=window)
+        self.playout_all = array("d")
+        self.queue_samples: deque = deque()  # (t_ns, depths) per frame, with keep_records
+
+    # --- writers (called from audio callbacks and loops; never block) ---
+    def set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        self.state_detail = detail
+
+    def new_frame(self, frame: int, t_cap: int) -> FrameRecord:
+        rec = FrameRecord(frame=frame, t_cap=t_cap)
+        self.frames[frame] = rec
+        if self.t_start is None:
+            self.t_start = t_cap
+        self.frames_captured += 1
+        return rec
+
+    def sample_queues(self, depths: dict[str, int]) -> None:
+        if self.keep_records:
+            self.queue_samples.append((time.monotonic_ns(), depths))
+        for q, d in depths.items():
+            self.queue_depth[q] = d
+            self.queue_hist[q].append(d)
+            if d > self.queue_max[q]:
+                self.queue_max[q] = d
+
+    def add_level(self, kind: str, rms: float) -> None:
+        if kind == "input":
+            self.input_level = rms
+        else:
+            self.output_level = rms
+        self.level_hist[kind].append(rms)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def warn(self, message: str) -> None:
+        if not self.warnings or self.warnings[-1] != message:
+            self.warnings.append(message)
+
+    def note_endpoints(self, source, sink) -> None:
+        """From the session's watch loop: the audio endpoints' errors become warnings, and the
+        output latency follows the sink (a device measures its own once it plays)."""
+        for end in (source, sink):
+            err = getattr(end, "error", None)
+            if err:
+                self.warn(err)
+        lat = getattr(sink, "latency_s", None)
+        if lat is not None:
+            self.info["output_latency_ms"] = round(lat * 1000.0, 1)
+
+    def underrun_at(self, t_ns: int) -> None:
+        if len(self.underrun_times) < 1000:
+            self.underrun_times.append(round((t_ns - (self.t_start or t_ns)) / 1e9, 3))
+
+    def playout_aim(self, ms: float) -> None:
+        """A frame was played under a jitter buffer aiming at `ms` of mic-to-speaker delay."""
+        self.playout_hist.append(ms)
+        self.playout_all.append(ms)
+
+    def playout_p50(self, full: bool = False) -> float | None:
+        """Median aim of the jitter buffer: over the recent window, or the whole session."""
+        src = self.playout_all if full else self.playout_hist
+        return round(float(np.median(src)), 1) if len(src) else None
+
+    def _info(self) -> dict:
+        info = dict(self.info)
+        aim = self.playout_p50()
+        if aim is not None:
+            info["playout_ms"] = aim
+        return info
+
+    def add_stage(self, name: str, ms: float) -> None:
+        self.stage_hist[name].append(ms)
+        self.stage_all[name].append(ms)
+
+    def frame_decoded(self, rec: FrameRecord) -> None:
+        """Called when the PCM of `rec` is ready: fold every stage up to decode."""
+        if self.t_first_out is None:
+            self.t_first_out = rec.t_dec
+        self.frames_processed += 1
+        for name, ms in rec.stages_ms().items():
+            if name != "playback":
+                self.add_stage(name, ms)
+
+    def frame_played(self, rec: FrameRecord) -> None:
+        self.frames_played += 1
+        if rec.t_play and rec.t_cap:
+            self.add_stage("playback", (rec.t_play - rec.t_cap) / 1e6)
+        self.frames.pop(rec.frame, None)
+        if self.keep_records:
+            self.done_frames.append(rec)
+
+    def frame_retired(self, rec: FrameRecord) -> None:
+        """A frame whose step produced no audio, or whose PCM was dropped."""
+        self.frames.pop(rec.frame, None)
+        if self.keep_records:
+            self.done_frames.append(rec)
+
+    def add_token(self, text: str, token_id: int, step: int, t_ns: int) -> None:
+        t0 = self.t_start or t_ns
+        self.tokens.append(Token(text, token_id, step, (t_ns - t0) / 1e6, self.segment))
+        self._text_parts.append(text)
+
+    def mark_segment(self, step: int, t_ns: int) -> None:
+        self.segment += 1
+        self.count("segments")
+        self.warn(f"context full at step {step}: new segment started")
+
+    # --- readers ---
+    @property
+    def text(self) -> str:
+        return "".join(self._text_parts)
+
+    def stage_stats(self, full: bool = False) -> dict[str, dict[str, float | None]]:
+        src = self.stage_all if full else self.stage_hist
+        return {s: percentiles(list(src[s])) for s in ALL_STAGES}
+
+    def snapshot(self) -> Snapshot:
+        now = time.monotonic_ns()
+        elapsed = (now - self.t_start) / 1e9 if self.t_start else 0.0
+        stage_history = {s: list(d) for s, d in self.stage_hist.items()}
+        return Snapshot(
+            t=now / 1e9,
+            state=self.state,
+            state_detail=self.state_detail,
+            elapsed_s=elapsed,
+            frames_captured=self.frames_captured,
+            frames_processed=self.frames_processed,
+            frames_played=self.frames_played,
+            steps=self.steps,
+            delay_steps=self.counters["delay_steps"],
+            segments=self.counters["segments"],
+            counters=dict(self.counters),
+            queues=dict(self.queue_depth),
+            queue_history={q: list(d) for q, d in self.queue_hist.items()},
+            stage_history=stage_history,
+            stage_stats={s: percentiles(v) for s, v in stage_history.items()},
+            text=self.text,
+            tokens_count=len(self.tokens),
+            input_level=self.input_level,
+            output_level=self.output_level,
+            level_history={k: list(d) for k, d in self.level_hist.items()},
+            muted=self.muted,
+            info=self._info(),
+            error=self.error,
+            first_frame_ms=self.first_frame_ms,
+            startup_ms=self.startup_ms,
+            warnings=list(self.warnings),
+        )
+
+    @property
+    def first_frame_ms(self) -> float | None:
+        """First captured frame to first decoded PCM."""
+        if self.t_start is None or self.t_first_out is None:
+            return None
+        return (self.t_first_out - self.t_start) / 1e6
+
+    @property
+    def first_frame_processing_ms(self) -> float | None:
+        """Processing (capture to PCM) of the first decoded frame."""
+        a = self.stage_all["processing"]
+        return a[0] if len(a) else None
+
+    @property
+    def startup_ms(self) -> float | None:
+        """Launch to first processed frame."""
+        if self.t_first_out is None:
+            return None
+        return (self.t_first_out - self.t_launch) / 1e6

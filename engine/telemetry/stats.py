@@ -1,0 +1,102 @@
+"""The session summary written by --stats-json (and used by the bench and the exports)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from engine.telemetry.collect import Snapshot, Telemetry
+from engine.telemetry.stages import QUEUES
+
+
+def status_line(s: Snapshot) -> str:
+    st = s.stage_stats
+    proc, model = st.get("processing", {}), st.get("model", {})
+
+    def f(v):
+        return "  -  " if v is None else f"{v:5.1f}"
+
+    q = s.queues
+    c = s.counters
+    line = (
+        f"{s.elapsed_s:6.1f}s frames {s.frames_processed:5d} | processing p50 {f(proc.get('p50'))}"
+        f" p95 {f(proc.get('p95'))} ms | model p50 {f(model.get('p50'))} ms"
+        f" | queues in {q['input']} c2s {q['c2s']} s2c {q['s2c']} out {q['output']}"
+        f" | underruns {c['underruns']} drops {c['drops_input'] + c['drops_output'] + c['drops_decode']}"
+    )
+    return line
+
+
+def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict | None = None,
+                end_reason: str = "") -> dict:
+    snap = tel.snapshot()
+    stats = {
+        "version": 1,
+        "started_at": tel.started_at,
+        "state": snap.state,
+        "end_reason": end_reason,
+        "error": snap.error,
+        "model": {k: v for k, v in snap.info.items() if k == "model" or k.startswith("server_")},
+        "audio": {**{k: snap.info.get(k) for k in ("input", "output", "output_latency_ms",
+                                                   "early_encode")},
+                  # (the jitter buffer's aim, median over the session's played frames)
+                  "playout_ms": tel.playout_p50(full=True) or snap.info.get("playout_ms")},
+        "options": options or {},
+        "duration_s": round(snap.elapsed_s, 3),
+        "frames": {
+            "captured": snap.frames_captured,
+            "processed": snap.frames_processed,
+            "played": snap.frames_played,
+            "steps": snap.steps,
+            "delay_steps": snap.delay_steps,
+        },
+        "startup": {
+            "launch_to_first_frame_ms": _r(snap.startup_ms),
+            "first_capture_to_first_output_ms": _r(snap.first_frame_ms),
+            "codec_warmup_ms": snap.info.get("codec_warmup_ms"),
+        },
+        "stages_ms": tel.stage_stats(full=True),
+        "counters": snap.counters,
+        "underrun_times_s": list(tel.underrun_times),
+        "queues_max": dict(tel.queue_max),
+        "queues_now": {q: snap.queues[q] for q in QUEUES},
+        "processes": processes or {},
+        "warnings": snap.warnings,
+        "transcript": {
+            "text": snap.text,
+            "tokens": [
+                {"text": t.text, "id": t.token_id, "step": t.step, "t_ms": round(t.t_ms, 1),
+                 "segment": t.segment}
+                for t in tel.tokens
+            ],
+        },
+        "machine": machine_info(),
+    }
+    from engine.telemetry.diagnose import diagnose
+
+    # the diagnosis the app and the headless status show, over the whole session
+    stats["diagnosis"] = [{"level": v.level, "text": v.text, "rule": v.rule} for v in diagnose(stats)]
+    return stats
+
+
+def _r(v):
+    return None if v is None else round(v, 1)
+
+
+def machine_info() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    vers = {}
+    for pkg in ("moshi_mlx", "mlx", "rustymimi", "sounddevice", "textual", "numpy"):
+        try:
+            vers[pkg] = version(pkg)
+        except PackageNotFoundError:
+            vers[pkg] = None
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "versions": vers,
+    }
