@@ -18,8 +18,9 @@ from engine.audio import FRAME, HEAD
 from engine.bench.measure import speech_frames
 from engine.model.messages import Frame, Reset, Result
 from engine.pipeline.client import ClientPipeline
-from engine.pipeline.codec import warm_codec
-from engine.pipeline.input_queue import _InputQueue
+from engine.pipeline.codec import open_codec
+from engine.pipeline.input_queue import InputQueue
+from engine.pipeline.segments import Segments
 from engine.telemetry.collect import Telemetry
 from engine.telemetry.stages import FrameRecord
 
@@ -80,20 +81,13 @@ def run_pipeline(mimi: str, frames, *, server_delay_s=0.0, heads=True, pace_s=0.
     With `keep_up`, each frame waits until the server has the one before it: a host whose
     codec needs more than 80 ms per frame would otherwise (rightly) drop frames, and these
     tests are about which codes the model gets, not about the host's speed."""
-    import rustymimi
-
-    tok = rustymimi.StreamTokenizer(mimi)
-    warm_codec(tok)
     client, server_end = mp.Pipe()
     server = FakeServer(server_end, server_delay_s)
     server.start()
     tel = Telemetry()
-    pipe = ClientPipeline(tel, tok, client, None, input_max=3, inflight_max=4)
-    if segment_frames:
-        from engine.pipeline.codec import load_codec
-
-        pipe.segment_frames = segment_frames
-        pipe.codec_factory = lambda: load_codec(mimi)
+    segments = Segments(segment_frames, lambda: open_codec(mimi)) if segment_frames else None
+    pipe = ClientPipeline(open_codec(mimi), client, None, tel, segments=segments,
+                          input_max=3, inflight_max=4)
     pipe.start()
     try:
         for i, f in enumerate(frames):
@@ -187,7 +181,7 @@ def test_heads_are_optional(demo_files, speech):
 
 
 def test_input_queue_never_drops_the_frame_whose_head_is_encoded():
-    q = _InputQueue(3)
+    q = InputQueue(3)
     recs = [(FrameRecord(frame=i), np.zeros(FRAME, np.float32)) for i in range(6)]
     assert q.put(recs[0], keep_frame=0) is None
     assert q.put(recs[1], keep_frame=0) is None

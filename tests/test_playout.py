@@ -8,7 +8,7 @@ from collections import deque
 
 import numpy as np
 
-from engine.pipeline.playout import Playout, _trimmed
+from engine.pipeline.playout import Playout, trimmed
 
 MS = 1_000_000
 
@@ -96,5 +96,5 @@ def test_a_stall_costs_a_gap_and_drops_not_lasting_latency():
 
 def test_a_trimmed_frame_is_shorter_and_fades_in():
     pcm = np.ones(1920, np.float32)
-    out = _trimmed(pcm, 10 * MS)
+    out = trimmed(pcm, 10 * MS)
     assert len(out) == 1920 - 240 and out[0] == 0.0 and out[47] < 1.0 and out[48] == 1.0

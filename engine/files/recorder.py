@@ -73,6 +73,16 @@ class SessionRecorder:
         if self._out is not None:
             self._q.put(("out", pcm if pcm is not None else silence))
 
+    # as an observer of the pipeline (engine.pipeline.events): what came in, what played
+    def captured(self, rec, pcm: np.ndarray) -> None:
+        self.input(pcm)
+
+    def played(self, rec, pcm: np.ndarray, aim_ms) -> None:
+        self.output(pcm)
+
+    def silence(self, room: int, t_ns: int, underrun: bool) -> None:
+        self.output(None, room)
+
     def _write_audio(self, kind: str, pcm) -> None:
         w = self._in if kind == "in" else self._out
         if isinstance(pcm, int):

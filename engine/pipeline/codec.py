@@ -1,4 +1,12 @@
-"""The audio codec behind the pipeline's loops."""
+"""The audio codec behind the pipeline's loops: Mimi, streaming, one frame at a time.
+
+A backend is anything with the surface of rustymimi's `StreamTokenizer`: `encode(pcm)` and
+`decode(codes)` hand work over without blocking (pcm: float32, a whole 80 ms frame or half of
+one; codes: uint32 (1, codebooks)), `get_encoded()` / `get_decoded()` return the next result in
+order, or None while it is not ready.  `StreamingCodec` wraps one as two `CodecDirection`s,
+so that at a segment boundary the encoder and the decoder can move to a fresh codec at
+different frames, and the loops wait for results the same way whatever computes them.
+"""
 
 from __future__ import annotations
 
@@ -9,38 +17,32 @@ from collections import deque
 import numpy as np
 
 from engine.audio import FRAME, HEAD
+from engine.errors import ModelLoadError
 from engine.pipeline.alloc import codec_allocations
 
 
-def load_codec(path: str):
-    """A new rustymimi StreamTokenizer, warmed up."""
-    import rustymimi
+class CodecDirection:
+    """One direction of a streaming codec: work goes in with `submit`, results come back in
+    order through `wait`, which polls the result getter efficiently.
 
-    with codec_allocations():
-        tok = rustymimi.StreamTokenizer(path)
-        warm_codec(tok)
-    return tok
-
-
-class _CodecWaiter:
-    """Poll a rustymimi result getter efficiently while results are outstanding.
-
-    The typical codec time is learned per kind of work (`kind`: a whole frame, or the rest of
-    one whose first half went in early), so that switching between the two neither sleeps
+    The typical time of a call is learned per kind of work (`kind`: a whole frame, or the rest
+    of one whose first half went in early), so that switching between the two neither sleeps
     past a result nor polls for long."""
 
-    def __init__(self, getter, fine_s: float = 0.0005):
+    def __init__(self, submit, getter, fine_s: float = 0.0005):
+        self.submit = submit
         self.getter = getter
         self.fine_s = fine_s
         self.expected: dict[str, float] = {}
         self.hist: dict[str, deque] = {}
         self.polls = 0
 
-    def inherit(self, other: "_CodecWaiter") -> None:
-        """Start from another waiter's typical times (a new codec of the same model)."""
+    def inherit(self, other: "CodecDirection") -> None:
+        """Start from another direction's typical times (a new codec of the same model)."""
         self.expected = dict(other.expected)
 
     def wait(self, submitted_ns: int, stop: threading.Event, kind: str = "whole"):
+        """The next result (None once `stop` is set)."""
         # Sleep until ~85 % of the typical codec time has elapsed since submission, then poll.
         expected = self.expected.get(kind, 0.020)
         target = submitted_ns + int(expected * 0.85e9)
@@ -61,28 +63,62 @@ class _CodecWaiter:
         return None
 
 
-def warm_codec(audio_tokenizer, frames: int = 4, timeout_s: float = 20.0) -> float:
+class StreamingCodec:
+    """A codec backend as the loops see it: an encoder and a decoder direction."""
+
+    def __init__(self, backend, name: str = "rustymimi"):
+        self.backend = backend
+        self.name = name
+        self.encoder = CodecDirection(backend.encode, backend.get_encoded)
+        self.decoder = CodecDirection(backend.decode, backend.get_decoded)
+
+    def idle(self) -> bool:
+        """No result left to collect (both getters empty, twice 20 ms apart)."""
+        b = self.backend
+        for _ in range(2):
+            if b.get_encoded() is not None or b.get_decoded() is not None:
+                return False
+            time.sleep(0.02)
+        return True
+
+
+def open_codec(path: str) -> StreamingCodec:
+    """A new rustymimi codec for the Mimi weights at `path`, warmed up.  ModelLoadError (one
+    line) when the file cannot be loaded."""
+    import rustymimi
+
+    with codec_allocations():
+        try:
+            tok = rustymimi.StreamTokenizer(str(path))
+        except Exception as e:
+            raise ModelLoadError(f"cannot load Mimi weights {path}: {e}") from None
+        codec = StreamingCodec(tok)
+        codec.warm_ms = warm_codec(tok)
+    return codec
+
+
+def warm_codec(backend, frames: int = 4, timeout_s: float = 20.0) -> float:
     """Push a few silent frames through encode and decode so the first live frame is fast."""
     t0 = time.perf_counter()
     deadline = time.monotonic() + timeout_s
     pcm = np.zeros(FRAME, dtype=np.float32)
     for i in range(frames):
         if i % 2:  # the early-encode path too: a frame in two halves
-            audio_tokenizer.encode(pcm[:HEAD])
-            audio_tokenizer.encode(pcm[HEAD:])
+            backend.encode(pcm[:HEAD])
+            backend.encode(pcm[HEAD:])
         else:
-            audio_tokenizer.encode(pcm)
+            backend.encode(pcm)
         codes = None
         while codes is None:
             if time.monotonic() > deadline:
                 raise TimeoutError("the audio codec did not answer during warmup")
             time.sleep(0.002)
-            codes = audio_tokenizer.get_encoded()
-        audio_tokenizer.decode(np.asarray(codes, dtype=np.uint32).reshape(1, -1)[:, :8])
+            codes = backend.get_encoded()
+        backend.decode(np.asarray(codes, dtype=np.uint32).reshape(1, -1)[:, :8])
         out = None
         while out is None:
             if time.monotonic() > deadline:
                 raise TimeoutError("the audio codec did not answer during warmup")
             time.sleep(0.002)
-            out = audio_tokenizer.get_decoded()
+            out = backend.get_decoded()
     return (time.perf_counter() - t0) * 1000.0

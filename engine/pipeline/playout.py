@@ -112,12 +112,12 @@ class Playout:
         return 0, 0, True, False
 
 
-_FADE = np.linspace(0.0, 1.0, SAMPLE_RATE // 500, endpoint=False, dtype=np.float32)  # 2 ms
+FADE = np.linspace(0.0, 1.0, SAMPLE_RATE // 500, endpoint=False, dtype=np.float32)  # 2 ms
 
 
-def _trimmed(pcm: np.ndarray, trim_ns: int) -> np.ndarray:
+def trimmed(pcm: np.ndarray, trim_ns: int) -> np.ndarray:
     """The frame without its first `trim_ns`, faded in so that the cut does not click."""
-    n = min(len(pcm) - len(_FADE), trim_ns * SAMPLE_RATE // 1_000_000_000)
+    n = min(len(pcm) - len(FADE), trim_ns * SAMPLE_RATE // 1_000_000_000)
     out = np.array(pcm[n:], dtype=np.float32)
-    out[: len(_FADE)] *= _FADE
+    out[: len(FADE)] *= FADE
     return out

@@ -16,8 +16,9 @@ from engine.errors import MoshiTuiError
 from engine.model.messages import Ready
 from engine.model.process import ModelProcess
 from engine.model.source import resolve
-from engine.pipeline.alloc import codec_allocations, release_free_memory, tune_allocator
-from engine.pipeline.codec import load_codec
+from engine.pipeline.alloc import release_free_memory, tune_allocator
+from engine.pipeline.codec import open_codec
+from engine.pipeline.segments import Segments
 from engine.session.config import SessionConfig
 from engine.telemetry.collect import Telemetry
 from engine.telemetry.procfigs import ProcessFigures
@@ -99,12 +100,8 @@ class Session(ProcessFigures):
     exit_code = 0
 
     def _startup(self, restart: bool = False) -> None:
-        import rustymimi
-        import sentencepiece
-
+        from engine.model.load import load_text_tokenizer
         from engine.model.worker import model_main
-        from engine.pipeline.client import ClientPipeline
-        from engine.pipeline.codec import warm_codec
 
         tel = self.tel
         if not restart:
@@ -124,20 +121,10 @@ class Session(ProcessFigures):
         tel.set_state("loading", "loading model in the server process")
 
         # The codec and text tokenizer load here while the server loads the LM.
-        from engine.errors import ModelLoadError
-        from engine.model.load import load_text_tokenizer
-
         if self._stop_req.is_set():
             raise MoshiTuiError("stopped during loading", exit_code=1)
-
-        with codec_allocations():
-            try:
-                audio_tok = rustymimi.StreamTokenizer(str(self.resolved.mimi_weight))
-            except Exception as e:
-                raise ModelLoadError(f"cannot load Mimi weights {self.resolved.mimi_weight}: {e}") from None
-            codec_warm_ms = warm_codec(audio_tok)
+        codec = open_codec(str(self.resolved.mimi_weight))
         spm = load_text_tokenizer(self.resolved.tokenizer)
-        assert isinstance(spm, sentencepiece.SentencePieceProcessor)
 
         # Wait for the server: it reports progress, then ready or an error.
         def progress(text: str) -> None:
@@ -145,37 +132,33 @@ class Session(ProcessFigures):
 
         ready = server.wait_for(Ready, progress, should_stop=self._stop_req.is_set)
         tel.info.update({f"server_{k}": v for k, v in ready.info.items()})
-        tel.info["codec_warmup_ms"] = round(codec_warm_ms, 1)
+        tel.info["codec_warmup_ms"] = round(codec.warm_ms, 1)
         # stop() runs either before this (then nothing starts: no device is opened after the
         # session was stopped) or after it (then it stops what started here).
         with self._lock:
             if self._stopped:
                 raise MoshiTuiError("stopped during loading", exit_code=1)
-            self._go_live(ClientPipeline(tel, audio_tok, server.conn, spm,
-                                         input_max=self.cfg.input_max,
-                                         inflight_max=self.cfg.inflight_max), restart)
+            self._go_live(codec, spm, restart)
 
-    def _go_live(self, pipeline, restart: bool) -> None:
+    def _go_live(self, codec, spm, restart: bool) -> None:
+        from engine.pipeline.client import ClientPipeline
+
         tel = self.tel
-        self.pipeline = pipeline
-        self.pipeline.early_encode = self.cfg.early_encode
         tel.info["early_encode"] = self.cfg.early_encode  # (off later if heads do not help)
-        # Segment length: the LM's step budget, and the codec's stream limit (see pipeline).
-        max_steps = int(tel.info.get("server_max_steps") or 3000)
-        self.pipeline.segment_frames = max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES))
-        mimi_path = str(self.resolved.mimi_weight)
-
-        def new_codec():
-            return load_codec(mimi_path)
-
-        self.pipeline.codec_factory = new_codec
-        self.pipeline.on_codec_released = release_free_memory
         if self.folder is not None and self.recorder is None:
             from engine.files.recorder import SessionRecorder
 
             self.recorder = SessionRecorder(self.folder, tel, self.cfg.options,
                                             processes=self.process_figures)
-        self.pipeline.recorder = self.recorder
+        # Segment length: the LM's step budget, and the codec's stream limit.
+        max_steps = int(tel.info.get("server_max_steps") or 3000)
+        mimi_path = str(self.resolved.mimi_weight)
+        segments = Segments(max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES)),
+                            lambda: open_codec(mimi_path), release_free_memory, tel.warn)
+        self.pipeline = ClientPipeline(codec, self.server.conn, spm, tel, self.recorder,
+                                       early_encode=self.cfg.early_encode, segments=segments,
+                                       input_max=self.cfg.input_max,
+                                       inflight_max=self.cfg.inflight_max)
         self.pipeline.start()
         if restart:
             self._restarting = False  # the running source and sink feed the new pipeline now

@@ -37,7 +37,8 @@ from engine.audio.endpoints import FrameChunker
 from engine.errors import MoshiTuiError
 from engine.model.messages import Ready, Reset
 from engine.model.process import ModelProcess
-from engine.pipeline.codec import load_codec
+from engine.pipeline.codec import open_codec
+from engine.pipeline.events import PipelineObserver
 from engine.session import wsproto
 from engine.telemetry.collect import Telemetry
 
@@ -87,7 +88,7 @@ class ModelHost:
 
     def new_codec(self):
         """A fresh, warmed-up Mimi codec for one conversation (~0.3 s)."""
-        return load_codec(str(self.resolved.mimi_weight))
+        return open_codec(str(self.resolved.mimi_weight))
 
     def reset(self) -> None:
         self.process.send(Reset())
@@ -100,37 +101,10 @@ class ModelHost:
             self.process.stop(grace_s=2.0)
 
 
-class _ConvTelemetry(Telemetry):
-    """The pipeline's telemetry, with hooks: text tokens and step timings go to the client."""
+class Conversation(PipelineObserver):
+    """One websocket client: its Opus audio through the pipeline, text and audio back; an
+    observer of the pipeline (text tokens, decoded PCM and step timings go to the client)."""
 
-    def __init__(self, on_token, on_timing):
-        super().__init__()
-        self._on_token = on_token
-        self._on_timing = on_timing
-
-    def add_token(self, text, token_id, step, t_ns) -> None:
-        super().add_token(text, token_id, step, t_ns)
-        self._on_token(text)
-
-    def add_stage(self, name, ms) -> None:
-        super().add_stage(name, ms)
-        if name in ("model", "queue"):
-            self._on_timing(name, ms)
-
-
-class _NotifyingDeque(deque):
-    """The pipeline's output queue: wakes the websocket writer on every decoded frame."""
-
-    def __init__(self, notify):
-        super().__init__()
-        self._notify = notify
-
-    def append(self, item) -> None:
-        super().append(item)
-        self._notify()
-
-
-class Conversation:
     def __init__(self, host: ModelHost, ws, peer: str, index: int):
         import sphn
 
@@ -160,13 +134,17 @@ class Conversation:
         except RuntimeError:
             pass
 
-    def _on_token(self, text: str) -> None:
-        self.texts.append(text)
+    def text_token(self, piece: str, token_id: int, step: int, t_ns: int) -> None:
+        self.texts.append(piece)
         self._notify()
 
-    def _on_timing(self, name: str, ms: float) -> None:
+    def pcm_ready(self, rec, pcm) -> None:
+        self._notify()
+
+    def stepped(self, rec) -> None:
         if self.want_timings:
-            self.timings[name].append(round(ms, 3))
+            self.timings["queue"].append(round((rec.t_step0 - rec.t_srv_in) / 1e6, 3))
+            self.timings["model"].append(round((rec.t_step1 - rec.t_step0) / 1e6, 3))
 
     async def run(self) -> None:
         from engine.pipeline.client import ClientPipeline
@@ -174,10 +152,9 @@ class Conversation:
         self._loop = asyncio.get_running_loop()
         codec = await self._loop.run_in_executor(None, self.host.new_codec)
         self.host.reset()
-        self.tel = _ConvTelemetry(self._on_token, self._on_timing)
-        self.pipeline = ClientPipeline(self.tel, codec, self.host.conn, self.host.spm,
+        self.tel = Telemetry()
+        self.pipeline = ClientPipeline(codec, self.host.conn, self.host.spm, self.tel, self,
                                        input_max=8, inflight_max=4, output_max=64)
-        self.pipeline.output_q = _NotifyingDeque(self._notify)
         self.pipeline.start()
         ws = self.ws
         tasks = []
@@ -329,11 +306,8 @@ class Conversation:
         p.stop()
         # Anything the codec still holds belongs to this conversation.
         t_end = time.monotonic() + 0.5
-        while time.monotonic() < t_end:
-            if codec.get_encoded() is None and codec.get_decoded() is None:
-                time.sleep(0.02)
-                if codec.get_encoded() is None and codec.get_decoded() is None:
-                    break
+        while time.monotonic() < t_end and not codec.idle():
+            pass
 
 
 def _version() -> str:

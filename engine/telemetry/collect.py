@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.audio import rms
 from engine.telemetry.stages import ALL_STAGES, QUEUES, FrameRecord, percentiles
 
 WINDOW = 250  # frames in the rolling windows (20 s)
@@ -218,6 +219,84 @@ class Telemetry:
         self.segment += 1
         self.count("segments")
         self.warn(f"context full at step {step}: new segment started")
+
+    # --- the pipeline's events (engine.pipeline.events): Telemetry is one of its observers ---
+    SERVER_STAGES = ("encode", "uplink", "queue", "model", "encode_work")
+
+    def captured(self, rec: FrameRecord, pcm) -> None:
+        self.frames[rec.frame] = rec
+        if self.t_start is None:
+            self.t_start = rec.t_cap
+        self.frames_captured += 1
+        self.add_level("input", rms(pcm))
+
+    def dropped(self, rec: FrameRecord, where: str, why: str = "") -> None:
+        if where == "decode":  # stepped by the model: its stages up to the model count
+            self._fold_server_stages(rec)
+        self.count(f"drops_{where}")
+        if why:
+            self.warn(why)
+        self.frame_retired(rec)
+
+    def early_encoded(self, rec: FrameRecord) -> None:
+        self.count("early_encodes")
+
+    def early_encode(self, on: bool) -> None:
+        self.info["early_encode"] = on
+
+    def queues(self, depths: dict[str, int]) -> None:
+        self.sample_queues(depths)
+
+    def stepped(self, rec: FrameRecord) -> None:
+        self.steps = rec.step + 1
+
+    def delay_step(self, rec: FrameRecord) -> None:
+        self.count("delay_steps")
+        self._fold_server_stages(rec)
+        self.frame_retired(rec)
+
+    def text_token(self, piece: str, token_id: int, step: int, t_ns: int) -> None:
+        self.add_token(piece, token_id, step, t_ns)
+
+    def pcm_ready(self, rec: FrameRecord, pcm) -> None:
+        self.frame_decoded(rec)
+
+    def played(self, rec: FrameRecord, pcm, aim_ms: float | None) -> None:
+        self.frame_played(rec)
+        if aim_ms is not None:
+            self.playout_aim(aim_ms)
+        self.add_level("output", rms(pcm))
+
+    def silence(self, room: int, t_ns: int, underrun: bool) -> None:
+        if underrun:
+            self.count("underruns")
+            self.underrun_at(t_ns)
+        self.add_level("output", 0.0)
+
+    def trimmed(self, rec: FrameRecord) -> None:
+        self.count("trims_output")
+
+    def segment_started(self, step: int, t_ns: int) -> None:
+        self.mark_segment(step, t_ns)
+
+    def retired(self, rec: FrameRecord) -> None:
+        self.frame_retired(rec)
+
+    def abandoned(self, rec: FrameRecord) -> None:
+        self._fold_server_stages(rec)
+
+    def warning(self, text: str) -> None:
+        self.warn(text)
+
+    def server_failed(self, message: str) -> None:
+        self.error = message
+        self.set_state("error", message)
+
+    def _fold_server_stages(self, rec: FrameRecord) -> None:
+        """Stages up to the model step of a frame whose audio will not be decoded."""
+        for name, ms in rec.stages_ms().items():
+            if name in self.SERVER_STAGES:
+                self.add_stage(name, ms)
 
     # --- readers ---
     @property
