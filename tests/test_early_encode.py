@@ -8,7 +8,6 @@ codec's stream would shift every later code)."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import threading
 import time
 
 import numpy as np
@@ -16,48 +15,15 @@ import pytest
 
 from engine.audio import FRAME, HEAD
 from engine.bench.measure import speech_frames
-from engine.model.messages import Frame, Reset, Result
 from engine.pipeline.client import ClientPipeline
 from engine.pipeline.codec import open_codec
 from engine.pipeline.input_queue import InputQueue
 from engine.pipeline.segments import Segments
 from engine.telemetry.collect import Telemetry
 from engine.telemetry.stages import FrameRecord
+from tests.fake_model import FakeServer
 
 pytest_plugins = ["conftest_models"]
-
-
-class FakeServer(threading.Thread):
-    """The model server's side of the pipe: records the codes, answers each frame after
-    `delay_s` with a step that has no audio (so nothing is decoded)."""
-
-    def __init__(self, conn, delay_s: float = 0.0):
-        super().__init__(daemon=True)
-        self.conn, self.delay_s = conn, delay_s
-        self.codes: dict[int, np.ndarray] = {}
-        self.order: list[int] = []
-        self.resets = 0
-        self.segment_of: dict[int, int] = {}
-        self.stop = threading.Event()
-
-    def run(self):
-        step = 0
-        while not self.stop.is_set():
-            if not self.conn.poll(0.05):
-                continue
-            msg = self.conn.recv()
-            if isinstance(msg, Reset):  # a new segment: fresh codec from the next frame on
-                self.resets += 1
-            if not isinstance(msg, Frame):
-                continue
-            fid = msg.frame_id
-            self.codes[fid] = np.asarray(msg.codes).copy()
-            self.order.append(fid)
-            self.segment_of[fid] = self.resets
-            time.sleep(self.delay_s)
-            t = time.monotonic_ns()
-            self.conn.send(Result(fid, step, 0, None, t, t, t))
-            step += 1
 
 
 def reference_codes(mimi: str, frames: list[np.ndarray], ids: list[int]) -> dict[int, np.ndarray]:

@@ -1,7 +1,7 @@
 """The Textual app: a conversation with Moshi and, beside it, where every 80 ms frame goes.
 
-The app owns a session (`engine.session.Session`, or anything with the same `start`/`snapshot`/
-`set_muted`/`stop` surface -- tests inject a recorded feed). One 8 Hz timer reads a snapshot and
+The app owns a session (an `engine.session.base.ConversationSession`: local, remote, or the
+recorded feed the tests inject). One 8 Hz timer reads a snapshot and
 assigns it to a reactive that the widgets are bound to; nothing in the UI runs per audio frame,
 and no audio or codec thread ever touches a widget.
 """
@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable
 
 from rich.text import Text
 from textual.app import App, ComposeResult
@@ -27,6 +27,7 @@ from textual.worker import Worker, WorkerState
 from engine.errors import MoshiTuiError
 from engine.files.export import export, write_session_files
 from engine.files.outputs import check_writable
+from engine.session.base import ConversationSession
 from engine.telemetry.collect import Snapshot
 from engine.telemetry.stats import build_stats
 
@@ -49,20 +50,6 @@ REFRESH_HZ = 8
 BEHIND_HZ = 4  # while the diagnosis says the pipeline is short of CPU, the display yields some
 BACK_UP_AFTER_S = 10.0  # ... and returns to REFRESH_HZ after this long without a "bad" verdict
 DIAGNOSTICS_EVERY = 2  # the panels are redrawn every 2nd refresh
-
-
-class SessionLike(Protocol):
-    tel: Any  # engine.telemetry.Telemetry: `tokens` for the transcript, and build_stats()
-    done: Any  # threading.Event
-    end_reason: str
-    exit_code: int
-    cpu: dict
-
-    def start(self) -> None: ...
-    def snapshot(self) -> Snapshot: ...
-    def set_muted(self, muted: bool) -> None: ...
-    def stop(self) -> None: ...
-    def process_figures(self) -> dict: ...
 
 
 class MoshiApp(App[int]):
@@ -109,7 +96,7 @@ class MoshiApp(App[int]):
     stopping: reactive[bool] = reactive(False, repaint=False)
     """Quit requested: the session is shutting down and its files are being written."""
 
-    def __init__(self, session_factory: Callable[[], SessionLike], *, session_dir: Path | None = None,
+    def __init__(self, session_factory: Callable[[], ConversationSession], *, session_dir: Path | None = None,
                  options: dict | None = None, clock: Callable[[], float] = time.monotonic,
                  refresh_hz: float = REFRESH_HZ, show_log: bool | None = None,
                  handle_signals: bool = False) -> None:
@@ -118,10 +105,9 @@ class MoshiApp(App[int]):
         self.session = session_factory()
         # The engine's session folder when it keeps one; None with --no-save (nothing is written
         # unless asked: exports and screenshots then default to the current folder).
-        folder = getattr(self.session, "folder", None) or session_dir
+        folder = self.session.folder or session_dir
         self.session_dir: Path | None = Path(folder) if folder else None
-        self.options = options if options is not None else dict(getattr(getattr(self.session, "cfg", None),
-                                                                        "options", None) or {})
+        self.options = options if options is not None else dict(self.session.cfg.options)
         self.clock = clock
         self.refresh_hz = refresh_hz
         self._show_log_default = show_log
@@ -298,13 +284,13 @@ class MoshiApp(App[int]):
         self.event_log.add(line)
 
     def _show_error(self, message: str, title: str | None = None) -> None:
-        can_restart = bool(getattr(self.session, "can_restart", False))
+        can_restart = self.session.can_restart
         kw = {"can_restart": can_restart} if title is None else {"title": title}
         self.push_screen(ErrorScreen(message, **kw))
 
     def action_restart_server(self) -> None:
         """From the error modal: a new model server; the transcript and audio carry on."""
-        if not getattr(self.session, "can_restart", False):
+        if not self.session.can_restart:
             return
         self.session.restart_server()
         self.monitor.error = None
@@ -412,7 +398,7 @@ class MoshiApp(App[int]):
         """Leave the transcript in the session folder, unless the engine's recorder already did."""
         if self.session_dir is None:
             return
-        if getattr(self.session, "recorder", None) is not None:  # written by Session.stop()
+        if self.session.recorder is not None:  # written by the session's stop()
             self.saved_files = [self.session_dir / n for n in ("transcript.md", "transcript.json", "stats.json")]
             return
         self.saved_files = write_session_files(self.session_dir, self.collect_stats())

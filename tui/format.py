@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-FRAME_BUDGET_MS = 80.0
+from engine.audio import FRAME_MS
+
+FRAME_BUDGET_MS = FRAME_MS  # every stage must keep up with one 80 ms frame
 NEAR_BUDGET = 0.8  # a stage above 80 % of the budget is shown as a warning
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import threading
 
+from engine.audio import FRAME_NS
+from engine.session.base import ConversationSession
+from engine.session.config import SessionConfig
 from engine.telemetry.collect import Snapshot, Telemetry
 
 TICK_NS = 125_000_000  # one UI refresh at 8 Hz
-FRAME_NS = 80_000_000
 T0 = 1_000_000_000_000  # fake monotonic origin
 
 LOADING = [
@@ -37,12 +38,12 @@ SLOW_FRAMES = range(150, 156)  # an encode hiccup: over budget, an input drop
 UNDERRUN_FRAMES = (158, 159)
 
 
-class ReplaySession:
-    """Same surface as `engine.session.Session` as far as the app is concerned."""
+class ReplaySession(ConversationSession):
+    """A session (engine.session.base) whose conversation is recorded, not live."""
 
     def __init__(self, *, live_seconds: float = 24.0, loading_ticks_per_step: int = 3,
                  error_at_s: float | None = None, end: str = "hold", seed: int = 4) -> None:
-        self.tel = Telemetry()
+        super().__init__(SessionConfig(save=False), Telemetry())
         self.tel.t_launch = T0
         self.tel.info.update(model="demo · tiny random Moshi (bf16)",
                              input="speech.wav (file, real time)", output="null")
@@ -52,10 +53,6 @@ class ReplaySession:
         self.error_at_s = error_at_s
         self.end = end  # "hold": stay live at the end; "stop": end like a finished input file
         self.rng = random.Random(seed)
-        self.done = threading.Event()
-        self.end_reason = ""
-        self.exit_code = 0
-        self.cpu: dict = {}
         self.tick = 0
         self.frame = 0
         self.started = False
@@ -69,9 +66,6 @@ class ReplaySession:
 
     def start(self) -> None:
         self.started = True
-
-    def set_muted(self, muted: bool) -> None:
-        self.tel.muted = muted
 
     def request_stop(self) -> None:
         self.done.set()

@@ -33,7 +33,6 @@ class _Paced(_Endpoint):
         self._stop_evt = threading.Event()
         self._thread: threading.Thread | None = None
         self.periods = 0  # periods handled so far (ticked or skipped)
-        self.max_late_ms = 0.0  # worst wake-up lateness seen
 
     def _start_thread(self) -> None:
         self._t0 = time.monotonic_ns()
@@ -50,7 +49,6 @@ class _Paced(_Endpoint):
                     self._stop_evt.wait((due - now) / 1e9)
                     continue
                 late = now - due
-                self.max_late_ms = max(self.max_late_ms, late / 1e6)
                 pending = late // period + 1  # periods due now, this one included
                 burst = MAX_BURST_NS // period
                 if pending > burst:

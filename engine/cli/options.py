@@ -26,6 +26,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mimi-weight", help="local Mimi codec weights (.safetensors)")
     g.add_argument("--tokenizer", help="local sentencepiece text tokenizer (.model)")
     g.add_argument("--lm-config", help="LM config.json (Kyutai HF format) for models other than v0.1")
+    g.add_argument("--codec", choices=["auto", "rustymimi", "mlx"], default="auto",
+                   help="the Mimi audio codec in this process: rustymimi (CPU) or MLX's Mimi "
+                   "(fast on a GPU); auto (default): mlx when MLX runs on a GPU here")
 
 
 def add_session_options(p: argparse.ArgumentParser) -> None:
@@ -74,6 +77,7 @@ def model_options(args) -> ModelOptions:
         tokenizer=args.tokenizer,
         lm_config=args.lm_config,
         demo=args.demo,
+        codec=args.codec,
     )
 
 

@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.audio import FRAME_MS
+
 FORMATS = ("markdown", "json")
 
 
@@ -27,7 +29,6 @@ PARAGRAPH_GAP_MS = 1500.0  # silence that starts a new paragraph (and a time mar
 PARAGRAPH_MAX_CHARS = 400  # past this, the next word starts a new paragraph
 
 
-FRAME_BUDGET_MS = 80.0
 
 
 SUMMARY_STAGES = ("encode", "uplink", "queue", "model", "decode", "processing", "playback")
@@ -155,7 +156,7 @@ def transcript_markdown(stats: dict) -> str:
         lines += [f"- **{d.get('level', '?')}**: {d.get('text', '')}" for d in stats["diagnosis"]]
         lines.append("")
     lines += ["## Latency", "",
-              f"Milliseconds per 80 ms frame (budget {FRAME_BUDGET_MS:.0f} ms), whole session.", "",
+              f"Milliseconds per 80 ms frame (budget {FRAME_MS:.0f} ms), whole session.", "",
               "| stage | p50 | p95 | p99 | max | frames |", "|---|---:|---:|---:|---:|---:|"]
     stages = stats.get("stages_ms") or {}
     for name in SUMMARY_STAGES + ("encode_work", "decode_work"):

@@ -84,6 +84,7 @@ class ModelOptions:
     tokenizer: Path | str | None = None
     lm_config: Path | str | None = None
     demo: bool = False
+    codec: str = "auto"  # the client's Mimi backend (engine.pipeline.codec.choose_codec)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,14 @@ class ResolvedModel:
     quantize_runtime: int | None  # quantize a bf16 file at load time with this many bits
     label: str  # for humans: "demo (bf16)", "kyutai/moshiko-mlx-q4 (q4)"
     source: str = "local"  # "demo", "hf" or "local"
+
+
+MOSHI_V0_1_TEXT_CARD = 32000  # text tokens Moshi 7B emits (moshi_mlx config_v0_1)
+
+
+def text_card(resolved: ResolvedModel) -> int:
+    """How many text tokens the LM emits: the text tokenizer must have a piece for each."""
+    return int((resolved.lm_config or {}).get("text_card", MOSHI_V0_1_TEXT_CARD))
 
 
 def resolve(opts: ModelOptions, progress: Progress | None = None) -> ResolvedModel:

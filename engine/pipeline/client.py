@@ -41,6 +41,8 @@ class ClientPipeline:
         self.obs = Observers(*observers)
         # The encoder and decoder sides each hold their own direction: at a segment boundary
         # they move to a fresh codec at different frames (see engine.pipeline.segments).
+        self.codec = codec  # the one the decoder uses (the encoder moves first at a boundary)
+        self._next_codec: StreamingCodec | None = None
         self.enc = codec.encoder
         self.dec = codec.decoder
         self.conn = conn
@@ -68,8 +70,9 @@ class ClientPipeline:
         self._returned = 0
         self._frame_id = 0
         self.threads: list[threading.Thread] = []
-        self.server_error: str | None = None
-        self.server_exit_code = 1
+        self.error: str | None = None  # what ended the pipeline: the model process, or a loop
+        self.exit_code = 1
+        self.failed_loop: str | None = None  # the loop that raised, when one did
 
     # ---------------------------------------------------------------- source / sink callbacks
     def on_frame(self, pcm: np.ndarray, t_cap: int) -> None:
@@ -84,7 +87,7 @@ class ClientPipeline:
         in_use = self.early.frame_arrived(t_cap)
         if in_use is not None:
             self.obs.early_encode(in_use)
-        if self.server_error is not None:
+        if self.error is not None:
             # No model to send it to (the UI says why; the recording goes on): not a drop.
             self.obs.retired(rec)
             return
@@ -97,7 +100,7 @@ class ClientPipeline:
     def on_head(self, pcm: np.ndarray, t_ns: int) -> None:
         """Audio source callback: the first HEAD samples of the next frame, just captured; into
         the encoder at once when that keeps it in order (engine.pipeline.early).  Never blocks."""
-        if self.stop_ev.is_set() or self.server_error is not None:
+        if self.stop_ev.is_set() or self.error is not None:
             return
         self.early.offer(self._frame_id, t_ns, self._head_fits,
                          lambda: self.enc.submit(np.zeros_like(pcm) if self.muted else pcm))
@@ -119,7 +122,7 @@ class ClientPipeline:
             self.obs.dropped(q.popleft()[0], "output", "playback resynchronised: stale output dropped")
         if not play:
             # (after the model process died, silence is expected: not an underrun)
-            self.obs.silence(room, t_play, underrun and self.server_error is None)
+            self.obs.silence(room, t_play, underrun and self.error is None)
             return None
         rec, pcm = q.popleft()
         if trim:
@@ -173,7 +176,7 @@ class ClientPipeline:
             if new is not None:
                 new.encoder.inherit(self.enc)
                 self.enc = new.encoder
-                self._next_decoder = new.decoder
+                self._next_codec = new
         rec.t_enc0 = time.monotonic_ns()
         self._enc_pending.append(rec)
         if t_head:
@@ -218,7 +221,7 @@ class ClientPipeline:
                         self.conn.send(Reset())
                     self.conn.send(Frame(rec.frame, codes))
             except (BrokenPipeError, EOFError, OSError):
-                self._server_died("connection to the model server lost")
+                self._fail("connection to the model server lost")
                 return
 
     def _recv2_loop(self) -> None:
@@ -231,15 +234,15 @@ class ClientPipeline:
                 msg = self.conn.recv()
             except (EOFError, OSError, BrokenPipeError):
                 if not self.stop_ev.is_set():
-                    self._server_died("the model server process died")
+                    self._fail("the model server process died")
                 return
             if isinstance(msg, Result):
                 self._on_result(msg)
             elif isinstance(msg, Segment):
                 obs.segment_started(msg.step, time.monotonic_ns())
             elif isinstance(msg, Failed):
-                self.server_exit_code = msg.exit_code
-                self._server_died(msg.message)
+                self.exit_code = msg.exit_code
+                self._fail(msg.message)
                 return
 
     def _on_result(self, msg: Result) -> None:
@@ -270,8 +273,10 @@ class ClientPipeline:
         """On the first result of the new segment: drain the old decoder, switch."""
         while self._dec_pending and not self.stop_ev.is_set():
             time.sleep(0.002)
-        self._next_decoder.inherit(self.dec)
-        self.dec = self._next_decoder
+        old, self.codec, self._next_codec = self.codec, self._next_codec, None
+        self.codec.decoder.inherit(self.dec)
+        self.dec = self.codec.decoder
+        old.close()
         self.segments.decoder_switched()
         self.obs.segment_started(step, time.monotonic_ns())
 
@@ -300,16 +305,26 @@ class ClientPipeline:
                 self.obs.dropped(self.output_q.popleft()[0], "output")
 
     # ---------------------------------------------------------------- lifecycle
-    def _server_died(self, message: str) -> None:
-        if self.server_error is None:
-            self.server_error = message
-            self.obs.server_failed(message)
+    def _fail(self, message: str) -> None:
+        if self.error is None:
+            self.error = message
+            self.obs.failed(message)
 
     def start(self) -> None:
         for fn in (self._send_loop, self._send2_loop, self._recv2_loop, self._recv_loop):
-            t = threading.Thread(target=fn, name=fn.__name__.strip("_"), daemon=True)
+            name = fn.__name__.strip("_")
+            t = threading.Thread(target=self._guarded, args=(fn, name), name=name, daemon=True)
             t.start()
             self.threads.append(t)
+
+    def _guarded(self, loop, name: str) -> None:
+        """A loop that raises ends the conversation with a message; it never dies silently."""
+        try:
+            loop()
+        except Exception as e:
+            if self.error is None:
+                self.failed_loop = name
+            self._fail(f"the {name.replace('_', ' ')} failed: {type(e).__name__}: {e}")
 
     def idle(self) -> bool:
         """Nothing left in flight between capture and the output queue."""
@@ -331,3 +346,8 @@ class ClientPipeline:
         # the model still count (the trace shows them too).
         for rec in list(self._dec_pending):
             self.obs.abandoned(rec)
+        for codec in (self.codec, self._next_codec):
+            if codec is not None:
+                codec.close()
+        if self.segments is not None:
+            self.segments.close()

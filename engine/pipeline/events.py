@@ -26,7 +26,8 @@ never blocks.
     retired       a frame that will not be decoded: the model process is gone
     abandoned     a frame the model stepped but the pipeline stopped before decoding
     warning       something the user should know, in words
-    server_failed the model process died or failed: the conversation cannot go on
+    failed        the model process died or failed, or a loop raised: the conversation
+                  cannot go on
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class PipelineObserver:
     def retired(self, rec: FrameRecord) -> None: ...
     def abandoned(self, rec: FrameRecord) -> None: ...
     def warning(self, text: str) -> None: ...
-    def server_failed(self, message: str) -> None: ...
+    def failed(self, message: str) -> None: ...
 
 
 EVENTS = tuple(name for name in vars(PipelineObserver) if not name.startswith("_"))

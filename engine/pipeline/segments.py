@@ -76,3 +76,11 @@ class Segments:
         self.decoder_switch_at = None
         if self.on_released is not None:
             self.on_released()
+
+    def close(self) -> None:
+        """The pipeline stopped: free a codec loaded for a boundary that never came."""
+        if self._loader is not None:
+            self._loader.join(timeout=5.0)
+        nxt, self._next = self._next, None
+        if nxt is not None:
+            nxt.close()

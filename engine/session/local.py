@@ -1,76 +1,38 @@
-"""One conversation: the spawned server, the client pipeline, the audio source and sink.
+"""A conversation with the model on this machine: the spawned model process, the client
+pipeline, the audio source and sink (a `ConversationSession`, see engine.session.base).
 
-`Session` is what the headless CLI, the bench and the Textual app all drive:
-    s = Session(cfg); s.prepare(); s.start(); ...; s.snapshot(); ...; s.stop()
-`prepare()` validates everything that can be checked before loading a model (files, devices),
-so bad input fails in a second with one line, not after a model load.
+When the model process dies, `restart_server()` starts a new one behind the same audio
+endpoints, telemetry and session folder: the conversation resumes as a new segment.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 from engine.errors import MoshiTuiError
 from engine.model.messages import Ready
 from engine.model.process import ModelProcess
-from engine.model.source import resolve
+from engine.model.source import resolve, text_card
 from engine.pipeline.alloc import release_free_memory, tune_allocator
-from engine.pipeline.codec import open_codec
+from engine.pipeline.codec import choose_codec, open_codec
 from engine.pipeline.segments import Segments
+from engine.session.base import ConversationSession
 from engine.session.config import SessionConfig
 from engine.telemetry.collect import Telemetry
-from engine.telemetry.procfigs import ProcessFigures
 
 # rustymimi's streaming encoder fails once its transformer positions pass max_seq_len
 # (measured: see README), and its KV caches grow ~128 KB per frame until then.
 CODEC_SEGMENT_FRAMES = 3600
 
 
-class Session(ProcessFigures):
+class Session(ConversationSession):
     def __init__(self, cfg: SessionConfig, telemetry: Telemetry | None = None):
         tune_allocator()
-        self.cfg = cfg
-        self.tel = telemetry or Telemetry()
-        self.tel.keep_records = cfg.keep_records
-        self.source = None
-        self.sink = None
+        super().__init__(cfg, telemetry or Telemetry())
         self.pipeline = None
         self.server: ModelProcess | None = None
         self.resolved = None
-        self.done = threading.Event()  # the session has ended (any reason)
-        self.live = threading.Event()
-        self.end_reason = ""
-        self._stop_req = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._stopped = False
-        self.cpu = {}  # cpu/rss measurements filled by stop()
-        self._cpu0 = None
-        self.folder: Path | None = None
-        self.recorder = None
-
-    # ------------------------------------------------------------------ setup
-    def prepare(self) -> None:
-        """Cheap validation: audio endpoints and model files. Raises MoshiTuiError."""
-        from engine.audio.devices import open_endpoints
-
-        self.source, self.sink = open_endpoints(self.cfg.input, self.cfg.output,
-                                                demo=self.cfg.model.demo, warn=self.tel.warn)
-        self.tel.info.update(input=self.source.label, output=self.sink.label)
-        if self.cfg.save:
-            from engine.files.recorder import prepare_session_dir
-
-            self.folder = prepare_session_dir(self.cfg.session_dir)
-            self.tel.info["session_dir"] = str(self.folder)
-
-    def start(self) -> None:
-        """Load and go live in a background thread; progress shows in the telemetry state."""
-        if self.source is None:
-            self.prepare()
-        self._thread = threading.Thread(target=self._run, name="session", daemon=True)
-        self._thread.start()
 
     def _progress(self, text: str) -> None:
         self.tel.set_state(self.tel.state if self.tel.state != "starting" else "loading", text)
@@ -91,13 +53,8 @@ class Session(ProcessFigures):
         self._watch()
 
     def _fail(self, message: str, exit_code: int = 1) -> None:
-        self.tel.error = message
-        self.exit_code = exit_code
-        self.tel.set_state("error", message)
-        self.end_reason = "error"
+        super()._fail(message, exit_code)
         self.done.set()
-
-    exit_code = 0
 
     def _startup(self, restart: bool = False) -> None:
         from engine.model.load import load_text_tokenizer
@@ -123,8 +80,10 @@ class Session(ProcessFigures):
         # The codec and text tokenizer load here while the server loads the LM.
         if self._stop_req.is_set():
             raise MoshiTuiError("stopped during loading", exit_code=1)
-        codec = open_codec(str(self.resolved.mimi_weight))
-        spm = load_text_tokenizer(self.resolved.tokenizer)
+        self.codec_backend = choose_codec(self.cfg.model.codec)
+        tel.info["codec"] = self.codec_backend
+        codec = open_codec(str(self.resolved.mimi_weight), self.codec_backend)
+        spm = load_text_tokenizer(self.resolved.tokenizer, text_card(self.resolved))
 
         # Wait for the server: it reports progress, then ready or an error.
         def progress(text: str) -> None:
@@ -145,20 +104,18 @@ class Session(ProcessFigures):
 
         tel = self.tel
         tel.info["early_encode"] = self.cfg.early_encode  # (off later if heads do not help)
-        if self.folder is not None and self.recorder is None:
-            from engine.files.recorder import SessionRecorder
-
-            self.recorder = SessionRecorder(self.folder, tel, self.cfg.options,
-                                            processes=self.process_figures)
+        self._new_recorder()
         # Segment length: the LM's step budget, and the codec's stream limit.
         max_steps = int(tel.info.get("server_max_steps") or 3000)
         mimi_path = str(self.resolved.mimi_weight)
         segments = Segments(max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES)),
-                            lambda: open_codec(mimi_path), release_free_memory, tel.warn)
+                            lambda: open_codec(mimi_path, self.codec_backend),
+                            release_free_memory, tel.warn)
         self.pipeline = ClientPipeline(codec, self.server.conn, spm, tel, self.recorder,
                                        early_encode=self.cfg.early_encode, segments=segments,
                                        input_max=self.cfg.input_max,
                                        inflight_max=self.cfg.inflight_max)
+        self.pipeline.muted = self.muted  # (a restarted pipeline keeps the mute)
         self.pipeline.start()
         if restart:
             self._restarting = False  # the running source and sink feed the new pipeline now
@@ -190,7 +147,7 @@ class Session(ProcessFigures):
     @property
     def can_restart(self) -> bool:
         """The model server died (or failed) while the audio endpoints are still usable."""
-        return (self.pipeline is not None and self.pipeline.server_error is not None
+        return (self.pipeline is not None and self.pipeline.error is not None
                 and not self._stopped)
 
     def restart_server(self) -> None:
@@ -227,12 +184,13 @@ class Session(ProcessFigures):
         t_live = time.monotonic()
         drain_deadline = None
         while not self._stop_req.wait(0.05):
-            if self.pipeline.server_error:
-                self.exit_code = self.pipeline.server_exit_code
-                self.end_reason = "server died"
+            if self.pipeline.error:
+                self.exit_code = self.pipeline.exit_code
+                loop = self.pipeline.failed_loop
+                self.end_reason = f"{loop.replace('_', ' ')} failed" if loop else "server died"
                 break
             if self.server is not None and not self.server.alive():
-                self.pipeline._server_died(
+                self.pipeline._fail(
                     f"the model server process died (exit code {self.server.exitcode})"
                 )
                 continue
@@ -260,30 +218,15 @@ class Session(ProcessFigures):
         self.done.set()
 
     # ------------------------------------------------------------------ control
-    def snapshot(self):
-        if self.pipeline is not None:
-            self.tel.muted = self.pipeline.muted
-        return self.tel.snapshot()
-
     def set_muted(self, muted: bool) -> None:
+        super().set_muted(muted)
         if self.pipeline is not None:
             self.pipeline.muted = muted
-        self.tel.muted = muted
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.done.wait(timeout)
-
-    def request_stop(self) -> None:
-        self._stop_req.set()
 
     def stop(self) -> None:
         """Stop everything; idempotent; the server is gone when this returns (<= ~2 s)."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        self._stop_req.set()
-        self._cpu_end()
+        if not self._begin_stop():
+            return
         for end in (self.source, self.sink):
             if end is not None:
                 try:
@@ -296,21 +239,4 @@ class Session(ProcessFigures):
             self.server.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
-        if self.tel.state not in ("error",):
-            self.tel.set_state("stopped", self.end_reason)
-        if self.recorder is not None:
-            self.recorder.processes = lambda: self.cpu
-            self.recorder.close(self.end_reason, trace=self.cfg.keep_records)
-        elif self.folder is not None:
-            # Stopped before going live (quit while loading, a load error): the folder still
-            # gets its transcript and stats, so the session is never silently lost.
-            from engine.files.export import write_session_files
-            from engine.telemetry.stats import build_stats
-
-            try:
-                write_session_files(self.folder, build_stats(
-                    self.tel, options=self.cfg.options, processes=self.cpu,
-                    end_reason=self.end_reason))
-            except Exception as e:
-                self.tel.warn(f"cannot write the session files in {self.folder}: {e}")
-        self.done.set()
+        self._close_files()

@@ -37,7 +37,7 @@ from engine.audio.endpoints import FrameChunker
 from engine.errors import MoshiTuiError
 from engine.model.messages import Ready, Reset
 from engine.model.process import ModelProcess
-from engine.pipeline.codec import open_codec
+from engine.pipeline.codec import choose_codec, open_codec
 from engine.pipeline.events import PipelineObserver
 from engine.session import wsproto
 from engine.telemetry.collect import Telemetry
@@ -73,22 +73,23 @@ class ModelHost:
 
     def start(self) -> None:
         from engine.model.load import load_text_tokenizer
-        from engine.model.source import resolve
+        from engine.model.source import resolve, text_card
         from engine.model.worker import model_main
 
         self.resolved = resolve(self.model_options, progress=self.log)
-        self.log(f"model: {self.resolved.label}")
+        self.codec_backend = choose_codec(self.model_options.codec)
+        self.log(f"model: {self.resolved.label}, codec: {self.codec_backend}")
         self.process = ModelProcess(model_main, self.resolved,
                                     {"max_steps": self.max_steps, "step_delay_ms": 0.0})
         self.process.start()
-        self.spm = load_text_tokenizer(self.resolved.tokenizer)
+        self.spm = load_text_tokenizer(self.resolved.tokenizer, text_card(self.resolved))
         self.info = dict(self.process.wait_for(Ready, self.log).info)
         self.log("model ready (load {load_ms} ms, warmup {warmup_ms} ms, {mlx_device})".format(
             **{k: self.info.get(k) for k in ("load_ms", "warmup_ms", "mlx_device")}))
 
     def new_codec(self):
         """A fresh, warmed-up Mimi codec for one conversation (~0.3 s)."""
-        return open_codec(str(self.resolved.mimi_weight))
+        return open_codec(str(self.resolved.mimi_weight), self.codec_backend)
 
     def reset(self) -> None:
         self.process.send(Reset())
@@ -292,8 +293,8 @@ class Conversation(PipelineObserver):
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
-            if self.pipeline.server_error or not self.host.alive():
-                self.fatal = f"model server failed: {self.pipeline.server_error or 'process died'}"
+            if self.pipeline.error or not self.host.alive():
+                self.fatal = f"model server failed: {self.pipeline.error or 'process died'}"
                 _log(f"conversation {self.index}: {self.fatal}")
                 return
 

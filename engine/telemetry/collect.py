@@ -288,7 +288,7 @@ class Telemetry:
     def warning(self, text: str) -> None:
         self.warn(text)
 
-    def server_failed(self, message: str) -> None:
+    def failed(self, message: str) -> None:
         self.error = message
         self.set_state("error", message)
 
@@ -346,12 +346,6 @@ class Telemetry:
         if self.t_start is None or self.t_first_out is None:
             return None
         return (self.t_first_out - self.t_start) / 1e6
-
-    @property
-    def first_frame_processing_ms(self) -> float | None:
-        """Processing (capture to PCM) of the first decoded frame."""
-        a = self.stage_all["processing"]
-        return a[0] if len(a) else None
 
     @property
     def startup_ms(self) -> float | None:

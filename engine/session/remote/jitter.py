@@ -22,8 +22,6 @@ class JitterBuffer:
         self.slack = slack
         self.max_slack = max_slack
         self.playing = False
-        self.underruns = 0
-        self.dropped = 0
         self._q: deque = deque()
         self._lock = threading.Lock()
 
@@ -39,7 +37,6 @@ class JitterBuffer:
                 while len(self._q) > self.target:
                     dropped.append(self._q.popleft())
                 self.slack = min(self.slack + 1, self.max_slack)
-                self.dropped += len(dropped)
             if not self.playing and len(self._q) >= self.target:
                 self.playing = True
         return dropped
@@ -51,7 +48,6 @@ class JitterBuffer:
                 return None, False
             if not self._q:
                 self.playing = False
-                self.underruns += 1
                 self.target = min(self.target + 1, self.max_target)
                 return None, True
             return self._q.popleft(), False

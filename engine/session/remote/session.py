@@ -1,14 +1,14 @@
 """A conversation with a Moshi server on another machine, over Kyutai's websocket protocol.
 
-`RemoteSession` has the public interface of `engine.session.Session` (prepare / start /
-snapshot / set_muted / wait / request_stop / stop / done / live / end_reason / exit_code / tel /
-cpu / process_figures / session_path), so the headless runner and the app drive it unchanged:
+`RemoteSession` is a `ConversationSession` (engine.session.base), like the local `Session`, so
+the headless runner and the app drive it unchanged:
 
     source callback -> [net loop] Opus encode -> websocket 0x01 --->  moshi.server, local_web,
     sink pull       <- jitter buffer <- Opus decode <- 0x01/0x02 <--  moshi-backend, `serve`
 
 The audio endpoints run in their own threads as in a local session; everything network-side
-(connect, handshake, Opus encode/decode, ping, reconnect) runs in one asyncio thread.
+(connect, handshake, Opus encode/decode, ping, reconnect) runs in one asyncio thread: this
+module connects and reconnects, engine.session.remote.connection runs one connection.
 
 What the telemetry holds in this mode (only what can be measured from here):
   encode        capture -> Opus pages ready to send (queue wait + encode)
@@ -35,23 +35,22 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-import struct
 import threading
 import time
 from array import array
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 
-from engine.audio import FRAME, FRAME_MS, SAMPLE_RATE, rms
+from engine.audio import FRAME, FRAME_MS, rms
 from engine.errors import MoshiTuiError
 from engine.session import wsproto
+from engine.session.base import ConversationSession
+from engine.session.remote.connection import Connection
 from engine.session.remote.jitter import JitterBuffer
 from engine.session.remote.url import normalize_url
 from engine.telemetry.collect import Telemetry
-from engine.telemetry.procfigs import ProcessFigures
-from engine.telemetry.stages import FrameRecord, percentiles
+from engine.telemetry.stages import percentiles
 
 EXTRA_STAGES = ("rtt", "e2e")
 
@@ -70,38 +69,8 @@ class RemoteTelemetry(Telemetry):
         return {s: percentiles(list(v)) for s, v in src.items()}
 
 
-class _ConnectionLost(Exception):
-    pass
-
-
-class _Conn:
-    """Per-connection state (a reconnect starts a fresh Opus stream both ways)."""
-
-    def __init__(self, ws, index: int):
-        import sphn
-
-        self.ws = ws
-        self.index = index
-        self.reader = sphn.OpusStreamReader(SAMPLE_RATE)
-        self.writer = sphn.OpusStreamWriter(SAMPLE_RATE)
-        self.handshake = asyncio.Event()
-        self.online = False
-        self.sent = 0  # frames sent
-        self.received = 0  # 80 ms frames of audio received
-        self.played = 0  # of those, frames the speaker has started playing
-        self.fifo: deque[FrameRecord] = deque()  # sent frames not yet paired with returned audio
-        self.pending = np.zeros(0, np.float32)  # decoded samples short of a whole frame
-        self.last_rx = time.monotonic()
-        self.last_audio_rx = 0.0
-        self.lost_reason = ""
-        self.pings: dict[int, int] = {}
-        self.tasks: set = set()
-
-
-class RemoteSession(ProcessFigures):
-    """Talk to a remote Moshi server; same interface as `engine.session.Session`."""
-
-    exit_code = 0
+class RemoteSession(ConversationSession):
+    """Talk to a remote Moshi server."""
 
     def __init__(
         self,
@@ -116,46 +85,30 @@ class RemoteSession(ProcessFigures):
         dead_after_s: float = 10.0,
         connect_timeout_s: float = 10.0,
     ):
-        self.cfg = cfg
-        self.url_arg = url
-        self.url: str | None = None
-        self.tel = telemetry or RemoteTelemetry()
+        super().__init__(cfg, telemetry or RemoteTelemetry())
         for s in EXTRA_STAGES:  # a plain Telemetry passed in still gets the remote stages
             if s not in self.tel.stage_hist:
                 self.tel.stage_hist[s] = deque(maxlen=self.tel.window)
                 self.tel.stage_all[s] = array("d")
-        self.tel.keep_records = bool(getattr(cfg, "keep_records", False))
         for c in ("reconnects", "drops_offline", "protocol_errors", "server_errors"):
             self.tel.counters.setdefault(c, 0)
+        self.url_arg = url
+        self.url: str | None = None
         self.reconnect = reconnect
         self.give_up_s = give_up_s
         self.backoff_s = backoff_s
         self.ping_every_s = ping_every_s
         self.dead_after_s = dead_after_s
         self.connect_timeout_s = connect_timeout_s
-        self.input_max = max(2, int(getattr(cfg, "input_max", 3) or 3))
-        self.source = None
-        self.sink = None
-        self.done = threading.Event()
-        self.live = threading.Event()
-        self.end_reason = ""
-        self.cpu: dict = {}
-        self.folder: Path | None = None
-        self.recorder = None
-        self.muted = False
+        self.input_max = max(2, cfg.input_max)
         self.jitter = JitterBuffer()
         self.connections = 0
         self._in: deque = deque()  # (rec, pcm) waiting for the net loop
         self._frame_id = 0
-        self._conn: _Conn | None = None
+        self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._end: asyncio.Event | None = None
-        self._stop_req = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._stopped = False
-        self._cpu0 = None
         self._t_live: float | None = None
         self._closing = False  # the session is ending: later frames are not part of it
         self._connecting = False  # a websocket connection attempt is under way
@@ -163,32 +116,14 @@ class RemoteSession(ProcessFigures):
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> None:
-        """Cheap validation: the URL and the audio endpoints. Raises MoshiTuiError."""
-        from engine.audio.devices import open_endpoints
-
+        """Cheap validation: the URL, the audio endpoints, the folder. Raises MoshiTuiError."""
         self.url = normalize_url(self.url_arg)
-        model = getattr(self.cfg, "model", None)
-        demo = bool(getattr(model, "demo", False))
-        if model is not None and any(
-            getattr(model, k, None) for k in ("hf_repo", "quantized", "moshi_weight", "mimi_weight",
-                                              "tokenizer", "lm_config")
-        ):
+        model = self.cfg.model
+        if any(getattr(model, k) for k in ("hf_repo", "quantized", "moshi_weight", "mimi_weight",
+                                          "tokenizer", "lm_config")):
             self.tel.warn("model options are ignored with --remote: the server chooses the model")
-        self.source, self.sink = open_endpoints(self.cfg.input, self.cfg.output, demo=demo,
-                                                warn=self.tel.warn)
-        self.tel.info.update(input=self.source.label, output=self.sink.label)
+        super().prepare()
         self.tel.info.update(model=f"remote {self.url}", remote_url=self.url)
-        if getattr(self.cfg, "save", False):
-            from engine.files.recorder import prepare_session_dir
-
-            self.folder = prepare_session_dir(getattr(self.cfg, "session_dir", None))
-            self.tel.info["session_dir"] = str(self.folder)
-
-    def start(self) -> None:
-        if self.source is None:
-            self.prepare()
-        self._thread = threading.Thread(target=self._thread_main, name="remote-net", daemon=True)
-        self._thread.start()
 
     # ------------------------------------------------------------------ audio callbacks
     def on_frame(self, pcm: np.ndarray, t_cap: int) -> None:
@@ -262,7 +197,7 @@ class RemoteSession(ProcessFigures):
             pass
 
     # ------------------------------------------------------------------ the net thread
-    def _thread_main(self) -> None:
+    def _run(self) -> None:
         try:
             asyncio.run(self._main())
         except MoshiTuiError as e:
@@ -274,10 +209,7 @@ class RemoteSession(ProcessFigures):
 
     def _fail(self, message: str, exit_code: int = 1) -> None:
         self._closing = True
-        self.tel.error = message
-        self.exit_code = exit_code
-        self.tel.set_state("error", message)
-        self.end_reason = "error"
+        super()._fail(message, exit_code)
         if self._end is not None:
             self._end.set()
 
@@ -349,9 +281,11 @@ class RemoteSession(ProcessFigures):
                 continue
 
             self.connections += 1
-            conn = _Conn(ws, self.connections)
+            conn = Connection(ws, self.connections, tel, self.jitter, self._in, self._wake,
+                              ping_every_s=self.ping_every_s, dead_after_s=self.dead_after_s)
+            self._conn = conn
             try:
-                ok = await self._converse(conn, first)
+                ok = await conn.converse(self._end, first, self._online)
             finally:
                 conn.online = False
                 if not ws.closed:
@@ -360,7 +294,7 @@ class RemoteSession(ProcessFigures):
                     except (asyncio.TimeoutError, Exception):
                         pass
                 tel.info["close_code"] = ws.close_code
-                self._retire_conn(conn)
+                conn.retire()
             if ok:
                 first = False
                 attempt = 0
@@ -377,85 +311,18 @@ class RemoteSession(ProcessFigures):
             tel.set_state("reconnecting", reason)
             await _wait(self._end, self.backoff_s[0])
 
-    async def _converse(self, conn: _Conn, first: bool) -> bool:
-        """One websocket connection; True once the handshake came (the conversation ran)."""
-        tel = self.tel
-        self._conn = conn
-        reader = asyncio.create_task(self._reader(conn))
-        pinger = asyncio.create_task(self._pinger(conn))
-        end_wait = asyncio.create_task(self._end.wait())
-        hs_wait = asyncio.create_task(conn.handshake.wait())
-        sender = None
-        handshaken = False
-        t0 = time.monotonic()
-        tel.set_state("connecting" if first else "reconnecting", "waiting for the server's handshake")
-        try:
-            while True:
-                done, _ = await asyncio.wait(
-                    {reader, pinger, end_wait, hs_wait}, timeout=2.0,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if done:
-                    break
-                tel.set_state(
-                    tel.state,
-                    f"connected; no handshake after {time.monotonic() - t0:.0f} s "
-                    "(the server may be busy with another client)",
-                )
-            if hs_wait in done and not self._end.is_set() and not (reader.done() or pinger.done()):
-                handshaken = True
-                # Anything captured before the handshake is stale: start from now.
-                while self._in:
-                    try:
-                        rec, _ = self._in.popleft()
-                    except IndexError:
-                        break
-                    tel.frame_retired(rec)
-                for conn_, rec, _ in self.jitter.clear():
-                    tel.frame_retired(rec)
-                conn.online = True
-                sender = asyncio.create_task(self._sender(conn))
-                if first:
-                    self._go_live()
-                else:
-                    tel.count("reconnects")
-                    tel.warn(f"reconnected to {self.url}")
-                    tel.set_state("live", "")
-                await asyncio.wait({reader, pinger, end_wait, sender}, return_when=asyncio.FIRST_COMPLETED)
-            for t in (reader, pinger, sender):
-                if t is not None and t.done() and not t.cancelled():
-                    exc = t.exception()
-                    if isinstance(exc, _ConnectionLost):
-                        conn.lost_reason = str(exc)
-                    elif exc is not None and not conn.lost_reason:
-                        conn.lost_reason = f"{type(exc).__name__}: {exc}"
-            conn.online = False
-            if self._end.is_set():
-                # Clean close: the close handshake, answered by the server (code 1000).
-                try:
-                    await asyncio.wait_for(conn.ws.close(code=1000), timeout=2.0)
-                except (asyncio.TimeoutError, Exception):
-                    pass
-        finally:
-            conn.online = False
-            for t in (reader, pinger, end_wait, hs_wait, sender):
-                if t is not None and not t.done():
-                    t.cancel()
-            await asyncio.gather(*(t for t in (reader, pinger, end_wait, hs_wait, sender) if t),
-                                 return_exceptions=True)
-        return handshaken
-
-    def _retire_conn(self, conn: _Conn) -> None:
-        while conn.fifo:
-            self.tel.frame_retired(conn.fifo.popleft())
+    def _online(self, first: bool) -> None:
+        """A connection's handshake came: go live, or carry on after a reconnect."""
+        if first:
+            self._go_live()
+        else:
+            self.tel.count("reconnects")
+            self.tel.warn(f"reconnected to {self.url}")
+            self.tel.set_state("live", "")
 
     def _go_live(self) -> None:
         tel = self.tel
-        if self.folder is not None:
-            from engine.files.recorder import SessionRecorder
-
-            self.recorder = SessionRecorder(self.folder, tel, getattr(self.cfg, "options", {}) or {},
-                                            processes=self.process_figures)
+        self._new_recorder()
         self._cpu_start()
         self.sink.start(self.pull)
         tel.note_endpoints(self.source, self.sink)
@@ -463,178 +330,6 @@ class RemoteSession(ProcessFigures):
         tel.set_state("live", "")
         self._t_live = time.monotonic()
         self.live.set()
-
-    async def _sender(self, conn: _Conn) -> None:
-        """Frames from the source -> Opus -> websocket."""
-        tel = self.tel
-        ws = conn.ws
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._in and conn.online:
-                try:
-                    rec, pcm = self._in.popleft()
-                except IndexError:
-                    break
-                rec.t_enc0 = time.monotonic_ns()
-                ogg = conn.writer.append_pcm(np.ascontiguousarray(pcm, dtype=np.float32))
-                rec.t_enc = time.monotonic_ns()
-                tel.add_stage("encode_work", (rec.t_enc - rec.t_enc0) / 1e6)
-                tel.add_stage("encode", (rec.t_enc - rec.t_cap) / 1e6)
-                if ogg:
-                    try:
-                        await ws.send_bytes(wsproto.encode_audio(ogg))
-                    except (ConnectionError, RuntimeError) as e:
-                        tel.frame_retired(rec)
-                        raise _ConnectionLost(f"send failed: {e}") from None
-                conn.sent += 1
-                conn.fifo.append(rec)
-                while len(conn.fifo) > 256:  # a server that never answers: keep memory bounded
-                    tel.frame_retired(conn.fifo.popleft())
-
-    async def _pinger(self, conn: _Conn) -> None:
-        """Websocket pings for the round trip time; a silent connection is declared dead."""
-        ws = conn.ws
-        while True:
-            await asyncio.sleep(self.ping_every_s)
-            silent = time.monotonic() - conn.last_rx
-            if silent > self.dead_after_s:
-                raise _ConnectionLost(f"nothing from the server for {silent:.0f} s")
-            t = time.monotonic_ns()
-            conn.pings[t] = t
-            if len(conn.pings) > 32:
-                conn.pings.pop(next(iter(conn.pings)))
-            try:
-                await ws.ping(struct.pack("<Q", t))
-            except (ConnectionError, RuntimeError) as e:
-                raise _ConnectionLost(f"ping failed: {e}") from None
-
-    async def _reader(self, conn: _Conn) -> None:
-        import aiohttp
-
-        ws = conn.ws
-        tel = self.tel
-        while True:
-            msg = await ws.receive()
-            conn.last_rx = time.monotonic()
-            kind = msg.type
-            if kind == aiohttp.WSMsgType.BINARY:
-                self._on_message(conn, msg.data)
-            elif kind == aiohttp.WSMsgType.PING:
-                await ws.pong(msg.data)
-            elif kind == aiohttp.WSMsgType.PONG:
-                data = msg.data or b""
-                if len(data) == 8:
-                    (t,) = struct.unpack("<Q", data)
-                    if conn.pings.pop(t, None) is not None:
-                        tel.add_stage("rtt", (time.monotonic_ns() - t) / 1e6)
-            elif kind == aiohttp.WSMsgType.TEXT:
-                tel.count("protocol_errors")
-                tel.warn("the server sent a text websocket frame (the protocol is binary): ignored")
-            elif kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
-                code = ws.close_code
-                conn.lost_reason = conn.lost_reason or f"the server closed the connection (code {code})"
-                return
-            elif kind == aiohttp.WSMsgType.ERROR:
-                raise _ConnectionLost(f"websocket error: {ws.exception() or msg.data}")
-
-    def _on_message(self, conn: _Conn, data: bytes) -> None:
-        tel = self.tel
-        try:
-            m = wsproto.decode(data, kinds=wsproto.CLIENT_KINDS, max_size=wsproto.MAX_TRANSPORT)
-        except wsproto.ProtocolError as e:
-            tel.count("protocol_errors")
-            tel.warn(f"discarded a message from the server: {e.reason}")
-            return
-        k = m.kind
-        if k == wsproto.AUDIO:
-            self._on_audio(conn, m.payload)
-        elif k in (wsproto.TEXT, wsproto.COLORED_TEXT):
-            if m.text:
-                tel.add_token(m.text, -1, tel.steps, time.monotonic_ns())
-        elif k == wsproto.HANDSHAKE:
-            if not conn.handshake.is_set():
-                tel.info["server_protocol_version"], tel.info["server_model_version"] = m.data
-                conn.handshake.set()
-        elif k == wsproto.METADATA:
-            self._on_metadata(conn, m.data)
-        elif k == wsproto.ERROR:
-            tel.count("server_errors")
-            tel.warn(f"server error: {m.text}")
-        # control and ping from a server: nothing to do
-
-    def _on_audio(self, conn: _Conn, payload: bytes) -> None:
-        tel = self.tel
-        t0 = time.monotonic_ns()
-        try:
-            pcm = conn.reader.append_bytes(payload)
-        except Exception as e:  # an Opus stream the decoder rejects: start a fresh decoder
-            import sphn
-
-            conn.reader = sphn.OpusStreamReader(SAMPLE_RATE)
-            tel.count("protocol_errors")
-            tel.warn(f"undecodable audio from the server: {e}")
-            return
-        t1 = time.monotonic_ns()
-        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
-        if pcm.size == 0:
-            return
-        tel.add_stage("decode_work", (t1 - t0) / 1e6)
-        conn.last_audio_rx = time.monotonic()
-        buf = np.concatenate((conn.pending, pcm)) if conn.pending.size else pcm
-        n = buf.size // FRAME
-        for i in range(n):
-            frame = buf[i * FRAME: (i + 1) * FRAME]
-            rec = conn.fifo.popleft() if conn.fifo else FrameRecord(frame=-1)
-            rec.step = tel.steps
-            rec.t_dec0, rec.t_dec, rec.has_audio = t0, t1, True
-            conn.received += 1
-            tel.steps += 1
-            tel.frames_processed += 1
-            if tel.t_first_out is None:
-                tel.t_first_out = t1
-            for _c, old, _p in self.jitter.push((conn, rec, frame)):
-                tel.count("drops_output")
-                tel.frame_retired(old)
-                tel.warn("playback resynchronised: stale output dropped")
-        conn.pending = buf[n * FRAME:].copy() if buf.size % FRAME else np.zeros(0, np.float32)
-
-    def _on_metadata(self, conn: _Conn, data) -> None:
-        tel = self.tel
-        if not isinstance(data, dict):
-            return
-        ours = data.get("moshi_tui")
-        if isinstance(ours, dict):
-            for key in ("model", "max_steps", "mlx_device", "version"):
-                if key in ours:
-                    tel.info[f"server_{key}"] = ours[key]
-            tel.info["server_kind"] = "moshi-tui serve"
-            if ours.get("timings_available") and conn.ws is not None:
-                # Ask for the server's step timings (Kyutai's servers never see this message).
-                task = asyncio.ensure_future(
-                    self._send_quiet(conn, wsproto.encode_metadata({"moshi_tui": {"timings": True}})))
-                conn.tasks.add(task)
-                task.add_done_callback(conn.tasks.discard)
-        timings = data.get("timings")
-        if isinstance(timings, dict):
-            for stage in ("model", "queue"):
-                values = timings.get(stage)
-                if isinstance(values, list):
-                    for v in values:
-                        if isinstance(v, (int, float)) and 0 <= v < 1e6:
-                            tel.add_stage(stage, float(v))
-        # Kyutai's Rust backend: sampling parameters and model files.
-        for key, value in data.items():
-            if key in ("moshi_tui", "timings", "build_info"):
-                continue
-            if isinstance(value, (str, int, float, bool)):
-                tel.info[f"server_{key}"] = value
-
-    async def _send_quiet(self, conn: _Conn, data: bytes) -> None:
-        try:
-            await conn.ws.send_bytes(data)
-        except Exception:
-            pass
 
     async def _watch(self) -> None:
         """End the session: stop request, time limit, or the input has run out (then drain)."""
@@ -664,29 +359,11 @@ class RemoteSession(ProcessFigures):
                     break
 
     # ------------------------------------------------------------------ control
-    def snapshot(self):
-        self.tel.muted = self.muted
-        return self.tel.snapshot()
-
-    def set_muted(self, muted: bool) -> None:
-        self.muted = muted
-        self.tel.muted = muted
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.done.wait(timeout)
-
-    def request_stop(self) -> None:
-        self._stop_req.set()
-
     def stop(self) -> None:
         """Stop everything; idempotent; the websocket is closed cleanly when this returns."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        self._stop_req.set()
+        if not self._begin_stop():
+            return
         self._closing = True
-        self._cpu_end()
         if self.source is not None:
             try:
                 self.source.stop()
@@ -699,19 +376,7 @@ class RemoteSession(ProcessFigures):
                 self.sink.stop()
             except Exception:
                 pass
-        if not self.end_reason:
-            self.end_reason = "stopped"
-        if self.tel.state != "error":
-            self.tel.set_state("stopped", self.end_reason)
-        if self.recorder is not None:
-            self.recorder.processes = lambda: self.cpu
-            self.recorder.close(self.end_reason, trace=bool(getattr(self.cfg, "keep_records", False)))
-        self.done.set()
-
-
-    @property
-    def session_path(self) -> Path | None:
-        return self.folder
+        self._close_files()
 
 
 def _connect_error(e: BaseException) -> str:

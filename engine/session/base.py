@@ -1,0 +1,140 @@
+"""The session interface: what the app, the headless runner and the benches drive.
+
+    s = open_session(cfg); s.prepare(); s.start(); ... s.snapshot() ...; s.stop()
+
+`prepare()` validates everything that can be checked before loading anything (files, devices,
+the session folder), so bad input fails in a second with one line.  `start()` loads and goes
+live in a background thread (progress shows in the telemetry's state); `done` is set when the
+session has ended, for any reason (`end_reason`, `exit_code`); `stop()` is idempotent and
+leaves the session folder written.  Two kinds: `engine.session.local.Session` (the model runs
+here) and `engine.session.remote.session.RemoteSession` (a Moshi server elsewhere).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from engine.errors import MoshiTuiError
+from engine.session.config import SessionConfig
+from engine.telemetry.collect import Snapshot, Telemetry
+from engine.telemetry.procfigs import ProcessFigures
+
+
+class ConversationSession(ProcessFigures):
+    exit_code = 0
+
+    def __init__(self, cfg: SessionConfig, telemetry: Telemetry):
+        self.cfg = cfg
+        self.tel = telemetry
+        self.tel.keep_records = cfg.keep_records
+        self.source = None
+        self.sink = None
+        self.done = threading.Event()  # the session has ended (any reason)
+        self.live = threading.Event()
+        self.end_reason = ""
+        self.cpu: dict = {}  # CPU/RSS of the processes, filled by stop()
+        self.folder: Path | None = None  # the session folder, when saving
+        self.recorder = None  # engine.files.recorder.SessionRecorder once live, when saving
+        self.muted = False
+        self._stop_req = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self) -> None:
+        """Cheap validation: audio endpoints and the session folder. Raises MoshiTuiError."""
+        from engine.audio.devices import open_endpoints
+
+        self.source, self.sink = open_endpoints(self.cfg.input, self.cfg.output,
+                                                demo=self.cfg.model.demo, warn=self.tel.warn)
+        self.tel.info.update(input=self.source.label, output=self.sink.label)
+        if self.cfg.save:
+            from engine.files.recorder import prepare_session_dir
+
+            self.folder = prepare_session_dir(self.cfg.session_dir)
+            self.tel.info["session_dir"] = str(self.folder)
+
+    def start(self) -> None:
+        """Load and go live in a background thread."""
+        if self.source is None:
+            self.prepare()
+        self._thread = threading.Thread(target=self._run, name="session", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _new_recorder(self) -> None:
+        if self.folder is not None and self.recorder is None:
+            from engine.files.recorder import SessionRecorder
+
+            self.recorder = SessionRecorder(self.folder, self.tel, self.cfg.options,
+                                            processes=self.process_figures)
+
+    # ------------------------------------------------------------------ control
+    def snapshot(self) -> Snapshot:
+        self.tel.muted = self.muted
+        return self.tel.snapshot()
+
+    def set_muted(self, muted: bool) -> None:
+        self.muted = muted
+        self.tel.muted = muted
+
+    @property
+    def can_restart(self) -> bool:
+        """Whether `restart_server()` can bring the conversation back after a failure."""
+        return False
+
+    def restart_server(self) -> None:
+        raise MoshiTuiError("this session cannot restart its model", exit_code=1)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    def request_stop(self) -> None:
+        self._stop_req.set()
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ ending
+    def _fail(self, message: str, exit_code: int = 1) -> None:
+        self.tel.error = message
+        self.exit_code = exit_code
+        self.tel.set_state("error", message)
+        self.end_reason = "error"
+
+    def _begin_stop(self) -> bool:
+        """True for the first stop(): the caller then stops everything."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._stopped = True
+        self._stop_req.set()
+        self._cpu_end()
+        return True
+
+    def _close_files(self) -> None:
+        """The end of stop(): the state, and the session folder written."""
+        if not self.end_reason:
+            self.end_reason = "stopped"
+        if self.tel.state != "error":
+            self.tel.set_state("stopped", self.end_reason)
+        if self.recorder is not None:
+            self.recorder.processes = lambda: self.cpu
+            self.recorder.close(self.end_reason, trace=self.cfg.keep_records)
+        elif self.folder is not None:
+            # Stopped before going live (quit while loading, a load error): the folder still
+            # gets its transcript and stats, so the session is never silently lost.
+            from engine.files.export import write_session_files
+            from engine.telemetry.stats import build_stats
+
+            try:
+                write_session_files(self.folder, build_stats(
+                    self.tel, options=self.cfg.options, processes=self.cpu,
+                    end_reason=self.end_reason))
+            except Exception as e:
+                self.tel.warn(f"cannot write the session files in {self.folder}: {e}")
+        self.done.set()

@@ -1,0 +1,45 @@
+"""A stand-in for the model process, on the other end of the pipeline's pipe."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from engine.model.messages import Frame, Reset, Result
+
+
+class FakeServer(threading.Thread):
+    """The model process's side of the pipe: records the codes, answers each frame after
+    `delay_s` with a step that has no audio (so nothing is decoded), or with `audio` codes,
+    and the text token `text_token(step)`."""
+
+    def __init__(self, conn, delay_s: float = 0.0, audio=None, text_token=lambda step: 0):
+        super().__init__(daemon=True)
+        self.conn, self.delay_s = conn, delay_s
+        self.audio, self.text_token = audio, text_token
+        self.codes: dict[int, np.ndarray] = {}
+        self.order: list[int] = []
+        self.resets = 0
+        self.segment_of: dict[int, int] = {}
+        self.stop = threading.Event()
+
+    def run(self):
+        step = 0
+        while not self.stop.is_set():
+            if not self.conn.poll(0.05):
+                continue
+            msg = self.conn.recv()
+            if isinstance(msg, Reset):  # a new segment: fresh codec from the next frame on
+                self.resets += 1
+            if not isinstance(msg, Frame):
+                continue
+            fid = msg.frame_id
+            self.codes[fid] = np.asarray(msg.codes).copy()
+            self.order.append(fid)
+            self.segment_of[fid] = self.resets
+            time.sleep(self.delay_s)
+            t = time.monotonic_ns()
+            self.conn.send(Result(fid, step, self.text_token(step), self.audio, t, t, t))
+            step += 1
