@@ -41,7 +41,6 @@ from engine.telemetry.stages import percentiles
 from engine.telemetry.stats import machine_info
 from tests import jackdummy  # noqa: E402
 
-FRAME_MS = 80.0
 CLI = [sys.executable, "-m", "tui.cli"]
 
 

@@ -45,7 +45,8 @@ class ReplaySession(ConversationSession):
                  error_at_s: float | None = None, end: str = "hold", seed: int = 4) -> None:
         super().__init__(SessionConfig(save=False), Telemetry())
         self.tel.t_launch = T0
-        self.tel.info.update(model="demo · tiny random Moshi (bf16)",
+        self.tel.info.update(model="demo · tiny random Moshi (bf16)", codec="rustymimi",
+                             server_mlx_device="Device(cpu, 0)",
                              input="speech.wav (file, real time)", output="null")
         self.live_seconds = live_seconds
         self.loading_ticks = loading_ticks_per_step * len(LOADING)

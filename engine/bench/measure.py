@@ -48,14 +48,15 @@ def _say(progress: Progress | None, text: str) -> None:
         progress(text)
 
 
-def run_step(resolved, steps: int = 200, *, max_steps: int | None = None,
+def run_step(resolved, steps: int = 200, *, max_steps: int | None = None, lm_mode: str = "auto",
              progress: Progress | None = None) -> dict:
     """Time `steps` model steps in a spawned server-like process. Raises MoshiTuiError."""
     from engine.model.messages import BenchDone
     from engine.model.process import ModelProcess
     from engine.model.worker import bench_step_main
 
-    proc = ModelProcess(bench_step_main, resolved, {"steps": steps, "max_steps": max_steps},
+    proc = ModelProcess(bench_step_main, resolved, {"steps": steps, "max_steps": max_steps,
+                                                    "lm_mode": lm_mode},
                         name="moshi-tui-bench-step", what="the bench step process")
     t_launch = time.monotonic()
     proc.start()
@@ -265,11 +266,19 @@ def run_codec(mimi_weight: Path | str, frames: int = 100, *, wav: Path | str | N
 
 
 def run_codec_isolated(mimi_weight: Path | str, frames: int = 100, *,
-                       wav: Path | str | None = None, progress: Progress | None = None) -> dict:
-    """`run_codec` in a spawned process: the two Mimi instances (~400 MB each) never inflate
-    the memory figures of the session that `bench pipeline` runs afterwards in this process."""
+                       wav: Path | str | None = None, progress: Progress | None = None,
+                       backend: str = "rustymimi") -> dict:
+    """`run_codec` (or, with backend "mlx", MLX's Mimi) in a spawned process: the Mimi
+    instances (~400 MB each) never inflate the memory figures of the session that
+    `bench pipeline` runs afterwards in this process."""
     from concurrent.futures import ProcessPoolExecutor
 
+    if backend == "mlx":
+        from engine.bench.codec_mlx import as_floor, run_codec_mlx
+
+        _say(progress, f"codec: MLX's Mimi, {frames} frames (separate process)")
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
+            return as_floor(ex.submit(run_codec_mlx, str(mimi_weight), frames).result())
     _say(progress, f"codec: Tokenizer and StreamTokenizer, {frames} frames, interleaved "
                    "(separate process)")
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:

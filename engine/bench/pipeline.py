@@ -15,6 +15,7 @@ from typing import Callable
 from engine.audio import FRAME_MS
 from engine.bench.measure import run_codec_isolated, run_step
 from engine.model.source import ModelOptions, resolve
+from engine.pipeline.codec import choose_codec
 from engine.telemetry.diagnose import diagnose
 from engine.telemetry.stages import percentiles
 
@@ -89,18 +90,37 @@ def frame_breakdown(records) -> dict:
     return out
 
 
-def _rss_summary(samples: list[dict]) -> dict:
+def _growth(series: list[float]) -> dict | None:
+    if not series:
+        return None
+    first, last = series[0], series[-1]
+    return {"first_mb": first, "last_mb": last, "max_mb": max(series),
+            "growth_percent": round(100.0 * (last - first) / first, 2) if first else None,
+            "samples": len(series)}
+
+
+def _rss_summary(samples: list[dict], segment_at_s: float | None = None) -> dict:
+    """RSS (and what MLX holds: GPU memory on a GPU) of each process, first to last sample,
+    over the session and over its first segment (before `segment_at_s`)."""
     out = {}
     for proc in ("client", "server"):
-        series = [s[proc]["rss_mb"] for s in samples if proc in s and s[proc].get("rss_mb")]
-        if not series:
-            continue
-        first, last = series[0], series[-1]
-        out[proc] = {
-            "first_mb": first, "last_mb": last, "max_mb": max(series),
-            "growth_percent": round(100.0 * (last - first) / first, 2) if first else None,
-            "samples": len(series),
-        }
+        ours = [s for s in samples if proc in s]
+        figures = {}
+        for key in ("rss_mb", "mlx_active_mb"):
+            series = [s[proc][key] for s in ours if s[proc].get(key)]
+            first = [s[proc][key] for s in ours if s[proc].get(key)
+                     and (segment_at_s is None or s["t_s"] < segment_at_s)]
+            whole = _growth(series)
+            if whole is None:
+                continue
+            name = key.removesuffix("_mb")
+            figures[name] = {**whole, "first_segment": _growth(first)}
+        if figures:
+            rss = figures.get("rss", {})
+            out[proc] = {**{k: v for k, v in rss.items() if k != "first_segment"},
+                         "first_segment_growth_percent": (rss.get("first_segment") or {}).get(
+                             "growth_percent"), **({"mlx": figures["mlx_active"]}
+                                                   if "mlx_active" in figures else {})}
     return out
 
 
@@ -128,8 +148,11 @@ def run_pipeline(
     source = open_source(input_spec or str(BUNDLED_SPEECH), loop=True)
     sink = open_sink(output_spec, input_spec=input_spec)
 
-    codec = run_codec_isolated(resolved.mimi_weight, floor_frames, progress=progress)
-    step = run_step(resolved, floor_steps, max_steps=max_steps, progress=progress)
+    backend = choose_codec(mopts.codec)
+    codec = run_codec_isolated(resolved.mimi_weight, floor_frames, progress=progress,
+                               backend=backend)
+    step = run_step(resolved, floor_steps, max_steps=max_steps, lm_mode=mopts.lm_step,
+                    progress=progress)
 
     kw = dict(model=mopts, input=input_spec, output=output_spec, seconds=seconds,
               max_steps=max_steps, keep_records=True, save=False)
@@ -153,6 +176,8 @@ def run_pipeline(
                 next_sample += SAMPLE_EVERY_S
                 figs = session.process_figures()
                 if figs:
+                    t0 = session.tel.t_start
+                    figs["t_s"] = round((time.monotonic_ns() - t0) / 1e9, 2) if t0 else 0.0
                     samples.append(figs)
             if now >= next_status:
                 next_status += STATUS_EVERY_S
@@ -230,7 +255,7 @@ def run_pipeline(
         "first_capture_to_first_output_ms": stats["startup"]["first_capture_to_first_output_ms"],
         "processes": session.cpu,
         "work_share": busy,
-        "rss": _rss_summary(samples),
+        "rss": _rss_summary(samples, (session.tel.segment_times or [None])[0]),
     }
     if trace:
         from engine.files.outputs import write_trace

@@ -41,7 +41,8 @@ def pct_row(name: str, st: dict | None) -> list:
 
 def format_step(r: dict, label: str) -> str:
     lines = [
-        f"bench step: {label}, {r['steps']} steps after warmup ({r['mlx_device']})",
+        f"bench step: {label}, {r['steps']} steps after warmup ({r['mlx_device']}, "
+        f"LM step: {r.get('lm_mode', '?')})",
         table(["", *PCT_HEAD], [pct_row("step ms", r["step_ms"])]),
         f"steps/s {fmt(r['steps_per_s'])}  (wall {fmt(r['wall_s'], 2)} s, server CPU "
         f"{fmt(r['cpu_percent'])} %, RSS {fmt(r['rss_mb'])} MB)",
@@ -74,6 +75,33 @@ def format_codec(r: dict) -> str:
         "(the two APIs alternate frame by frame, so machine load weighs on both alike)",
     ]
     return "\n".join(lines)
+
+
+def format_codec_mlx(r: dict) -> str:
+    rows = [pct_row("encode", r["encode_ms"]), pct_row("  first 40 ms", r["head_ms"]),
+            pct_row("  rest after it", r["rest_ms"]), pct_row("decode", r["decode_ms"])]
+    lines = [
+        f"bench codec: MLX's Mimi on {r.get('mlx_device')}, {r['mimi']}, {r['frames']} frames",
+        table(["ms per 80 ms frame", *PCT_HEAD], rows),
+        f"client CPU {fmt(r.get('cpu_ms_per_frame'))} ms/frame (encode + decode); load "
+        f"{fmt(r['load_s'], 2)} s, warmup {fmt(r['warm_ms'], 0)} ms",
+    ]
+    if "rustymimi_ms" in r:
+        rm = r["rustymimi_ms"]
+        lines.append(f"rustymimi on the same speech: encode p50 {fmt(rm['encode']['p50'])} ms, "
+                     f"decode p50 {fmt(rm['decode']['p50'])} ms")
+        lines.append(f"codes equal to rustymimi's: {fmt(100 * r['codes_equal_to_rustymimi']['all'])} %;"
+                     f" decoded SNR {fmt(r['decoded_vs_rustymimi']['snr_db'])} dB")
+    return "\n".join(lines)
+
+
+def _mlx_memory(g: dict) -> str:
+    mlx = g.get("mlx")
+    if not mlx:
+        return ""
+    seg = (mlx.get("first_segment") or {}).get("growth_percent")
+    return (f"; MLX {fmt(mlx['last_mb'])} MB (growth {fmt(mlx['growth_percent'], 2)} %, first "
+            f"segment {fmt(seg, 2)} %)")
 
 
 def format_pipeline(r: dict) -> str:
@@ -135,8 +163,12 @@ def format_pipeline(r: dict) -> str:
             f"{proc} process",
             f"CPU {fmt(p.get('cpu_percent'))} % ({'codec' if proc == 'client' else 'model'} "
             f"busy {fmt(work)} % of wall{py}), "
-            f"RSS {fmt(p.get('rss_mb'))} MB (growth {fmt(g.get('growth_percent'), 2)} %)",
+            f"RSS {fmt(p.get('rss_mb'))} MB (growth {fmt(g.get('growth_percent'), 2)} %, first "
+            f"segment {fmt(g.get('first_segment_growth_percent'), 2)} %)" + _mlx_memory(g),
         ])
+    m = r["session"].get("model") or {}
+    sum_rows.insert(0, ["model / codec", f"{m.get('model')} on {m.get('server_mlx_device')}, LM step "
+                                         f"{m.get('server_lm_mode')}; codec {m.get('codec')}"])
     lines.append(table(["summary", ""], sum_rows, left=(0, 1)))
     lines.append("")
     lines.append("diagnosis:")

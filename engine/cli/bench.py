@@ -16,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from engine.bench.report import format_codec, format_pipeline, format_step
+from engine.bench.report import format_codec, format_codec_mlx, format_pipeline, format_step
 from engine.cli.options import _Parser, add_model_options, model_options
 from engine.errors import UsageError
 from engine.files.outputs import check_writable, write_json_atomic
+from engine.pipeline.codec import choose_codec
 from engine.telemetry.stats import machine_info
 
 
@@ -53,7 +54,8 @@ def _cmd_step(args, argv) -> int:
     check_writable(args.json, "--json")
     out = _envelope("step", args, argv)
     resolved = resolve(model_options(args), progress=lambda s: _progress(f"model: {s}"))
-    r = run_step(resolved, args.steps, max_steps=args.max_steps, progress=_progress)
+    r = run_step(resolved, args.steps, max_steps=args.max_steps, lm_mode=args.lm_step,
+                 progress=_progress)
     out["model"] = resolved.label
     out["result"] = r
     print(format_step(r, resolved.label))
@@ -82,10 +84,17 @@ def _cmd_codec(args, argv) -> int:
     check_writable(args.json, "--json")
     out = _envelope("codec", args, argv)
     path, label = _mimi_path(args)
-    r = run_codec(path, args.frames, wav=args.wav, progress=_progress)
     out["model"] = label
+    if choose_codec(args.codec) == "mlx":
+        from engine.bench.codec_mlx import run_codec_mlx
+
+        _progress(f"codec: MLX's Mimi, {args.frames} frames")
+        r = run_codec_mlx(path, args.frames, compare_rustymimi=True)
+        print(format_codec_mlx(r))
+    else:
+        r = run_codec(path, args.frames, wav=args.wav, progress=_progress)
+        print(format_codec(r))
     out["result"] = r
-    print(format_codec(r))
     if args.json:
         write_json_atomic(args.json, out)
     return 0
@@ -132,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-steps", type=int, help="LM context length (as a session's --max-steps)")
     s.add_argument("--json", metavar="PATH", help="write the figures as JSON")
 
-    c = sub.add_parser("codec", help="rustymimi encode/decode per 80 ms frame")
+    c = sub.add_parser("codec", help="Mimi encode/decode per 80 ms frame (rustymimi or MLX)")
     add_model_options(c)
     c.add_argument("--frames", type=int, default=100, help="timed frames after warmup (100)")
     c.add_argument("--wav", metavar="FILE.wav", help="speech to encode (the bundled speech)")

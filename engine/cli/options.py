@@ -26,6 +26,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mimi-weight", help="local Mimi codec weights (.safetensors)")
     g.add_argument("--tokenizer", help="local sentencepiece text tokenizer (.model)")
     g.add_argument("--lm-config", help="LM config.json (Kyutai HF format) for models other than v0.1")
+    g.add_argument("--random", action="store_true",
+                   help="real-size Moshi v0.1 (7B; or --lm-config's model) with random weights, "
+                   "built in memory (-q 4/8 to quantize): nothing to download; can this "
+                   "machine run Moshi in real time?")
+    g.add_argument("--save-weights", metavar="PATH",
+                   help="with --random: also write the weights there (15 GB bf16, 4.8 GB q4)")
+    g.add_argument("--lm-step", default="auto",
+                   choices=["auto", "stock", "prealloc", "onesync", "fixed", "compiled"],
+                   help="how the LM steps (default auto: compiled on CUDA, onesync elsewhere; "
+                   "stock: moshi_mlx's LmGen as is), to compare them with `bench step`")
     g.add_argument("--codec", choices=["auto", "rustymimi", "mlx"], default="auto",
                    help="the Mimi audio codec in this process: rustymimi (CPU) or MLX's Mimi "
                    "(fast on a GPU); auto (default): mlx when MLX runs on a GPU here")
@@ -77,7 +87,10 @@ def model_options(args) -> ModelOptions:
         tokenizer=args.tokenizer,
         lm_config=args.lm_config,
         demo=args.demo,
+        random=args.random,
+        save_weights=args.save_weights,
         codec=args.codec,
+        lm_step=args.lm_step,
     )
 
 

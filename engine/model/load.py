@@ -47,6 +47,15 @@ def load_lm(
     from moshi_mlx import models
 
     mx_dtype = _mx_dtype(dtype)
+    if resolved.random_quant is not None:
+        from engine.model.fullsize import build_lm
+
+        cfg = make_lm_config(resolved.lm_config)
+        model = build_lm(resolved.lm_config, resolved.random_quant, save=resolved.save_weights,
+                         progress=progress)
+        _say(progress, "warming up the model")
+        model.warmup()
+        return model, cfg
     path = Path(resolved.moshi_weight)
     what = f"moshi weights {path}"
     info = _header(path, what, "moshi weights")

@@ -69,6 +69,13 @@ class Segment(NamedTuple):
     step: int
 
 
+class Memory(NamedTuple):
+    """What MLX holds in the model process (bytes), sent every few seconds of steps."""
+
+    step: int
+    active_bytes: int
+
+
 class BenchDone(NamedTuple):
     """`bench step`'s timings (engine.bench.measure.run_step reads them)."""
 

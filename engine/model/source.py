@@ -84,18 +84,23 @@ class ModelOptions:
     tokenizer: Path | str | None = None
     lm_config: Path | str | None = None
     demo: bool = False
+    random: bool = False  # real-size Moshi (or --lm-config) with random weights, built in memory
+    save_weights: Path | str | None = None  # with `random`: also write them there
     codec: str = "auto"  # the client's Mimi backend (engine.pipeline.codec.choose_codec)
+    lm_step: str = "auto"  # how the model process steps the LM (engine.model.lmcache modes)
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
     lm_config: dict | None  # None: moshi_mlx's config_v0_1 (Moshi 7B)
-    moshi_weight: Path
+    moshi_weight: Path | None
     mimi_weight: Path
     tokenizer: Path
     quantize_runtime: int | None  # quantize a bf16 file at load time with this many bits
     label: str  # for humans: "demo (bf16)", "kyutai/moshiko-mlx-q4 (q4)"
-    source: str = "local"  # "demo", "hf" or "local"
+    source: str = "local"  # "demo", "hf", "local" or "random"
+    random_quant: str | None = None  # "bf16", "q8", "q4": random weights (moshi_weight None)
+    save_weights: Path | None = None  # random weights are written here too
 
 
 MOSHI_V0_1_TEXT_CARD = 32000  # text tokens Moshi 7B emits (moshi_mlx config_v0_1)
@@ -116,6 +121,11 @@ def resolve(opts: ModelOptions, progress: Progress | None = None) -> ResolvedMod
         raise UsageError(f"-q/--quantized must be 4 or 8, not {opts.quantized}")
     if opts.demo and opts.hf_repo:
         raise UsageError("--demo and --hf-repo cannot be used together")
+
+    if opts.random:
+        return _resolve_random(opts, progress)
+    if opts.save_weights:
+        raise UsageError("--save-weights goes with --random (it writes the random weights)")
 
     moshi = _local_file(opts.moshi_weight, "moshi weights")
     mimi = _local_file(opts.mimi_weight, "mimi weights")
@@ -196,6 +206,42 @@ def resolve(opts: ModelOptions, progress: Progress | None = None) -> ResolvedMod
         label=label,
         source="hf",
     )
+
+
+def _resolve_random(opts: ModelOptions, progress: Progress | None) -> ResolvedModel:
+    """Real-size Moshi (or the --lm-config's model) with random weights: nothing to download.
+    Mimi is the demo's (full size, random), the text tokenizer a local one of the model's
+    text vocabulary size."""
+    from engine.model import fullsize
+
+    for flag, value in (("--demo", opts.demo), ("--hf-repo", opts.hf_repo),
+                        ("--moshi-weight", opts.moshi_weight)):
+        if value:
+            raise UsageError(f"--random and {flag} cannot be used together")
+    config_path = _local_file(opts.lm_config, "lm config")
+    lm_config = load_lm_config(config_path) if config_path is not None else None
+    save = Path(opts.save_weights).expanduser() if opts.save_weights else None
+    if save is not None and (save.is_dir() or not save.parent.is_dir()):
+        raise UsageError(f"--save-weights: not a file in an existing folder: {save}")
+    mimi = _local_file(opts.mimi_weight, "mimi weights")
+    tokenizer = _local_file(opts.tokenizer, "text tokenizer")
+    try:
+        if mimi is None:
+            mimi = demo.ensure_demo(progress=progress).mimi
+        card = int((lm_config or {}).get("text_card", MOSHI_V0_1_TEXT_CARD))
+        if tokenizer is None:
+            tokenizer = fullsize.ensure_text_tokenizer(card, progress=progress)
+    except OSError as exc:
+        raise ModelSourceError(
+            f"cannot write the random model's files to {demo.default_cache_dir()}:"
+            f" {exc.strerror or exc} (set {demo.CACHE_ENV} to another folder)", exit_code=1,
+        ) from None
+    quant = _bits_label(opts.quantized)
+    what = f"{config_path.name}" if config_path is not None else "Moshi v0.1 7B"
+    return ResolvedModel(lm_config=lm_config, moshi_weight=None, mimi_weight=mimi,
+                         tokenizer=tokenizer, quantize_runtime=None,
+                         label=f"random {what} ({quant})", source="random",
+                         random_quant=quant, save_weights=save)
 
 
 def _local_file(value: Path | str | None, what: str) -> Path | None:

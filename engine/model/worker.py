@@ -17,6 +17,7 @@ from engine.model.messages import (
     BenchDone,
     Failed,
     Frame,
+    Memory,
     Progress,
     Ready,
     Reset,
@@ -42,51 +43,48 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 class Stepper:
-    """LmGen plus the segment logic: when the context is about to fill, start a new segment."""
+    """The prepared LM (engine.model.lmcache) plus the segment logic: when the context is about
+    to fill, start a new segment. The KV caches stay allocated across segments."""
 
-    def __init__(self, model, max_steps: int):
-        from engine.model.load import make_gen
+    def __init__(self, model, max_steps: int, mode: str | None = None):
+        from engine.model.lmcache import prepare_lm
 
         self.model = model
         self.max_steps = max_steps
-        self._make_gen = make_gen
-        self.gen = make_gen(model, max_steps)
+        self.lm = prepare_lm(model, max_steps, mode)
+        self.mode = self.lm.mode
         self.total_steps = 0
 
     def reset(self) -> None:
-        for c in self.model.transformer_cache:
-            c.reset()
-        self.gen = self._make_gen(self.model, self.max_steps)
+        self.lm.reset()
 
     def step(self, codes):
-        import mlx.core as mx
-        import numpy as np
-
         segment = False
-        if self.gen.step_idx >= self.max_steps - 1:
+        if self.lm.step_idx >= self.max_steps - 1:
             self.reset()
             segment = True
-        data = mx.array(codes).transpose(1, 0)[:, :8]
-        text_token = self.gen.step(data)
-        text_token = int(text_token[0].item())
-        audio = self.gen.last_audio_tokens()
-        if audio is not None:
-            audio = np.array(audio).astype(np.uint32)
+        text_token, audio = self.lm.step(codes)
         self.total_steps += 1
         return text_token, audio, segment
 
 
 def warm(stepper: Stepper, n: int = 6) -> float:
-    """Run a few real steps so every kernel is compiled, then reset to a fresh conversation."""
-    import numpy as np
-
-    t0 = time.perf_counter()
-    codes = np.zeros((8, 1), dtype=np.uint32)
-    for _ in range(n):
-        stepper.step(codes)
-    stepper.reset()
+    """Run a few real steps (and, with preallocated caches, one at a long context) so every
+    kernel and graph a conversation uses is built now, then reset to a fresh conversation."""
+    ms = stepper.lm.warm(n)
     stepper.total_steps = 0
-    return (time.perf_counter() - t0) * 1000.0
+    return ms
+
+
+MEMORY_EVERY_STEPS = 125  # 10 s of conversation
+
+
+def mlx_active_bytes() -> int:
+    """The memory MLX holds for arrays in this process (its caches not counted)."""
+    import mlx.core as mx
+
+    get = getattr(mx, "get_active_memory", None) or mx.metal.get_active_memory
+    return int(get())
 
 
 def _child_setup(conn):
@@ -109,14 +107,19 @@ def _child_setup(conn):
 
 def _load_and_warm(resolved, options: dict, send):
     """Load the LM exactly as every session does, then warm it: (stepper, load_ms, warm_ms)."""
+    from engine.model.lmcache import lm_mode_from, persist_jit_cache
     from engine.model.load import load_lm
 
+    mode = lm_mode_from(options)
+    persist_jit_cache()  # before MLX's first kernel compile
     t0 = time.perf_counter()
     model, cfg = load_lm(resolved, progress=lambda s: send(Progress(s)))
     load_ms = (time.perf_counter() - t0) * 1000.0
     send(Progress("warming up"))
     # A new segment starts when the LM context is full (Moshi v0.1: 3000 steps = 4 min).
-    stepper = Stepper(model, int(options.get("max_steps") or cfg.transformer.context))
+    stepper = Stepper(model, int(options.get("max_steps") or cfg.transformer.context), mode)
+    if stepper.lm.note:
+        send(Progress(stepper.lm.note))
     return stepper, load_ms, warm(stepper)
 
 
@@ -137,6 +140,7 @@ def model_main(conn, resolved, options: dict) -> None:
             "load_ms": round(load_ms, 1),
             "warmup_ms": round(warm_ms, 1),
             "max_steps": stepper.max_steps,
+            "lm_mode": stepper.mode,
             "mlx_device": str(mx.default_device()),
             "pid": os.getpid(),
         }))
@@ -167,6 +171,8 @@ def model_main(conn, resolved, options: dict) -> None:
             if segment:
                 send(Segment(step))
             send(Result(msg.frame_id, step, text_token, audio, t_in, t0, t1))
+            if step % MEMORY_EVERY_STEPS == 0:
+                send(Memory(step, mlx_active_bytes()))
         elif isinstance(msg, Reset):
             stepper.reset()
         elif isinstance(msg, Stop):
@@ -177,9 +183,9 @@ def bench_step_main(conn, resolved, options: dict) -> None:
     """Entry point of the spawned process of `moshi-tui bench step`.
 
     Loads and warms the model exactly as `model_main` does (same `load_lm`, dtype, quantization,
-    `Stepper`, `warm`), then times `options["steps"]` calls of `Stepper.step` -- `LmGen.step` +
-    `last_audio_tokens()` and their conversions, the span a session's "model" stage measures --
-    on dummy codes, back to back.  Sends Progress..., then BenchDone or Failed.
+    `Stepper`, `warm`), then times `options["steps"]` calls of `Stepper.step` -- the prepared
+    LM's step (engine.model.lmcache) and its conversions, the span a session's "model" stage
+    measures -- on dummy codes, back to back.  Sends Progress..., then BenchDone or Failed.
     """
     send = _child_setup(conn)
     try:
@@ -220,6 +226,7 @@ def bench_step_main(conn, resolved, options: dict) -> None:
             "audio_none_steps": audio_none,
             "segments": segments,
             "max_steps": stepper.max_steps,
+            "lm_mode": stepper.mode,
             "mlx_device": str(mx.default_device()),
             "pid": os.getpid(),
             "rss_mb": rss_mb,

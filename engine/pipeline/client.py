@@ -23,7 +23,7 @@ from collections import deque
 import numpy as np
 
 from engine.audio import FRAME, HEAD
-from engine.model.messages import Failed, Frame, Reset, Result, Segment
+from engine.model.messages import Failed, Frame, Memory, Reset, Result, Segment
 from engine.pipeline.codec import StreamingCodec
 from engine.pipeline.early import EarlyEncode
 from engine.pipeline.events import Observers, PipelineObserver
@@ -238,6 +238,8 @@ class ClientPipeline:
                 return
             if isinstance(msg, Result):
                 self._on_result(msg)
+            elif isinstance(msg, Memory):
+                obs.model_memory(msg.step, msg.active_bytes / 2**20)
             elif isinstance(msg, Segment):
                 obs.segment_started(msg.step, time.monotonic_ns())
             elif isinstance(msg, Failed):

@@ -65,7 +65,8 @@ class Session(ConversationSession):
             tel.set_state("loading", "resolving model files")
             self.resolved = resolve(self.cfg.model, progress=self._progress)
         tel.info["model"] = self.resolved.label
-        options = {"max_steps": self.cfg.max_steps, "step_delay_ms": self.cfg.step_delay_ms}
+        options = {"max_steps": self.cfg.max_steps, "step_delay_ms": self.cfg.step_delay_ms,
+                   "lm_mode": self.cfg.model.lm_step}
         server = ModelProcess(model_main, self.resolved, options)
         # Started under the lock stop() takes: stop() sees no server or a started one (joining
         # one that is not started yet fails), and no server starts after a stop.

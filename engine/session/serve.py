@@ -80,7 +80,8 @@ class ModelHost:
         self.codec_backend = choose_codec(self.model_options.codec)
         self.log(f"model: {self.resolved.label}, codec: {self.codec_backend}")
         self.process = ModelProcess(model_main, self.resolved,
-                                    {"max_steps": self.max_steps, "step_delay_ms": 0.0})
+                                    {"max_steps": self.max_steps, "step_delay_ms": 0.0,
+                                     "lm_mode": self.model_options.lm_step})
         self.process.start()
         self.spm = load_text_tokenizer(self.resolved.tokenizer, text_card(self.resolved))
         self.info = dict(self.process.wait_for(Ready, self.log).info)
@@ -187,7 +188,7 @@ class Conversation(PipelineObserver):
         meta = {
             "text_temperature": 0.8, "text_topk": 0, "audio_temperature": 0.8, "audio_topk": 0,
             "pad_mult": 0.0, "repetition_penalty_context": 0, "repetition_penalty": 1.0,
-            "lm_model_file": str(self.host.resolved.moshi_weight) if self.host.resolved else "",
+            "lm_model_file": str(self.host.resolved.moshi_weight or "") if self.host.resolved else "",
             "mimi_model_file": str(self.host.resolved.mimi_weight) if self.host.resolved else "",
             "instance_name": "moshi-tui serve",
             "build_info": {k: "" for k in (

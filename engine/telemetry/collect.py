@@ -113,6 +113,7 @@ class Telemetry:
         # The delay the jitter buffer aimed at (capture -> speaker), per played frame
         self.playout_hist: deque = deque(maxlen=window)
         self.playout_all = array("d")
+        self.segment_times: list[float] = []  # seconds since the first capture, per new segment
         self.queue_samples: deque = deque()  # (t_ns, depths) per frame, with keep_records
 
     # --- writers (called from audio callbacks and loops; never block) ---
@@ -216,6 +217,7 @@ class Telemetry:
         self._text_parts.append(text)
 
     def mark_segment(self, step: int, t_ns: int) -> None:
+        self.segment_times.append(round((t_ns - (self.t_start or t_ns)) / 1e9, 3))
         self.segment += 1
         self.count("segments")
         self.warn(f"context full at step {step}: new segment started")
@@ -284,6 +286,9 @@ class Telemetry:
 
     def abandoned(self, rec: FrameRecord) -> None:
         self._fold_server_stages(rec)
+
+    def model_memory(self, step: int, mb: float) -> None:
+        self.info["server_mlx_active_mb"] = round(mb, 1)
 
     def warning(self, text: str) -> None:
         self.warn(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -16,6 +17,7 @@ class ProcessFigures:
     its worker pool, the audio host's callback threads)."""
 
     _cpu0 = None
+    tel = None  # a session's Telemetry: the model process reports its MLX memory there
     cpu: dict | None = None  # figures at the end of the session
 
     def _procs(self):
@@ -62,6 +64,15 @@ class ProcessFigures:
                 py = {t.native_id for t in threading.enumerate()}
                 used = sum(v - self._threads0.get(tid, 0.0) for tid, v in now.items() if tid in py)
                 out[k]["python_cpu_percent"] = round(100.0 * used / wall, 1)
+        # What MLX holds (GPU memory on a GPU): the MLX codec here, the LM in the server.
+        if "client" in out and "mlx.core" in sys.modules:
+            mx = sys.modules["mlx.core"]
+            get = getattr(mx, "get_active_memory", None)
+            if get is not None:
+                out["client"]["mlx_active_mb"] = round(get() / 2**20, 1)
+        if "server" in out and self.tel is not None \
+                and self.tel.info.get("server_mlx_active_mb") is not None:
+            out["server"]["mlx_active_mb"] = self.tel.info["server_mlx_active_mb"]
         return out
 
     def _cpu_end(self) -> None:

@@ -37,7 +37,8 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
         "state": snap.state,
         "end_reason": end_reason,
         "error": snap.error,
-        "model": {k: v for k, v in snap.info.items() if k == "model" or k.startswith("server_")},
+        "model": {k: v for k, v in snap.info.items()
+                  if k in ("model", "codec") or k.startswith("server_")},
         "audio": {**{k: snap.info.get(k) for k in ("input", "output", "output_latency_ms",
                                                    "early_encode")},
                   # (the jitter buffer's aim, median over the session's played frames)
@@ -84,11 +85,22 @@ def _r(v):
     return None if v is None else round(v, 1)
 
 
+def _mlx_device() -> str | None:
+    """Where MLX computes by default here: "Device(gpu, 0)" (CUDA, Metal) or "Device(cpu, 0)"."""
+    try:
+        import mlx.core as mx
+
+        return str(mx.default_device())
+    except Exception:
+        return None
+
+
 def machine_info() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     vers = {}
-    for pkg in ("moshi_mlx", "mlx", "rustymimi", "sounddevice", "textual", "numpy"):
+    for pkg in ("moshi_mlx", "mlx", "mlx-cuda-13", "mlx-cuda-12", "mlx-metal", "mlx-cpu",
+                "rustymimi", "sounddevice", "textual", "numpy"):
         try:
             vers[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -98,5 +110,6 @@ def machine_info() -> dict:
         "machine": platform.machine(),
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
+        "mlx_device": _mlx_device(),
         "versions": vers,
     }

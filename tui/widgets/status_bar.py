@@ -77,7 +77,7 @@ class StatusBar(Widget):
         line1 = Content.assemble(
             (f"● {state.upper()}", f"bold {STATE_STYLE.get(state, '')}"),
             "  ", (clock(s.elapsed_s), "bold"),
-            sep, ("model ", "$text-muted"), info.get("model", "…"),
+            sep, ("model ", "$text-muted"), info.get("model", "…"), *where(info),
             sep, ("in ", "$text-muted"), str(info.get("input", "?")),
             ("  out ", "$text-muted"), str(info.get("output", "?")),
         )
@@ -99,3 +99,15 @@ class StatusBar(Widget):
             badges = [(frames, "$text-muted")]
         return Content("\n").join([line1.truncate(max(1, self.size.width), ellipsis=True),
                                    Content.assemble(*badges).truncate(max(1, self.size.width), ellipsis=True)])
+
+
+def where(info: dict) -> tuple:
+    """" on gpu · codec mlx": the MLX device the model runs on, and the codec, once known."""
+    device = str(info.get("server_mlx_device") or "")
+    kind = "gpu" if "gpu" in device else "cpu" if "cpu" in device else ""
+    out: list = []
+    if kind:
+        out += [(" on ", "$text-muted"), kind]
+    if info.get("codec"):
+        out += [(" · codec ", "$text-muted"), str(info["codec"])]
+    return tuple(out)

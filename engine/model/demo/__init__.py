@@ -415,7 +415,7 @@ def _write_lm(dest: Path) -> list[Path]:
 
     cfg = models.LmConfig.from_config_dict(DEMO_LM_CONFIG)
     bf16_path = dest / MOSHI_BF16_NAME
-    saved_state = mx.random.state[0]  # don't disturb the caller's random stream
+    saved_key = save_random_key()  # don't disturb the caller's random stream
     try:
         mx.random.seed(LM_SEED)
         model = models.Lm(cfg)
@@ -432,7 +432,7 @@ def _write_lm(dest: Path) -> list[Path]:
             qmodel.save_weights(str(dest / name))
             paths.append(dest / name)
     finally:
-        mx.random.state[0] = saved_state
+        restore_random_key(saved_key)
     return paths
 
 
@@ -440,6 +440,25 @@ _ENCODER_INDEX = {"init_conv1d": 0, "final_conv1d": 14}
 
 
 _DECODER_INDEX = {"init_conv1d": 0, "final_conv1d": 14}
+
+
+def save_random_key() -> tuple[int, int]:
+    """MLX's global random key as two uint32 (reading `mx.random.state[0]` works on every
+    MLX; assigning to it is a TypeError on mlx >= 0.32)."""
+    import mlx.core as mx
+    import numpy as np
+
+    hi, lo = (int(x) for x in np.array(mx.random.state[0]).reshape(-1).tolist())
+    return hi, lo
+
+
+def restore_random_key(key: tuple[int, int]) -> None:
+    """Set the global random key back: `mx.random.seed(s)` makes the key
+    (s >> 32, s & 0xffffffff), so any saved key is one seed away."""
+    import mlx.core as mx
+
+    hi, lo = key
+    mx.random.seed((hi << 32) | lo)
 
 
 def mimi_torch_name(mlx_name: str) -> str:
@@ -486,7 +505,11 @@ def mimi_tensor_specs(num_codebooks: int = 32) -> list[tuple[str, tuple[int, ...
     from mlx.utils import tree_flatten
     from moshi_mlx.models.mimi import Mimi, mimi_202407
 
-    model = Mimi(mimi_202407(num_codebooks))  # parameters stay lazy: no compute here
+    saved_key = save_random_key()  # building the module draws (lazy) random initial values
+    try:
+        model = Mimi(mimi_202407(num_codebooks))  # parameters stay lazy: no compute here
+    finally:
+        restore_random_key(saved_key)
     specs = [
         (mimi_torch_name(name), mimi_torch_shape(name, tuple(arr.shape)))
         for name, arr in tree_flatten(model.parameters())

@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""Time the LM step of the model server, variant by variant, on full-size random Moshi.
+
+    python3 scripts/gpu_step_probe.py --json probe.json                  # GPU: q4, 7B
+    python3 scripts/gpu_step_probe.py --quant q4,bf16 --json probe.json  # + bf16 (stock, compiled)
+    python3 scripts/gpu_step_probe.py --demo --json /tmp/p.json          # CPU: the demo model
+
+Each variant runs in its own process (fresh MLX caches, its own stderr): it builds the model
+(engine.fullsize, random weights, nothing downloaded), prepares it exactly as the server does
+(engine.server.Stepper with an engine.lmcache mode, then warm()), and times
+`Stepper.step` -- the span the session's "model" stage measures -- for `--steps` steps from
+a fresh conversation (crossing the 256-position blocks where moshi_mlx's caches grow), then
+again after a reset (`--second-pass` steps), and, for `--segment-variants`, once more for
+`--segment-steps` steps, which crosses a segment start (the Stepper resets at max_steps - 1).
+
+Printed per variant: build/warm-up time, p50/p90/p99/max of the step, the slowest steps'
+indices, steps over 2x p50, and any "Cache thrashing" line MLX wrote to stderr (mlx 0.32
+throws it as an error once a cache missed twice its capacity). `--json` gets everything,
+every step's time included; it is rewritten after each variant, so a run cut short keeps
+what it measured. `--budget-s` stops starting variants when the time is up.
+
+A variant is a mode of engine.lmcache (stock, prealloc, onesync, fixed, compiled), optionally
+with environment settings for its process: `compiled@MLX_USE_CUDA_GRAPHS=0`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MAIN_VARIANTS = "stock,prealloc,onesync,fixed,compiled"
+OTHER_VARIANTS = "stock,compiled"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--demo", action="store_true",
+                    help="the demo config (tiny, CPU), few steps, max_steps 40")
+    ap.add_argument("--config", default=None,
+                    help="v0_1 (default), demo, or a Kyutai config.json path")
+    ap.add_argument("--quant", default=None,
+                    help="comma list of bf16,q8,q4 (default q4; --demo: bf16); the first gets"
+                         " --variants, the others --other-variants")
+    ap.add_argument("--variants", default=MAIN_VARIANTS)
+    ap.add_argument("--other-variants", default=OTHER_VARIANTS)
+    ap.add_argument("--extra-variants", default="",
+                    help="run last, for the first quant, if the budget allows"
+                         " (e.g. compiled@MLX_USE_CUDA_GRAPHS=0)")
+    ap.add_argument("--steps", type=int, default=None, help="first pass (default 600)")
+    ap.add_argument("--second-pass", type=int, default=None,
+                    help="steps after a reset (default 280)")
+    ap.add_argument("--other-steps", type=int, default=300,
+                    help="first pass for the other quants (no second pass)")
+    ap.add_argument("--segment-steps", type=int, default=None,
+                    help="a third pass this long, for --segment-variants (default 0;"
+                         " 3100 crosses a 3000-step segment)")
+    ap.add_argument("--segment-variants", default="compiled")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="segment length (default the config's context: 3000)")
+    ap.add_argument("--warm-steps", type=int, default=6)
+    ap.add_argument("--budget-s", type=float, default=0.0, help="0: no limit")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.demo:
+        args.config = args.config or "demo"
+        args.quant = args.quant or "bf16"
+        args.steps = 40 if args.steps is None else args.steps
+        args.second_pass = 20 if args.second_pass is None else args.second_pass
+        args.max_steps = args.max_steps or 40
+        args.segment_steps = 45 if args.segment_steps is None else args.segment_steps
+    args.quant = args.quant or "q4"
+    args.steps = 600 if args.steps is None else args.steps
+    args.second_pass = 280 if args.second_pass is None else args.second_pass
+    args.segment_steps = args.segment_steps or 0
+
+    if args.child:
+        return child(args)
+    return parent(args)
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def plan(args) -> list[dict]:
+    quants = [q.strip() for q in args.quant.split(",") if q.strip()]
+    seg = {v.strip() for v in args.segment_variants.split(",") if v.strip()}
+    runs = []
+    for i, q in enumerate(quants):
+        names = args.variants if i == 0 else args.other_variants
+        for v in (x.strip() for x in names.split(",") if x.strip()):
+            runs.append({
+                "quant": q, "variant": v,
+                "steps": args.steps if i == 0 else args.other_steps,
+                "second_pass": args.second_pass if i == 0 else 0,
+                "segment_steps": args.segment_steps if (i == 0 and v in seg) else 0,
+            })
+    for v in (x.strip() for x in args.extra_variants.split(",") if x.strip()):
+        runs.append({"quant": quants[0], "variant": v, "steps": args.steps,
+                     "second_pass": 0, "segment_steps": 0})
+    return runs
+
+
+def parent(args) -> int:
+    t_start = time.monotonic()
+    deadline = t_start + args.budget_s if args.budget_s > 0 else None
+    report = {"probe": "gpu_step_probe", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "argv": sys.argv[1:], "host": platform.node(), "python": sys.version.split()[0],
+              "config": args.config or "v0_1", "runs": []}
+    runs = plan(args)
+    print(f"{len(runs)} run(s): " + ", ".join(f"{r['quant']}/{r['variant']}" for r in runs),
+          flush=True)
+    for r in runs:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left < 25:
+            r["skipped"] = f"budget ({left:.0f} s left)"
+            report["runs"].append(r)
+            print(f"-- {r['quant']}/{r['variant']}: skipped, {r['skipped']}", flush=True)
+            continue
+        r.update(run_child(args, r, left))
+        report["runs"].append(r)
+        print_run(r)
+        if args.json:
+            write_json(args.json, report)
+    report["wall_s"] = round(time.monotonic() - t_start, 1)
+    print_summary(report["runs"])
+    if args.json:
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0 if all("error" not in r for r in report["runs"]) else 1
+
+
+def run_child(args, r: dict, left: float | None) -> dict:
+    mode, _, env_spec = r["variant"].partition("@")
+    env = dict(os.environ)
+    extra_env = {}
+    for item in filter(None, env_spec.split(",")):
+        k, _, v = item.partition("=")
+        extra_env[k] = v
+    env.update(extra_env)
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode,
+           "--quant", r["quant"], "--steps", str(r["steps"]),
+           "--second-pass", str(r["second_pass"]), "--segment-steps", str(r["segment_steps"]),
+           "--warm-steps", str(args.warm_steps)]
+    if args.config:
+        cmd += ["--config", args.config]
+    if args.max_steps:
+        cmd += ["--max-steps", str(args.max_steps)]
+    t0 = time.monotonic()
+    out: dict = {"mode": mode, "env": extra_env, "passes": []}
+    timeout = None if left is None else max(10.0, left - 3)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        stdout, stderr, rc = p.stdout, p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        stderr = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        rc = None
+        out["error"] = f"timed out after {timeout:.0f} s (budget)"
+    out["wall_s"] = round(time.monotonic() - t0, 1)
+    for line in stdout.splitlines():
+        if line.startswith("PROBE "):
+            msg = json.loads(line[6:])
+            if msg.get("kind") == "pass":
+                out["passes"].append(msg)
+            else:
+                out.update({k: v for k, v in msg.items() if k != "kind"})
+    out["stderr_thrashing"] = [ln for ln in stderr.splitlines() if "thrash" in ln.lower()]
+    out["stderr_tail"] = stderr.splitlines()[-15:]
+    if rc not in (0, None) and "error" not in out:
+        out["error"] = f"exit {rc}: " + (stderr.strip().splitlines() or ["?"])[-1]
+    return out
+
+
+def stats(times: list[float]) -> dict:
+    if not times:
+        return {}
+    s = sorted(times)
+
+    def q(p):
+        return s[min(len(s) - 1, int(round(p * (len(s) - 1))))]
+
+    p50 = q(0.5)
+    slow = sorted(range(len(times)), key=lambda i: -times[i])[:8]
+    return {"n": len(times), "p50": round(p50, 2), "p90": round(q(0.9), 2),
+            "p99": round(q(0.99), 2), "max": round(s[-1], 2),
+            "mean": round(sum(times) / len(times), 2),
+            "slowest": [[i, round(times[i], 1)] for i in slow],
+            "over_2x_p50": sum(t > 2 * p50 for t in times),
+            "over_100ms": sum(t > 100 for t in times)}
+
+
+def print_run(r: dict) -> None:
+    head = f"-- {r['quant']}/{r['variant']}"
+    if r.get("error"):
+        print(f"{head}: ERROR {r['error']}", flush=True)
+    info = []
+    for k in ("device", "build_s", "warm_ms", "lm_mode", "host_syncs_per_step"):
+        if k in r:
+            info.append(f"{k} {r[k]}")
+    if "ops" in r:
+        info.append(f"ops/step {r['ops']['compute']} compute of {r['ops']['total']}")
+    print(f"{head}: " + ", ".join(info) + f", wall {r.get('wall_s')} s", flush=True)
+    for p in r.get("passes", []):
+        st = p["stats"]
+        if not st:
+            continue
+        print(f"   pass {p['pass']} ({st['n']} steps, segments at {p['segments']}): "
+              f"p50 {st['p50']} p90 {st['p90']} p99 {st['p99']} max {st['max']} ms; "
+              f">2xp50 {st['over_2x_p50']}, >100ms {st['over_100ms']}; slowest "
+              + " ".join(f"#{i}:{t}" for i, t in st["slowest"][:6]), flush=True)
+    for ln in r.get("stderr_thrashing", []):
+        print(f"   stderr: {ln}", flush=True)
+
+
+def print_summary(runs: list[dict]) -> None:
+    print("\nsummary (ms; pass 1 = fresh conversation, pass 2 = after a reset)")
+    print(f"{'run':<34}{'p50':>8}{'p99':>9}{'max':>9}{'p50/2':>8}{'max/2':>9}  thrash")
+    for r in runs:
+        name = f"{r['quant']}/{r['variant']}"
+        if r.get("skipped"):
+            print(f"{name:<34}  skipped: {r['skipped']}")
+            continue
+        p = {x["pass"]: x["stats"] for x in r.get("passes", [])}
+        a, b = p.get(1, {}), p.get(2, {})
+        print(f"{name:<34}{a.get('p50', '-'):>8}{a.get('p99', '-'):>9}{a.get('max', '-'):>9}"
+              f"{b.get('p50', '-'):>8}{b.get('max', '-'):>9}  "
+              f"{len(r.get('stderr_thrashing', []))}" + (f"  ERROR {r['error']}"
+                                                        if r.get("error") else ""))
+
+
+def write_json(path: str, report: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(report, fh, indent=1)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- child
+
+
+def emit(kind: str, **msg) -> None:
+    print("PROBE " + json.dumps({"kind": kind, **msg}), flush=True)
+
+
+VIEW_OPS = {"Broadcast", "Reshape", "Squeeze", "ExpandDims", "Transpose", "Slice",
+            "AsStrided", "StopGradient", "Depends", "Split", "Unflatten", "Flatten"}
+
+
+def count_ops(stepper) -> dict:
+    """Primitives in one step's model graph (MLX's export_to_dot): `compute` leaves out views
+    (reshape, slice, broadcast, ...), which launch no kernel when no copy is needed."""
+    import io
+    import re
+    from collections import Counter
+
+    import mlx.core as mx
+
+    out = stepper.lm.lazy_step()
+    buf = io.StringIO()
+    mx.export_to_dot(buf, out)
+    mx.eval(out)
+    stepper.reset()
+    labels = Counter(re.findall(r'label ="([^"]+)", shape=rectangle', buf.getvalue()))
+    total = sum(labels.values())
+    compute = sum(n for k, n in labels.items() if k not in VIEW_OPS)
+    return {"total": total, "compute": compute, "top": labels.most_common(12)}
+
+
+def child(args) -> int:
+    import mlx.core as mx
+    import numpy as np
+
+    from engine.model import fullsize, lmcache
+    from engine.model.worker import Stepper, warm
+
+    mode = args.child
+    config = args.config
+    if config and config not in ("v0_1", "demo"):
+        config = json.loads(Path(config).read_text())
+    emit("info", device=str(mx.default_device()), mlx=getattr(mx, "__version__", "?"),
+         env={k: v for k, v in os.environ.items() if k.startswith("MLX_")})
+    t0 = time.perf_counter()
+    model = fullsize.build_lm(config, args.quant, materialize=True)
+    build_s = time.perf_counter() - t0
+    cfg = model.cfg
+    max_steps = args.max_steps or cfg.transformer.context
+    stepper = Stepper(model, max_steps, mode)
+    warm_ms = warm(stepper, args.warm_steps)
+    emit("info", build_s=round(build_s, 2), warm_ms=round(warm_ms, 1), lm_mode=stepper.mode,
+         note=stepper.lm.note, max_steps=max_steps, capacity=stepper.lm.capacity,
+         host_syncs_per_step=lmcache.HOST_SYNCS_PER_STEP[stepper.mode],
+         params=fullsize.count_params(model))
+
+    emit("info", ops=count_ops(stepper))
+
+    n_other = cfg.audio_codebooks - cfg.depformer.num_slices
+    card = cfg.audio_vocab_size - 1
+    step_no = 0
+
+    def run_pass(k: int, n: int) -> None:
+        nonlocal step_no
+        times, segments, texts = [], [], []
+        syncs0 = stepper.lm.host_syncs
+        for i in range(n):
+            codes = np.array([[(step_no * 37 + j * 11) % card] for j in range(n_other)],
+                             dtype=np.uint32)
+            step_no += 1
+            a = time.perf_counter()
+            text, _audio, segment = stepper.step(codes)
+            times.append((time.perf_counter() - a) * 1000.0)
+            texts.append(text)
+            if segment:
+                segments.append(i)
+        emit("pass", **{"pass": k, "steps": n, "segments": segments, "stats": stats(times),
+                        "times_ms": [round(t, 3) for t in times],
+                        "host_syncs": stepper.lm.host_syncs - syncs0,
+                        "text_head": texts[:8]})
+
+    mx.random.seed(1234)
+    run_pass(1, args.steps)
+    if args.second_pass:
+        stepper.reset()
+        run_pass(2, args.second_pass)
+    if args.segment_steps:
+        stepper.reset()
+        run_pass(3, args.segment_steps)
+    try:
+        peak = mx.get_peak_memory() / 2**30
+    except AttributeError:  # older MLX
+        peak = mx.metal.get_peak_memory() / 2**30 if hasattr(mx, "metal") else None
+    emit("info", peak_memory_gib=None if peak is None else round(peak, 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
