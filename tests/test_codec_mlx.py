@@ -273,3 +273,28 @@ def test_interface(codec, mlx_run, speech, demo_files):
     gc.collect()
     worker.join(5.0)
     assert not worker.is_alive()
+
+
+def test_a_session_on_the_mlx_codec_keeps_it_across_segments(demo_env, speech_wav, tmp_path):
+    """The whole two-process pipeline with MLX's Mimi as the client's codec (slow on this CPU:
+    frames drop, the conversation goes on).  The LM context fills every 4 steps; the model
+    process starts each new segment itself and the codec streams on (no codec swap: its
+    caches are bounded)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    st = tmp_path / "st.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "--demo", "--headless", "--codec", "mlx", "-i",
+         str(speech_wav), "-o", "null", "--no-save", "--seconds", "10", "--max-steps", "4",
+         "--stats-json", str(st)],
+        cwd=ROOT, env=demo_env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(st.read_text())
+    assert s["model"]["codec"] == "mlx"
+    assert s["frames"]["processed"] >= 5
+    assert s["counters"]["segments"] >= 1
+    assert "could not prepare the next codec" not in r.stdout

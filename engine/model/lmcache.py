@@ -359,6 +359,8 @@ class PreparedLM:
         t0 = time.perf_counter()
         codes = np.zeros((self.n_other, 1), dtype=np.uint32)
         for _ in range(n):
+            if self.step_idx >= self.max_steps - 1:  # (a tiny --max-steps: as a session does)
+                self.reset()
             self.step(codes)
         if self.mode in ("prealloc", "onesync"):
             self._long_context_step()

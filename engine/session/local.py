@@ -106,12 +106,17 @@ class Session(ConversationSession):
         tel = self.tel
         tel.info["early_encode"] = self.cfg.early_encode  # (off later if heads do not help)
         self._new_recorder()
-        # Segment length: the LM's step budget, and the codec's stream limit.
-        max_steps = int(tel.info.get("server_max_steps") or 3000)
-        mimi_path = str(self.resolved.mimi_weight)
-        segments = Segments(max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES)),
-                            lambda: open_codec(mimi_path, self.codec_backend),
-                            release_free_memory, tel.warn)
+        # rustymimi's stream ends after 4096 frames and its caches grow until then: a fresh
+        # codec with each new segment (the LM's step budget, or the codec's limit, first).
+        # MLX's Mimi keeps bounded caches and no position limit: the codec streams on, and the
+        # model process starts each new segment itself when the LM context is full.
+        segments = None
+        if self.codec_backend == "rustymimi":
+            max_steps = int(tel.info.get("server_max_steps") or 3000)
+            mimi_path = str(self.resolved.mimi_weight)
+            segments = Segments(max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES)),
+                                lambda: open_codec(mimi_path, self.codec_backend),
+                                release_free_memory, tel.warn)
         self.pipeline = ClientPipeline(codec, self.server.conn, spm, tel, self.recorder,
                                        early_encode=self.cfg.early_encode, segments=segments,
                                        input_max=self.cfg.input_max,
