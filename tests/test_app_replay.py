@@ -414,11 +414,20 @@ def test_spark_scale_and_colours():
     assert spark([1.0, 1.0], 3, floor=80.0).plain == " ▁▁"  # small values stay small
 
 
-def test_latency_rows_are_the_issue_stages():
-    from tui.widgets.latency import STAGES
+async def test_latency_rows_are_the_issue_stages():
+    from textual.app import App
+
+    from tui.widgets.latency import STAGES, StageRow
 
     assert list(STAGES) == ["encode", "model", "decode", "processing", "playback"]
-    assert LatencyPanel  # imported for the side effect of checking the module loads
+
+    class PanelOnly(App):
+        def compose(self):
+            yield LatencyPanel()
+
+    async with PanelOnly().run_test(size=(100, 12)) as pilot:
+        # the panel shows one row per stage, in that order
+        assert [row.stage for row in pilot.app.query(StageRow)] == list(STAGES)
 
 
 def test_monitor_lag_episodes_and_first_error():
@@ -454,6 +463,19 @@ async def test_transcript_keeps_the_last_paragraphs(tmp_path):
         assert [p.words.strip() for p in view.query(Paragraph)] == ["p3", "p4", "p5"]
         assert view.query("#trimmed") and view.children[0].id == "trimmed"
         assert view.count == 6
+
+
+async def test_the_live_transcript_names_a_restart(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        view: TranscriptView = app.transcript
+        view.add_tokens([Token(" before", 1, 0, 100.0),
+                         Token(" after", 1, 40, 4000.0, 1, "restart"),
+                         Token(" later", 1, 90, 9000.0, 2, "context")])
+        await pilot.pause()
+        shown = [str(p.render()) for p in view.query(Paragraph)]
+        assert "model restarted: segment 2" in shown[1] and "context full" not in shown[1]
+        assert "context full: segment 3" in shown[2]
 
 
 async def test_live_paragraphs_match_the_export(tmp_path):

@@ -74,6 +74,24 @@ class TestRules:
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
         assert "-q 4" not in m.text and "faster machine" in m.text
 
+    def test_model_advice_follows_the_device(self, form, monkeypatch):
+        """On a CPU the quantized demo steps slower than bf16 (measured), so -q 4 is not the
+        advice there; on CUDA every dtype steps alike and the compiled step is the lever."""
+        from engine.telemetry import diagnose as dg
+
+        tel = feed(Telemetry(), model=91.0, enc=20, dec=20)
+        tel.info.update(model="demo (q4)", server_mlx_device="Device(cpu, 0)")
+        m = by_rule(diagnose(both(tel)[form]), "model_budget")
+        assert "-q 4" not in m.text and "try without -q" in m.text
+        tel.info.update(model="demo (bf16)")
+        m = by_rule(diagnose(both(tel)[form]), "model_budget")
+        assert "-q" not in m.text and "GPU" in m.text
+        monkeypatch.setattr(dg.sys, "platform", "linux")
+        tel.info.update(model="random Moshi v0.1 7B (q4)", server_mlx_device="Device(gpu, 0)",
+                        server_lm_mode="onesync")
+        m = by_rule(diagnose(both(tel)[form]), "model_budget")
+        assert m.text.endswith("try --lm-step compiled (the fastest step on CUDA)")
+
     def test_model_headroom(self, form):
         v = diagnose(both(feed(Telemetry(), model=65.0, enc=5, dec=5))[form])
         assert by_rule(v, "model_headroom").level == "warn"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 
 from engine.model.source import ModelOptions
 from engine.session.config import SessionConfig
 from engine.session.local import Session
+from tests.conftest import require
 
 pytest_plugins = ["conftest_models"]
 
@@ -21,7 +21,7 @@ def _jack_device(kind: str) -> int:
     for d in sd.query_devices():
         if "JACK" in sd.query_hostapis(d["hostapi"])["name"] and d[key] > 0:
             return d["index"]
-    pytest.skip(f"no JACK {kind} device")
+    require(f"no JACK {kind} device (PortAudio's JACK host API)")
 
 
 def test_session_on_jack_devices(jack_server, demo_cache):
@@ -77,4 +77,7 @@ def test_session_on_jack_devices(jack_server, demo_cache):
         assert snap.frames_played >= 0.5 * (snap.frames_captured - starved), c
         assert snap.queues["output"] <= 4
     assert snap.frames_processed >= 100
-    assert snap.info["output_latency_ms"] >= 0
+    # the speaker's own latency, as measured from PortAudio's DAC times (or reported): a
+    # JACK card has at least one period of it
+    assert snap.info["output_latency_ms"] == round(s.sink.latency_s * 1000.0, 1)
+    assert 20.0 <= snap.info["output_latency_ms"] < 1000.0

@@ -179,3 +179,16 @@ def test_long_monologue_is_split_at_a_word():
     assert all(len(p.text) <= ex.PARAGRAPH_MAX_CHARS + 10 for p in paras)
     assert " ".join(p.text for p in paras) == " ".join(w["text"].strip() for w in words)
     assert [p.new_segment for p in paras] == [False] * len(paras)
+
+
+def test_a_restart_is_named_as_a_restart(stats):
+    """A segment begun by restarting a dead model server is not a full context."""
+    toks = stats["transcript"]["tokens"]
+    for t in toks:
+        if t["segment"] == 1:
+            t["segment_reason"] = "restart"
+    md = ex.transcript_markdown(stats)
+    assert "*— model restarted: segment 2 starts —*" in md and "context full" not in md
+    for t in toks:
+        t["segment_reason"] = "context" if t["segment"] else ""
+    assert "*— context full: segment 2 starts —*" in ex.transcript_markdown(stats)

@@ -292,6 +292,10 @@ def test_restart_after_the_server_died(demo_cache, tmp_path):
         assert snap.frames_processed >= before + 10
         assert s.server.pid != first_pid and s.server.alive()
         assert snap.counters["segments"] >= 1
+        # the new segment is named as a restart, not as a full context
+        assert s.tel.segment_reason == "restart"
+        assert any(w.startswith("model server restarted at step") for w in snap.warnings)
+        assert not any(w.startswith("context full") for w in snap.warnings)
     finally:
         s.stop()
     assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == "zombie"

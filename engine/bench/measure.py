@@ -29,17 +29,9 @@ from engine.errors import MoshiTuiError
 from engine.telemetry.stages import percentiles
 
 HEAD_S = HEAD / SAMPLE_RATE  # 40 ms
-
-
 POLL_S = 0.0002  # StreamTokenizer result polling interval in the codec bench
-
-
 CODEC_WARMUP_FRAMES = 4
-
-
 CODEC_TIMEOUT_S = 30.0  # one codec call taking longer than this is a hang, not a measurement
-
-
 Progress = Callable[[str], None]
 
 

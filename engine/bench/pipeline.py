@@ -20,11 +20,7 @@ from engine.telemetry.diagnose import diagnose
 from engine.telemetry.stages import percentiles
 
 Progress = Callable[[str], None]
-
-
 SAMPLE_EVERY_S = 1.0  # CPU/RSS sampling period during the session
-
-
 STATUS_EVERY_S = 5.0  # progress status line period
 
 

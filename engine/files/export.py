@@ -18,22 +18,14 @@ from pathlib import Path
 from engine.audio import FRAME_MS
 
 FORMATS = ("markdown", "json")
-
-
 EXTENSIONS = {"markdown": ".md", "json": ".json"}
-
-
 PARAGRAPH_GAP_MS = 1500.0  # silence that starts a new paragraph (and a time marker)
-
-
 PARAGRAPH_MAX_CHARS = 400  # past this, the next word starts a new paragraph
 
 
 
 
 SUMMARY_STAGES = ("encode", "uplink", "queue", "model", "decode", "processing", "playback")
-
-
 STAGE_LABELS = {
     "encode": "encode",
     "uplink": "uplink (client → server)",
@@ -75,7 +67,18 @@ class Paragraph:
     t_ms: float  # time of its first token, since the session start
     segment: int
     text: str
-    new_segment: bool = False  # the first paragraph after a context reset
+    new_segment: bool = False  # the first paragraph after a context reset or a restart
+    segment_reason: str = ""  # "context" or "restart"
+
+    @property
+    def segment_label(self) -> str:
+        return segment_label(self.segment_reason, self.segment)
+
+
+def segment_label(reason: str, segment: int) -> str:
+    """The marker a new segment gets in the transcript, saying why it began."""
+    why = "model restarted" if reason == "restart" else "context full"
+    return f"{why}: segment {segment + 1}"
 
 
 def starts_paragraph(prev_t_ms: float | None, prev_segment: int, t_ms: float, segment: int,
@@ -97,7 +100,8 @@ def paragraphs(tokens: list[dict], gap_ms: float = PARAGRAPH_GAP_MS) -> list[Par
         seg = tok.get("segment", 0)
         length = len(out[-1].text) if out else 0
         if starts_paragraph(prev_t, prev_seg, tok["t_ms"], seg, gap_ms, length=length, text=tok["text"]):
-            out.append(Paragraph(tok["t_ms"], seg, "", prev_t is not None and seg != prev_seg))
+            out.append(Paragraph(tok["t_ms"], seg, "", prev_t is not None and seg != prev_seg,
+                                 tok.get("segment_reason", "")))
         out[-1].text += tok["text"]
         prev_t, prev_seg = tok["t_ms"], seg
     for p in out:
@@ -148,7 +152,7 @@ def transcript_markdown(stats: dict) -> str:
         lines += ["*(Moshi said nothing.)*", ""]
     for p in paras:
         if p.new_segment:
-            lines += [f"*— context full: segment {p.segment + 1} starts —*", ""]
+            lines += [f"*— {p.segment_label} starts —*", ""]
         lines += [f"**[{mmss(p.t_ms)}]** {p.text}", ""]
 
     if stats.get("diagnosis"):

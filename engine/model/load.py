@@ -28,11 +28,7 @@ Progress = Callable[[str], None]
 
 # Group size per bit width for quantizing a bf16 file at load time (as Kyutai does).
 RUNTIME_GROUP_SIZE = {4: 32, 8: 64}
-
-
 KYUTAI_SEED = 299792458  # local.py seeds MLX with this before building the model
-
-
 _SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 
 

@@ -18,20 +18,10 @@ from engine.model import demo
 from engine.model.safetensors import SafetensorsError, read_safetensors_header
 
 Progress = Callable[[str], None]
-
-
 DEFAULT_REPO_Q4 = "kyutai/moshiko-mlx-q4"
-
-
 DEFAULT_REPO_Q8 = "kyutai/moshiko-mlx-q8"
-
-
 DEFAULT_MIMI_NAME = demo.MIMI_NAME
-
-
 DEFAULT_TOKENIZER_NAME = demo.TOKENIZER_NAME
-
-
 BF16_NAME = demo.MOSHI_BF16_NAME
 
 

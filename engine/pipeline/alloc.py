@@ -28,26 +28,12 @@ import threading
 from contextlib import contextmanager
 
 M_TRIM_THRESHOLD = -1
-
-
 M_MMAP_THRESHOLD = -3
-
-
 LOW_MMAP = 1 << 20  # while a codec allocates its long-lived buffers
-
-
 HIGH_MMAP = 32 << 20  # glibc's ceiling (HEAP_MAX_SIZE / 2 on 64-bit): per-frame buffers in the heap
-
-
 TRIM = 64 << 20  # as glibc's dynamic mode would (2 x threshold): no sbrk/munmap churn per frame
-
-
 _libc = None
-
-
 _lock = threading.Lock()
-
-
 _creating = 0  # codecs being created right now (a segment's next codec loads beside the live one)
 
 

@@ -181,8 +181,7 @@ class Session(ConversationSession):
         old.stop()
         self.server.stop()
         self.server = None
-        self.tel.mark_segment(self.tel.steps, time.monotonic_ns())
-        self.tel.warn("model server restarted")
+        self.tel.mark_segment(self.tel.steps, time.monotonic_ns(), reason="restart")
         self._run(restart=True)
 
     def _watch(self) -> None:

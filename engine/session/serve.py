@@ -43,11 +43,7 @@ from engine.session import wsproto
 from engine.telemetry.collect import Telemetry
 
 MAX_ERRORS = 100  # malformed messages tolerated per connection before it is closed (1008)
-
-
 IDLE_TIMEOUT_S = 30.0  # a conversation with no message from the client for this long is closed
-
-
 TIMINGS_EVERY_S = 0.25
 
 

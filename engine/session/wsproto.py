@@ -32,29 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HANDSHAKE = 0x00
-
-
 AUDIO = 0x01
-
-
 TEXT = 0x02
-
-
 CONTROL = 0x03
-
-
 METADATA = 0x04
-
-
 ERROR = 0x05
-
-
 PING = 0x06
-
-
 COLORED_TEXT = 0x07
-
-
 KIND_NAMES = {
     HANDSHAKE: "handshake",
     AUDIO: "audio",
@@ -68,14 +52,8 @@ KIND_NAMES = {
 
 
 SPEC_KINDS = frozenset(range(HANDSHAKE, PING + 1))  # what protocol.md defines
-
-
 CLIENT_KINDS = SPEC_KINDS | {COLORED_TEXT}  # what a client accepts from a server
-
-
 CONTROL_ACTIONS = {"start": 0, "endTurn": 1, "pause": 2, "restart": 3}
-
-
 CONTROL_NAMES = {v: k for k, v in CONTROL_ACTIONS.items()}
 
 
@@ -84,11 +62,7 @@ CONTROL_NAMES = {v: k for k, v in CONTROL_ACTIONS.items()}
 
 # Limits.  80 ms of Opus at its maximum bitrate (510 kb/s) is ~5 KB; a second of it is 64 KB.
 MAX_MESSAGE = 64 * 1024  # application limit: larger messages are rejected one by one
-
-
 MAX_TRANSPORT = 1024 * 1024  # websocket limit: larger frames close the connection (1009)
-
-
 MAX_PING_PAYLOAD = 125  # what a websocket control frame may carry; plenty for a nonce
 
 
@@ -145,8 +119,6 @@ def _crc_table() -> list[int]:
 
 
 _CRC_TABLE = _crc_table()
-
-
 _OGG_HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, seq, crc, nseg
 
 

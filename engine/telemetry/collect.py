@@ -30,6 +30,7 @@ class Token:
     step: int
     t_ms: float  # since session start (first captured frame)
     segment: int = 0
+    segment_reason: str = ""  # why its segment began: "context" (LM context full), "restart"
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Telemetry:
         self.tokens: list[Token] = []
         self._text_parts: list[str] = []
         self.segment = 0
+        self.segment_reason = ""
         self.state = "starting"
         self.state_detail = ""
         self.error: str | None = None
@@ -213,14 +215,21 @@ class Telemetry:
 
     def add_token(self, text: str, token_id: int, step: int, t_ns: int) -> None:
         t0 = self.t_start or t_ns
-        self.tokens.append(Token(text, token_id, step, (t_ns - t0) / 1e6, self.segment))
+        self.tokens.append(Token(text, token_id, step, (t_ns - t0) / 1e6, self.segment,
+                                 self.segment_reason))
         self._text_parts.append(text)
 
-    def mark_segment(self, step: int, t_ns: int) -> None:
+    def mark_segment(self, step: int, t_ns: int, reason: str = "context") -> None:
+        """A new segment: "context" (the LM context filled) or "restart" (a new model server
+        after the old one died)."""
         self.segment_times.append(round((t_ns - (self.t_start or t_ns)) / 1e9, 3))
         self.segment += 1
+        self.segment_reason = reason
         self.count("segments")
-        self.warn(f"context full at step {step}: new segment started")
+        if reason == "restart":
+            self.warn(f"model server restarted at step {step}: new segment started")
+        else:
+            self.warn(f"context full at step {step}: new segment started")
 
     # --- the pipeline's events (engine.pipeline.events): Telemetry is one of its observers ---
     SERVER_STAGES = ("encode", "uplink", "queue", "model", "encode_work")

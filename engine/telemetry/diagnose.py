@@ -13,6 +13,7 @@ which also notices drops and underruns *rising* (not just having happened once a
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from dataclasses import dataclass
 
@@ -20,71 +21,27 @@ from engine.audio import FRAME_MS
 
 # --- thresholds (milliseconds unless named otherwise) ---------------------------------------
 BUDGET_MS = FRAME_MS  # one 80 ms frame: every stage must keep up with this to stay real time
-
-
 MIN_FRAMES = 10  # a stage is judged only once it has this many samples
-
-
 HEADROOM_FRACTION = 0.75  # model/codec p50 above this share of the budget: little headroom
-
-
 INPUT_WAIT_WARN_MS = 10.0  # encode - encode_work p50: a frame waits for the encoder
-
-
 INPUT_WAIT_BAD_MS = 25.0
-
-
 UPLINK_WARN_MS = 10.0  # t_srv_in - t_enc p50: codes wait to reach the model
-
-
 SERVER_QUEUE_WARN_MS = 10.0  # t_step0 - t_srv_in p50
-
-
 DOWNLINK_WARN_MS = 10.0  # decode - decode_work p50: tokens wait for the decoder
-
-
 PLUMBING_WARN_MS = 5.0  # processing - (encode_work + model + decode_work) p50 (issue target: 2)
-
-
 JITTER_WARN_MS = 15.0  # processing p99 - p50 (issue target)
-
-
 BACKLOG_WARN_FRAMES = 1  # (playback - processing) p50 // 80 ms: frames waiting to be played
-
-
 BACKLOG_BAD_FRAMES = 2
-
-
 RISING_WINDOW_S = 5.0  # Diagnoser: drops/underruns counted over this many seconds
-
-
 STALL_FRAMES = 25  # Diagnoser: this many frames captured (2 s) and none processed: stalled
-
-
 THROUGHPUT_WARN = 0.95  # processed / captured below this (after start-up): frames are lost
-
-
 THROUGHPUT_BAD = 0.8
-
-
 INFLIGHT_SLACK = 8  # frames that may legitimately be in flight or in the codebook delay
-
-
 CPU_DEMAND_WARN_FRACTION = 0.7  # bench: codec + model CPU per frame above this share of the cores
-
-
 CPU_DEMAND_BAD_FRACTION = 1.0
-
-
 DEVICE_LATENCY_WARN_MS = 100.0  # the output device's own latency (Bluetooth: 150-300 ms)
-
-
 LEVELS = ("ok", "warn", "bad")
-
-
 _RANK = {lvl: i for i, lvl in enumerate(LEVELS)}
-
-
 DROP_COUNTERS = ("drops_input", "drops_decode", "drops_output")
 
 
@@ -110,6 +67,8 @@ class _View:
     processed: int = 0
     playout_ms: float | None = None  # the jitter buffer's aim, median over recent/all frames
     output_latency_ms: float | None = None  # the output device's own latency
+    mlx_device: str = ""  # where the model runs: "Device(gpu, 0)", "Device(cpu, 0)"
+    lm_mode: str = ""  # how it steps (engine.model.lmcache)
 
 
 def _view(x) -> _View:
@@ -124,6 +83,8 @@ def _view(x) -> _View:
             processed=int(x.frames_processed or 0),
             playout_ms=(x.info or {}).get("playout_ms"),
             output_latency_ms=(x.info or {}).get("output_latency_ms"),
+            mlx_device=str((x.info or {}).get("server_mlx_device") or ""),
+            lm_mode=str((x.info or {}).get("server_lm_mode") or ""),
         )
     if isinstance(x, dict):
         breakdown = x.get("frame_breakdown_ms") or {}
@@ -150,8 +111,29 @@ def _view(x) -> _View:
             processed=int((x.get("frames") or {}).get("processed") or 0),
             playout_ms=(x.get("audio") or {}).get("playout_ms"),
             output_latency_ms=(x.get("audio") or {}).get("output_latency_ms"),
+            mlx_device=str((x.get("model") or {}).get("server_mlx_device") or ""),
+            lm_mode=str((x.get("model") or {}).get("server_lm_mode") or ""),
         )
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
+
+
+def _model_hint(v: _View) -> str:
+    """What to try when the step is slow, from where the model runs (measured: on a CPU the
+    quantized steps are slower than bf16; on CUDA bf16, q8 and q4 step alike, bound by the
+    host building each step, so only the compiled step helps; on Metal q4 reads fewer bytes)."""
+    quantized = any(q in v.model_label for q in ("q4", "q8"))
+    if "cpu" in v.mlx_device:
+        if quantized:
+            return ("on a CPU quantized weights step slower than bf16: try without -q "
+                    "(`moshi-tui bench step` with and without -q compares them)")
+        return "a GPU (CUDA or Apple silicon) is needed for this model in real time"
+    if "gpu" in v.mlx_device and sys.platform.startswith("linux"):
+        if v.lm_mode and v.lm_mode != "compiled":
+            return "try --lm-step compiled (the fastest step on CUDA)"
+        return "a faster GPU is needed: on CUDA -q 4, q8 and bf16 step at the same speed"
+    if "q4" in v.model_label:
+        return "a faster machine or a smaller model is needed"
+    return "try -q 4"
 
 
 def _p(v: _View, stage: str, q: str = "p50") -> float | None:
@@ -182,8 +164,7 @@ def diagnose(x, previous=None) -> list[Verdict]:
     # --- compute: each stage must fit in one frame -------------------------------------------
     model = _p(v, "model")
     if model is not None:
-        hint = ("a faster machine or a smaller model is needed" if "q4" in v.model_label
-                else "try -q 4")
+        hint = _model_hint(v)
         if model > BUDGET_MS:
             add("bad", "model_budget",
                 f"model step {_ms(model)} > {BUDGET_MS:.0f} ms frame budget: the model is too "

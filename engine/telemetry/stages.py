@@ -24,11 +24,7 @@ STAGES = tuple(STAGE_DEFS)
 
 # Pure codec work, measured from the call into rustymimi to its result (no queue waits).
 WORK_STAGES = ("encode_work", "decode_work")
-
-
 ALL_STAGES = STAGES + WORK_STAGES
-
-
 QUEUES = ("input", "c2s", "s2c", "output")
 
 

@@ -68,7 +68,7 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
             "text": snap.text,
             "tokens": [
                 {"text": t.text, "id": t.token_id, "step": t.step, "t_ms": round(t.t_ms, 1),
-                 "segment": t.segment}
+                 "segment": t.segment, "segment_reason": t.segment_reason}
                 for t in tel.tokens
             ],
         },

@@ -20,8 +20,6 @@ CLIENT_PID, SERVER_PID = 1, 2
 
 
 LANE_STRIDE = 100  # lane k of a track with tid t is tid t + k * LANE_STRIDE
-
-
 TRACKS = {
     "early encode (first 40 ms)": (CLIENT_PID, 7, "t_head", "t_cap"),
     "input wait": (CLIENT_PID, 1, "t_cap", "t_enc0"),

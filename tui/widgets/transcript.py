@@ -13,7 +13,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
-from engine.files.export import PARAGRAPH_GAP_MS, mmss, starts_paragraph
+from engine.files.export import PARAGRAPH_GAP_MS, mmss, segment_label, starts_paragraph
 
 from .steady import SteadyStatic
 
@@ -22,6 +22,7 @@ class TokenLike(Protocol):
     text: str
     t_ms: float
     segment: int
+    segment_reason: str
 
 
 class Paragraph(SteadyStatic):
@@ -29,18 +30,20 @@ class Paragraph(SteadyStatic):
     Paragraph { margin-bottom: 1; }
     """
 
-    def __init__(self, t_ms: float, segment_break: bool, segment: int) -> None:
+    def __init__(self, t_ms: float, segment_break: bool, segment: int, reason: str = "") -> None:
         super().__init__(classes="para")
         self.t_ms = t_ms
         self.segment_break = segment_break
         self.segment = segment
+        self.reason = reason
         self.words = ""
 
     def add(self, text: str) -> None:
         self.words += text
         head = []
         if self.segment_break:
-            head.append((f"── context full: segment {self.segment + 1} ──\n", "$text-warning italic"))
+            head.append((f"── {segment_label(self.reason, self.segment)} ──\n",
+                         "$text-warning italic"))
         self.set_content(Content.assemble(*head, (f"[{mmss(self.t_ms)}] ", "bold $text-accent"),
                                           self.words.lstrip()))
 
@@ -88,7 +91,8 @@ class TranscriptView(VerticalScroll, can_focus=True):
             length = len(self._current.words) + len(pending.get(self._current, "")) if self._current else 0
             if self._current is None or starts_paragraph(prev_t, prev_seg, tok.t_ms, tok.segment, self.gap_ms,
                                                          length=length, text=tok.text):
-                self._current = Paragraph(tok.t_ms, prev_t is not None and tok.segment != prev_seg, tok.segment)
+                self._current = Paragraph(tok.t_ms, prev_t is not None and tok.segment != prev_seg,
+                                          tok.segment, tok.segment_reason)
                 new_paras.append(self._current)
             pending[self._current] = pending.get(self._current, "") + tok.text
             self._prev = (tok.t_ms, tok.segment)

@@ -33,48 +33,22 @@ from typing import Callable, Iterable, Iterator
 import platformdirs
 
 Progress = Callable[[str], None]
-
-
 DEMO_DIR_NAME = "demo-v1"
-
-
 CACHE_ENV = "MOSHI_TUI_CACHE"
-
-
 MANIFEST_NAME = "manifest.json"
-
-
 MANIFEST_FORMAT = 1
-
-
 CONFIG_NAME = "config.json"
-
-
 MOSHI_BF16_NAME = "model.safetensors"
-
-
 MOSHI_Q8_NAME = "model.q8.safetensors"
-
-
 MOSHI_Q4_NAME = "model.q4.safetensors"
-
-
 MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
-
-
 TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
 
 
 # Group size per bit width, as Kyutai quantizes (and local.py expects).
 QUANT_GROUP_SIZE = {4: 32, 8: 64}
-
-
 LM_SEED = 20240917
-
-
 MIMI_SEED = 12500
-
-
 SPM_SEED = 1000
 
 
@@ -437,8 +411,6 @@ def _write_lm(dest: Path) -> list[Path]:
 
 
 _ENCODER_INDEX = {"init_conv1d": 0, "final_conv1d": 14}
-
-
 _DECODER_INDEX = {"init_conv1d": 0, "final_conv1d": 14}
 
 
