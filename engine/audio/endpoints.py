@@ -47,11 +47,7 @@ from engine.audio import FRAME, HEAD, SAMPLE_RATE
 from engine.audio.resample import Resampler
 
 OnFrame = Callable[[np.ndarray, int], None]
-
-
 OnHead = Callable[[np.ndarray, int], None]
-
-
 Pull = Callable[[int, int], "np.ndarray | None"]
 
 

@@ -16,8 +16,6 @@ from engine.audio.wavio import WavWriter, read_wav
 from engine.errors import AudioError
 
 MAX_BURST = 5  # frames
-
-
 MAX_BURST_NS = MAX_BURST * FRAME_NS
 
 

@@ -10,11 +10,7 @@ import numpy as np
 from engine.audio import SAMPLE_RATE
 
 _STOPBAND_DB = 80.0
-
-
 _PASSBAND = 0.90  # passband edge, as a fraction of the lower Nyquist frequency
-
-
 _MAX_TABLE = 1 << 22  # entries in the block filter matrix before the ratio is approximated
 
 

@@ -37,18 +37,12 @@ from engine.audio.resample import resample
 from engine.errors import AudioError
 
 WAVE_FORMAT_PCM = 0x0001
-
-
 WAVE_FORMAT_IEEE_FLOAT = 0x0003
-
-
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 
 
 # Sample rates outside this range are treated as a corrupt header (and would make the filter huge).
 MIN_RATE = 1000
-
-
 MAX_RATE = 768000
 
 
