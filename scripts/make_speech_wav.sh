@@ -16,3 +16,13 @@ espeak-ng -v en-us -s 160 -w "$tmp/raw.wav" "$text"
 # 24 kHz mono 16-bit PCM; -D (no dither) keeps the output reproducible
 sox "$tmp/raw.wav" -D -r 24000 -c 1 -e signed-integer -b 16 "$out"
 sox --i "$out"
+
+# A second talker, another voice (the user speaking while Moshi speaks: the echo-cancellation
+# double-talk tests and `bench aec`)
+near=tests/data/second_talker.wav
+mkdir -p tests/data
+text2="The boats on the river were painted red and green. After the walk we had soup, \
+bread and cheese with friends, and talked about music, trains and the best places to swim."
+espeak-ng -v en-us+f3 -s 150 -w "$tmp/raw2.wav" "$text2"
+sox "$tmp/raw2.wav" -D -r 24000 -c 1 -e signed-integer -b 16 "$near"
+sox --i "$near"

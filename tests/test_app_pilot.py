@@ -82,8 +82,10 @@ async def test_live_session_feeds_every_panel_and_exports(tmp_path, demo_cache, 
 
         # sparklines receive data, queue depths update
         await wait_for(pilot, lambda: app.snapshot.frames_processed >= 15, 20, "15 processed frames")
+        # (the echo canceller's row stays hidden: no echo cancellation with a WAV in, null out)
+        assert not app.query_one("#stage-aec", StageRow).display
         for row in app.query(StageRow):
-            if row.stage != "playback":
+            if row.stage not in ("playback", "aec"):
                 assert row.history, f"no data in the {row.stage} sparkline"
                 assert row.numbers[0][0].strip() not in ("", "–")
                 assert any(ch in str(row.render()) for ch in "▁▂▃▄▅▆▇█")

@@ -71,7 +71,9 @@ async def test_loading_then_live_transcript_and_panels(tmp_path):
         assert first.startswith("[00:00] Hello, I'm Moshi.")
         assert app.transcript.count == len(app.session.tel.tokens)
         for row in app.query(StageRow):
-            assert len(row.history) == 250  # a full 20 s window
+            if row.stage != "aec":  # (shown only with echo cancellation on)
+                assert len(row.history) == 250  # a full 20 s window
+        assert not app.query_one("#stage-aec", StageRow).display
         model = app.query_one("#stage-model", StageRow)
         assert model.numbers[0][0].strip() == "14.3"
         assert str(model.render()).split()[-3:] == ["14.3", "16.6", "17.3"]  # p50 p95 p99
@@ -208,6 +210,22 @@ async def test_mute_and_pause(tmp_path):
         await pilot.press("p")
         app.poll()
         assert app.snapshot is not frozen and app.transcript.count == len(app.session.tel.tokens)
+
+
+async def test_the_a_key_toggles_echo_cancellation(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await play(pilot, ticks=20)
+        await pilot.press("a")
+        app.poll()
+        await pilot.pause()
+        assert app.session.aec is not None and app.session.aec.enabled
+        assert "echo canc. on" in status_text(app)
+        assert "echo cancellation on" in log_text(app)
+        await pilot.press("a")
+        app.poll()
+        await pilot.pause()
+        assert not app.session.aec.enabled and "echo canc. off" in status_text(app)
 
 
 async def test_transcript_follows_until_the_user_scrolls_up(tmp_path):
@@ -427,7 +445,7 @@ async def test_latency_rows_are_the_issue_stages():
 
     async with PanelOnly().run_test(size=(100, 12)) as pilot:
         # the panel shows one row per stage, in that order
-        assert [row.stage for row in pilot.app.query(StageRow)] == list(STAGES)
+        assert [row.stage for row in pilot.app.query(StageRow) if row.display] == list(STAGES)
 
 
 def test_monitor_lag_episodes_and_first_error():

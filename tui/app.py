@@ -64,6 +64,8 @@ class MoshiApp(App[int]):
         Binding("u", "toggle('show_queues')", "Queues", tooltip="Show/hide the queue depths panel"),
         Binding("g", "toggle('show_log')", "Log", tooltip="Show/hide the log of state changes and warnings"),
         Binding("m", "toggle_mute", "Mute", tooltip="Mute/unmute the microphone (Moshi hears silence)"),
+        Binding("a", "toggle_aec", "Echo", tooltip="Echo cancellation on/off: with speakers instead "
+                "of headphones, it keeps Moshi from hearing itself"),
         Binding("p", "toggle('paused')", "Pause", tooltip="Freeze/resume the display; the audio keeps going"),
         Binding("e", "export", "Export", tooltip="Save the transcript as Markdown or JSON"),
         Binding("f8", "screenshot", "Shot", tooltip="Save an SVG screenshot in the session folder"),
@@ -321,6 +323,12 @@ class MoshiApp(App[int]):
 
     def action_toggle_mute(self) -> None:
         self.muted = not self.muted
+
+    def action_toggle_aec(self) -> None:
+        on = not str(self.session.tel.info.get("aec", "off")).startswith("on")
+        self.session.set_aec(on)
+        state = self.session.tel.info.get("aec", "off")
+        self.log_event(f"echo cancellation {state}")
 
     def watch_muted(self, muted: bool) -> None:
         self.session.set_muted(muted)

@@ -59,6 +59,12 @@ def add_session_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--whole-frames", action="store_true",
                    help="encode each 80 ms frame once it is complete, as Kyutai's CLI does "
                    "(default: start on its first 40 ms while the rest is captured)")
+    g.add_argument("--aec", choices=["auto", "on", "off"], default="auto",
+                   help="echo cancellation on the microphone (WebRTC's AEC3), so Moshi does not "
+                   "hear itself through speakers: auto (default) = on when the output is an "
+                   "audio device, off for files and null; the a key toggles it live")
+    g.add_argument("--noise-suppression", action="store_true",
+                   help="also WebRTC's noise suppressor on the microphone (with --aec)")
     g.add_argument("--debug-step-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
@@ -112,4 +118,6 @@ def session_config(args) -> SessionConfig:
         save=not args.no_save,
         options={k: v for k, v in vars(args).items() if not k.startswith("_")},
         remote=args.remote,
+        aec=args.aec,
+        noise_suppression=args.noise_suppression,
     )

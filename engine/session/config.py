@@ -25,6 +25,8 @@ class SessionConfig:
     save: bool = True  # write the session folder (recordings, transcript, stats)
     options: dict = field(default_factory=dict)  # the command line, recorded in stats
     remote: str | None = None  # ws(s)://HOST:PORT/api/chat: a remote Moshi server runs the model
+    aec: str = "auto"  # echo cancellation: "on", "off", "auto" (on when the output is a device)
+    noise_suppression: bool = False  # WebRTC's noise suppressor on the microphone, with the AEC
 
 
 def open_session(cfg: SessionConfig, telemetry: Telemetry | None = None):

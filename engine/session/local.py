@@ -138,17 +138,18 @@ class Session(ConversationSession):
     _restarting = False
 
     def _on_frame(self, pcm, t_cap: int) -> None:
+        pcm = self._mic_frame(pcm, t_cap)
         if not self._restarting:
             self.pipeline.on_frame(pcm, t_cap)
 
     def _on_head(self, pcm, t_ns: int) -> None:
+        pcm = self._mic_head(pcm, t_ns)
         if not self._restarting:
             self.pipeline.on_head(pcm, t_ns)
 
     def _pull(self, t_play: int, room: int):
-        if self._restarting:
-            return None
-        return self.pipeline.pull(t_play, room)
+        pcm = None if self._restarting else self.pipeline.pull(t_play, room)
+        return self._speaker(pcm, room, t_play)
 
     @property
     def can_restart(self) -> bool:

@@ -22,8 +22,9 @@ STAGE_DEFS: dict[str, tuple[str, str]] = {
 STAGES = tuple(STAGE_DEFS)
 
 
-# Pure codec work, measured from the call into rustymimi to its result (no queue waits).
-WORK_STAGES = ("encode_work", "decode_work")
+# Pure codec work, measured from the call into rustymimi to its result (no queue waits), and
+# the echo canceller's work per frame (microphone and speaker reference together).
+WORK_STAGES = ("encode_work", "decode_work", "aec")
 ALL_STAGES = STAGES + WORK_STAGES
 QUEUES = ("input", "c2s", "s2c", "output")
 

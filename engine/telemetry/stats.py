@@ -39,7 +39,7 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
         "error": snap.error,
         "model": {k: v for k, v in snap.info.items()
                   if k in ("model", "codec") or k.startswith("server_")},
-        "audio": {**{k: snap.info.get(k) for k in ("input", "output", "output_latency_ms",
+        "audio": {**{k: snap.info.get(k) for k in ("input", "output", "output_latency_ms", "aec",
                                                    "early_encode")},
                   # (the jitter buffer's aim, median over the session's played frames)
                   "playout_ms": tel.playout_p50(full=True) or snap.info.get("playout_ms")},

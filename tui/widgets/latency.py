@@ -24,6 +24,8 @@ STAGES: dict[str, tuple[str, bool]] = {
     "processing": ("process", True),
     "playback": ("mic→spk", False),
 }
+# Shown only while measured: the echo canceller's work per frame (--aec, the a key).
+EXTRA_STAGES: dict[str, tuple[str, bool]] = {"aec": ("echo canc", False)}
 LEVEL_STYLE = {"over": "bold $text-error", "near": "$text-warning", "ok": "", "none": "$text-muted"}
 BUDGET_BARS = budget_style(FRAME_BUDGET_MS * NEAR_BUDGET, FRAME_BUDGET_MS)
 PLAIN_BARS = budget_style(None, None)
@@ -31,7 +33,7 @@ PLAIN_BARS = budget_style(None, None)
 
 class StageRow(PanelRow):
     def __init__(self, stage: str) -> None:
-        label, self.budgeted = STAGES[stage]
+        label, self.budgeted = {**STAGES, **EXTRA_STAGES}[stage]
         super().__init__(label, optional=1, id=f"stage-{stage}")
         self.stage = stage
 
@@ -55,6 +57,10 @@ class LatencyPanel(Vertical):
         yield HeaderRow("stage", "last 20 s", ["p50", "p95", "p99"], optional=1)
         for stage in STAGES:
             yield StageRow(stage)
+        for stage in EXTRA_STAGES:
+            row = StageRow(stage)
+            row.display = False
+            yield row
 
     def on_mount(self) -> None:
         self._drawn: tuple[int, int] | None = None
@@ -79,7 +85,10 @@ class LatencyPanel(Vertical):
             subtitle += f" · speaker device +{device:.0f} ms"
         self.border_subtitle = subtitle
         for row in self.query(StageRow):
-            row.update_from(snap.stage_history.get(row.stage, []), snap.stage_stats.get(row.stage, {}))
+            history = snap.stage_history.get(row.stage, [])
+            if row.stage in EXTRA_STAGES:
+                row.display = bool(history)
+            row.update_from(history, snap.stage_stats.get(row.stage, {}))
         level = budget_level(snap.stage_stats.get("processing", {}).get("p95"))
         self.set_class(level == "over", "-over")
         self.set_class(level == "near", "-near")

@@ -80,6 +80,8 @@ class StatusBar(Widget):
             sep, ("model ", "$text-muted"), info.get("model", "…"), *where(info),
             sep, ("in ", "$text-muted"), str(info.get("input", "?")),
             ("  out ", "$text-muted"), str(info.get("output", "?")),
+            *((("  codec ", "$text-muted"), str(info["codec"])) if info.get("codec") else ()),
+            *((("  echo canc. ", "$text-muted"), str(info["aec"])) if "aec" in info else ()),
         )
         badges: list[tuple[str, str] | str] = []
         if self.lag:
@@ -102,12 +104,7 @@ class StatusBar(Widget):
 
 
 def where(info: dict) -> tuple:
-    """" on gpu · codec mlx": the MLX device the model runs on, and the codec, once known."""
+    """" on gpu": the MLX device the model runs on, once known."""
     device = str(info.get("server_mlx_device") or "")
     kind = "gpu" if "gpu" in device else "cpu" if "cpu" in device else ""
-    out: list = []
-    if kind:
-        out += [(" on ", "$text-muted"), kind]
-    if info.get("codec"):
-        out += [(" · codec ", "$text-muted"), str(info["codec"])]
-    return tuple(out)
+    return ((" on ", "$text-muted"), kind) if kind else ()

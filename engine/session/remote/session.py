@@ -130,6 +130,7 @@ class RemoteSession(ConversationSession):
         """Audio source callback: stamp, hand to the net loop, never block."""
         if self._closing:
             return
+        pcm = self._mic_frame(pcm, t_cap)
         if self.muted:
             pcm = np.zeros_like(pcm)
         if self.recorder is not None:
@@ -165,7 +166,7 @@ class RemoteSession(ConversationSession):
             self.tel.add_level("output", 0.0)
             if self.recorder is not None:
                 self.recorder.output(None, room)
-            return None
+            return self._speaker(None, room, t_play)
         conn, rec, pcm = item
         rec.t_play = t_play
         # The web client's estimate: mic audio sent minus audio played before this frame.
@@ -176,7 +177,7 @@ class RemoteSession(ConversationSession):
         self.tel.add_level("output", rms(pcm))
         if self.recorder is not None:
             self.recorder.output(pcm)
-        return pcm
+        return self._speaker(pcm, room, t_play)
 
     def depths(self) -> dict[str, int]:
         conn = self._conn

@@ -1,0 +1,130 @@
+"""Acoustic echo cancellation: the speaker's sound taken back out of the microphone.
+
+With laptop speakers instead of headphones the microphone hears Moshi, and Moshi answers its
+own voice.  `EchoCanceller` runs WebRTC's audio processing module (AEC3, the echo canceller
+browsers use, with an optional noise suppressor) through the LiveKit SDK's maintained binding
+(`livekit.rtc.AudioProcessingModule`), at 24 kHz in the 10 ms chunks it works in:
+
+* `far(pcm, room, t_play_ns)` is given what the speaker really plays, as the sink's callback
+  hands it to the device (a frame, a trimmed frame, or `room` samples of silence) and when
+  (the DAC-stamped play time): the reference the echo is cancelled against;
+* `near_head(pcm)` / `near_frame(pcm)` clean the microphone's samples before the encoder: a
+  frame's first 40 ms when they are handed over early, then the rest of the frame (each sample
+  is processed once, so the head the encoder already has is part of the frame it gets).
+
+The delay between the two (render + capture buffering) is told to the canceller every frame
+from the stamps; AEC3 also estimates it.  `enabled` can be flipped at any time (the canceller
+re-converges within ~1 s after it is turned back on); `cost_ms()` is the processing time since
+the last call, for the latency panel's "aec" row.  The canceller is used from the two audio
+callback threads; one lock keeps its calls apart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from engine.audio import HEAD, SAMPLE_RATE
+from engine.errors import AudioError
+
+CHUNK = SAMPLE_RATE // 100  # 10 ms: what WebRTC's audio processing works in
+MAX_DELAY_MS = 500  # the largest stream delay it takes (AEC3 finds longer ones by itself)
+
+
+def _available_error() -> str | None:
+    try:
+        from livekit import rtc  # noqa: F401
+    except Exception as e:  # ImportError, or the native library failing to load
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+class EchoCanceller:
+    def __init__(self, *, noise_suppression: bool = False, enabled: bool = True,
+                 output_latency_s=lambda: 0.0, input_latency_s=lambda: 0.0):
+        err = _available_error()
+        if err is not None:
+            raise AudioError(f"echo cancellation needs the livekit package ({err}); "
+                             "run with --aec off, or reinstall with scripts/setup.sh")
+        from livekit import rtc
+
+        self._rtc = rtc
+        self.apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True,
+                                             noise_suppression=noise_suppression)
+        self.noise_suppression = noise_suppression
+        self.enabled = enabled
+        self.output_latency_s = output_latency_s
+        self.input_latency_s = input_latency_s
+        self._lock = threading.Lock()
+        self._far = np.zeros(0, np.float32)  # reference samples short of a 10 ms chunk
+        self._render_ms = 0.0  # when the last reference chunk plays, after it was analysed
+        self._head: np.ndarray | None = None  # the processed first half of the frame under way
+        self._cost_ns = 0
+        self.chunks = 0  # microphone chunks processed (for tests and stats)
+
+    # ------------------------------------------------------------------ reference
+    def far(self, pcm: np.ndarray | None, room: int, t_play_ns: int) -> None:
+        """The speaker plays `pcm` (or `room` samples of silence) from `t_play_ns` on."""
+        if not self.enabled:
+            return
+        t0 = time.monotonic_ns()
+        x = np.zeros(room, np.float32) if pcm is None else np.asarray(pcm, np.float32)
+        buf = np.concatenate((self._far, x)) if self._far.size else x
+        n = buf.size // CHUNK
+        with self._lock:
+            for i in range(n):
+                self.apm.process_reverse_stream(self._frame(buf[i * CHUNK:(i + 1) * CHUNK]))
+        self._far = buf[n * CHUNK:].copy()
+        # (t_render - t_analyze): the block starts playing at t_play, plus the device's own
+        # latency; it was analysed now
+        self._render_ms = max(0.0, (t_play_ns - t0) / 1e6 + 1000.0 * self.output_latency_s())
+        self._cost_ns += time.monotonic_ns() - t0
+
+    # ------------------------------------------------------------------ microphone
+    def near_head(self, pcm: np.ndarray, t_ns: int) -> np.ndarray:
+        """The first HEAD samples of a frame, captured by `t_ns`, cleaned."""
+        if not self.enabled:
+            self._head = None
+            return pcm
+        out = self._near(pcm, t_ns)
+        self._head = out
+        return out
+
+    def near_frame(self, pcm: np.ndarray, t_ns: int) -> np.ndarray:
+        """A whole frame, captured by `t_ns`, cleaned (its head as `near_head` returned it)."""
+        head, self._head = self._head, None
+        if not self.enabled:
+            return pcm
+        if head is not None and head.size == HEAD:
+            return np.concatenate((head, self._near(pcm[HEAD:], t_ns)))
+        return self._near(pcm, t_ns)
+
+    def _near(self, pcm: np.ndarray, t_ns: int) -> np.ndarray:
+        t0 = time.monotonic_ns()
+        x = np.asarray(pcm, np.float32)
+        n = x.size // CHUNK
+        out = np.array(x, np.float32)
+        # (t_process - t_capture): its first sample was captured len(x) samples before t_ns
+        capture_ms = (t0 - t_ns) / 1e6 + 1000.0 * (x.size / SAMPLE_RATE + self.input_latency_s())
+        with self._lock:
+            delay = self._render_ms + max(0.0, capture_ms)
+            self.apm.set_stream_delay_ms(int(min(MAX_DELAY_MS, round(delay))))
+            for i in range(n):
+                f = self._frame(x[i * CHUNK:(i + 1) * CHUNK])
+                self.apm.process_stream(f)
+                out[i * CHUNK:(i + 1) * CHUNK] = np.frombuffer(f.data, np.int16) / 32767.0
+        self.chunks += n
+        self._cost_ns += time.monotonic_ns() - t0
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    def cost_ms(self) -> float:
+        """Processing time (reference and microphone) since the last call."""
+        ns, self._cost_ns = self._cost_ns, 0
+        return ns / 1e6
+
+    def _frame(self, chunk: np.ndarray):
+        pcm = np.clip(chunk * 32767.0, -32768, 32767).astype(np.int16)
+        return self._rtc.AudioFrame(pcm.tobytes(), SAMPLE_RATE, 1, CHUNK)

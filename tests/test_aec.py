@@ -1,0 +1,119 @@
+"""Echo cancellation (engine.audio.aec): the speaker's sound taken back out of the microphone,
+the user's own voice kept.  Here the echo path is simulated in software (a delay and a
+decaying room response); tests/test_aec_loopback.py runs it through real sound devices."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from engine.audio import FRAME, HEAD, SAMPLE_RATE
+from engine.audio.aec import EchoCanceller
+from engine.audio.wavio import read_wav
+from engine.bench.aec import erle_db, speech_kept
+from tests.conftest import ROOT, SPEECH_WAV
+
+SECOND_TALKER = ROOT / "tests" / "data" / "second_talker.wav"
+
+BLOCK = 480  # the speaker's 20 ms blocks
+
+
+def room(delay_s: float = 0.03, rt_s: float = 0.05, gain: float = 0.5, seed: int = 1):
+    """A speaker-to-microphone impulse response: a direct path after `delay_s`, then a
+    reverberant tail decaying with time constant `rt_s` (50 ms: a reverberation time of
+    ~0.35 s, a living room)."""
+    rng = np.random.default_rng(seed)
+    n = int((delay_s + 5 * rt_s) * SAMPLE_RATE)
+    h = rng.normal(0, 1, n) * np.exp(-np.arange(n) / (rt_s * SAMPLE_RATE)) * 0.3
+    h[: int(delay_s * SAMPLE_RATE)] = 0
+    h[int(delay_s * SAMPLE_RATE)] = 1.0
+    return (gain * h / np.abs(h).max()).astype(np.float32)
+
+
+def run(aec: EchoCanceller, far: np.ndarray, near: np.ndarray, h: np.ndarray,
+        heads: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Play `far` through the speaker (20 ms blocks, as a sink), capture echo + `near` (40 ms
+    heads then whole frames, as a device source with early encode); (microphone, cleaned)."""
+    echo = np.convolve(far, h)[: len(far)].astype(np.float32)
+    mic = echo + near
+    out = []
+    t = time.monotonic_ns()
+    for i in range(0, len(far) - FRAME + 1, FRAME):
+        for b in range(0, FRAME, BLOCK):
+            aec.far(far[i + b:i + b + BLOCK], BLOCK, t + b * 1_000_000_000 // SAMPLE_RATE)
+        if heads:
+            head = aec.near_head(mic[i:i + HEAD].copy(), t + 40_000_000)
+        frame = aec.near_frame(mic[i:i + FRAME].copy(), t + 80_000_000)
+        if heads:
+            np.testing.assert_array_equal(frame[:HEAD], head)  # the encoder's head is the frame's
+        out.append(frame)
+        t += 80_000_000
+    n = len(out) * FRAME
+    return mic[:n], np.concatenate(out)
+
+
+@pytest.fixture(scope="module")
+def speech():
+    pcm = read_wav(SPEECH_WAV).astype(np.float32)
+    return pcm[: 12 * SAMPLE_RATE]
+
+
+def test_echo_is_cancelled_once_converged(speech):
+    """The speaker plays speech; the microphone hears only its echo (a living room's: 50 ms
+    decay): >= 25 dB less echo after the first 2 s, measured 36.5 dB here (60 dB with a
+    direct path only)."""
+    aec = EchoCanceller()
+    mic, out = run(aec, speech, np.zeros_like(speech), room())
+    conv = 2 * SAMPLE_RATE
+    erle = erle_db(mic[conv:], out[conv:])
+    assert erle >= 25.0, erle
+    assert aec.chunks == len(out) // (SAMPLE_RATE // 100)
+
+
+def test_near_speech_survives_double_talk(speech):
+    """Both talk at once, at about the same level: the user's voice comes through while
+    Moshi's echo is removed.  Measured here: the magnitude-spectrum correlation with the clean
+    voice is 0.82 (the raw microphone's, echo included, 0.84; with no echo at all the canceller
+    keeps 0.998): AEC3 turns the user down a little while both talk.  The floor keeps that."""
+    near_voice = read_wav(SECOND_TALKER).astype(np.float32)
+    near = np.zeros_like(speech)
+    start = 4 * SAMPLE_RATE  # once the canceller has converged on the echo alone
+    n = min(len(near_voice), len(speech) - start)
+    near[start:start + n] = 0.6 * near_voice[:n] / np.abs(near_voice).max()
+    mic, out = run(EchoCanceller(), speech, near, room(delay_s=0.03, rt_s=0.02))
+    talk = slice(start + 2 * SAMPLE_RATE, start + n)
+    kept, raw = speech_kept(out[talk], near[talk]), speech_kept(mic[talk], near[talk])
+    assert kept >= 0.7, (kept, raw)
+    # and the echo is gone from the same signal: far-only part just before the user speaks
+    assert erle_db(mic[2 * SAMPLE_RATE:start], out[2 * SAMPLE_RATE:start]) >= 25.0
+
+
+def test_off_passes_the_microphone_through_untouched(speech):
+    aec = EchoCanceller(enabled=False)
+    mic, out = run(aec, speech[: 2 * SAMPLE_RATE], np.zeros(2 * SAMPLE_RATE, np.float32), room())
+    np.testing.assert_array_equal(mic, out)
+    assert aec.chunks == 0 and aec.cost_ms() == 0.0
+
+
+def test_a_session_turns_it_on_for_devices_only(tmp_path):
+    """auto: off for files and null output (nothing to hear back), on for an output device;
+    --aec on forces it, and it can be toggled live."""
+    from engine.session.config import SessionConfig
+    from engine.session.local import Session
+
+    s = Session(SessionConfig(input="silence", output="null", save=False))
+    s.prepare()
+    assert s.aec is None and s.tel.info["aec"] == "off"
+    s.set_aec(True)
+    assert s.aec is not None and s.aec.enabled and s.tel.info["aec"] == "on"
+    s.set_aec(False)
+    assert not s.aec.enabled and s.tel.info["aec"] == "off"
+    forced = Session(SessionConfig(input="silence", output=str(tmp_path / "o.wav"), save=False,
+                                   aec="on", noise_suppression=True))
+    forced.prepare()
+    assert forced.aec is not None and forced.tel.info["aec"] == "on + noise suppression"
+    for ses in (s, forced):
+        ses.source.stop()
+        ses.sink.stop()
