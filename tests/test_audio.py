@@ -92,6 +92,40 @@ def test_wav_file_source_loops(tmp_path):
     assert got.frames[3][10:].max() == 0
 
 
+def test_wav_file_source_then_silence_never_finishes(tmp_path):
+    """The demo's stand-in for a user: the file once, then silence for as long as it runs."""
+    p = tmp_path / "two.wav"
+    write_wav(p, np.full(2 * FRAME - 5, 0.25, np.float32))
+    src = WavFileSource(p, then_silence=True)
+    assert src.label == "file two.wav (0.2 s), then silence"
+    got = Collector()
+    src.start(got)
+    time.sleep(0.6)
+    assert not src.finished.is_set()
+    src.stop()
+    assert len(got.frames) >= 5 and not src.finished.is_set()
+    assert got.frames[0].min() == got.frames[1][: FRAME - 5].min() == pytest.approx(0.25, abs=1e-4)
+    assert not got.frames[1][FRAME - 5 :].any() and not any(f.any() for f in got.frames[2:])
+
+
+def test_demo_without_a_microphone_plays_the_speech_then_silence(monkeypatch, speech_wav):
+    def no_mic(*a, **k):
+        raise AudioError("no audio input device found: use --input FILE.wav")
+
+    monkeypatch.setattr(devices, "DeviceSource", no_mic)
+    warned = []
+    src, sink = devices.open_endpoints(None, "null", demo=True, warn=warned.append)
+    assert isinstance(src, WavFileSource) and src.path == devices.BUNDLED_SPEECH
+    assert src.then_silence and src.label == "speech.wav (bundled), then silence"
+    assert warned == ["no input device: playing the bundled speech recording as the microphone, "
+                      "then silence"]
+    with pytest.raises(AudioError, match="no audio input device"):
+        devices.open_endpoints(None, "null", demo=False, warn=warned.append)
+    # a WAV given with --input ends at its end (headless runs and the tests rely on it)
+    src, _ = devices.open_endpoints(str(speech_wav), "null", demo=True, warn=warned.append)
+    assert not src.then_silence and not src.loop and src.label.startswith("file speech.wav (13.")
+
+
 def test_silence_source_duration_and_endless():
     src = SilenceSource(0.4)
     got = Collector()

@@ -7,6 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from engine.audio import BUNDLED_SPEECH, devices
+from engine.audio.wavio import read_wav, write_wav
+from engine.errors import AudioError
 from engine.model.source import ModelOptions
 from engine.session.config import SessionConfig
 from engine.session.local import Session
@@ -104,3 +107,30 @@ def test_session_on_jack_devices(card, seconds, request, demo_cache):
         assert seconds / 0.08 * 0.9 <= n <= seconds / 0.08 * 1.1 + 5, n
         assert s.sink.frames_pulled >= seconds / 0.08 * 0.9
 
+
+def test_demo_without_a_microphone_goes_on_after_the_speech(demo_cache, monkeypatch, tmp_path):
+    """--demo on a machine with no microphone: the bundled speech (1 s of it here) stands in
+    for the user, then silence, and the session goes on until it is stopped (here its time
+    limit) instead of ending with the recording."""
+    short = tmp_path / "speech1s.wav"
+    write_wav(short, read_wav(BUNDLED_SPEECH)[:24000])
+    monkeypatch.setattr(devices, "BUNDLED_SPEECH", str(short))
+
+    def no_mic(*a, **k):
+        raise AudioError("no audio input device found")
+
+    monkeypatch.setattr(devices, "DeviceSource", no_mic)
+    cfg = SessionConfig(model=ModelOptions(demo=True), output="null", seconds=3, save=False)
+    s = Session(cfg)
+    s.prepare()
+    s.start()
+    try:
+        assert s.live.wait(120), s.snapshot().error
+        assert s.wait(30)
+    finally:
+        s.stop()
+    snap = s.snapshot()
+    assert snap.error is None and s.end_reason == "time limit"
+    assert snap.info["input"] == "speech1s.wav (bundled), then silence"
+    assert snap.frames_captured >= 3 / 0.08 * 0.8 > 2 * 13  # well past the 13 frames of speech
+    assert not s.source.finished.is_set()
