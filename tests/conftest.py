@@ -29,31 +29,72 @@ def require(what: str) -> None:
     pytest.skip(what)
 
 
+class JackCards:
+    """Private JACK dummy servers ("sound cards"), one at a time: asking for another card stops
+    the running one first, so PortAudio (which talks to the server named in
+    JACK_DEFAULT_SERVER) never has two to choose from, whatever order the tests run in.  The
+    environment is restored when the last one stops."""
+
+    def __init__(self, tmp_path_factory):
+        self._tmp = tmp_path_factory
+        self._saved = {k: os.environ.get(k) for k in jackdummy.ENV_KEYS}
+        self._unavailable: str | None = None
+        self.server: jackdummy.JackServer | None = None
+
+    def use(self, rate: int, period: int) -> jackdummy.JackServer:
+        s = self.server
+        if s is not None and (s.rate, s.period) == (rate, period) and s.proc.poll() is None:
+            return s
+        self.close()
+        if self._unavailable:
+            require(self._unavailable)
+        try:
+            self.server = jackdummy.start(self._tmp.mktemp("jack"), period, rate=rate)
+        except jackdummy.JackUnavailable as e:
+            self._unavailable = f"device tests need JACK: {e}"
+            require(self._unavailable)
+        except RuntimeError as e:
+            pytest.fail(str(e))
+        return self.server
+
+    def close(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            jackdummy.shutdown(server, env=self._saved)
+
+
 @pytest.fixture(scope="session")
-def jack_server(tmp_path_factory):
+def jack_cards(tmp_path_factory):
+    cards = JackCards(tmp_path_factory)
+    try:
+        yield cards
+    finally:
+        cards.close()
+
+
+@pytest.fixture
+def jack_server(jack_cards):
     """A private JACK dummy server (24 kHz, 1920-frame periods) with PortAudio re-initialised.
 
     Skips when jackd, the JACK-Client package or PortAudio's JACK host API is missing.  The
     server name is unique to this run and exported as JACK_DEFAULT_SERVER, so PortAudio's JACK
-    host API talks to this server and never to another jackd on the machine.
+    host API talks to this server and never to another jackd on the machine.  It keeps running
+    for the next test that wants the same card.
     """
-    saved = {k: os.environ.get(k) for k in jackdummy.ENV_KEYS}
-    server = None
-    try:
-        try:
-            server = jackdummy.start(tmp_path_factory.mktemp("jack"))
-        except jackdummy.JackUnavailable as e:
-            require(f"device tests need JACK: {e}")
-        except RuntimeError as e:
-            pytest.fail(str(e))
-        yield server
-    finally:
-        jackdummy.shutdown(server)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return jack_cards.use(jackdummy.JACK_RATE, jackdummy.JACK_PERIOD)
+
+
+@pytest.fixture
+def jack_card_20ms(jack_cards):
+    """Like jack_server, with 20 ms (480-sample) periods: most real devices', and the card
+    behind the README's latency figures."""
+    return jack_cards.use(jackdummy.JACK_RATE, 480)
+
+
+@pytest.fixture
+def jack_card_48k(jack_cards):
+    """Like jack_server, at 48 kHz (80 ms periods): every device stream is resampled."""
+    return jack_cards.use(48000, 3840)
 
 
 @pytest.fixture(scope="session")

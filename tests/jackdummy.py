@@ -23,8 +23,10 @@ class JackUnavailable(RuntimeError):
 class JackServer:
     """A running `jackd -d dummy` with a server name private to this run."""
 
-    def __init__(self, name: str, proc: subprocess.Popen, log_path: Path, setup_s: float):
+    def __init__(self, name: str, proc: subprocess.Popen, log_path: Path, setup_s: float,
+                 rate: int = JACK_RATE, period: int = JACK_PERIOD):
         self.name = name
+        self.rate, self.period = rate, period
         self.proc = proc
         self.pid = proc.pid
         self.log_path = log_path
@@ -47,6 +49,18 @@ class JackServer:
         ports = c.get_ports(is_audio=True, is_input=is_input, is_output=not is_input)
         return [p.name for p in ports if not p.name.startswith(("system:", f"jackdummy-{os.getpid()}:"))]
 
+    def wait_ports(self, timeout: float = 5.0) -> tuple[list[str], list[str]]:
+        """(output ports, input ports) of PortAudio's streams, once both exist (sorted)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            outs = sorted(self.portaudio_ports(is_input=False))
+            ins = sorted(self.portaudio_ports(is_input=True))
+            if outs and ins:
+                return outs, ins
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no PortAudio ports to loop back (out={outs}, in={ins})")
+            time.sleep(0.01)
+
     def connect_loopback(self, timeout: float = 5.0) -> list[tuple[str, str]]:
         """Connect every PortAudio output port to every PortAudio input port.
 
@@ -54,15 +68,7 @@ class JackServer:
         (source, destination) pairs that are connected.
         """
         c = self.client()
-        deadline = time.monotonic() + timeout
-        while True:
-            outs = self.portaudio_ports(is_input=False)
-            ins = self.portaudio_ports(is_input=True)
-            if outs and ins:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no PortAudio ports to loop back (out={outs}, in={ins})")
-            time.sleep(0.01)
+        outs, ins = self.wait_ports(timeout)
         pairs = []
         for o in outs:
             for i in ins:
@@ -89,14 +95,14 @@ class JackServer:
                 self.proc.wait(timeout=5)
 
 
-def _jack_ready(name: str) -> bool:
+def _jack_ready(name: str, rate: int) -> bool:
     import jack
 
     try:
         c = jack.Client("jackdummy-probe", no_start_server=True, servername=name)
     except jack.JackError:
         return False
-    ok = c.samplerate == JACK_RATE
+    ok = c.samplerate == rate
     c.close()
     return ok
 
@@ -116,9 +122,9 @@ def _reinit_portaudio() -> None:
         raise JackUnavailable("this PortAudio has no JACK host API")
 
 
-def start(log_dir: Path, period: int = JACK_PERIOD) -> JackServer:
-    """Start a private JACK dummy server (24 kHz, `period`-frame periods: 80 ms unless told
-    otherwise), export its name in
+def start(log_dir: Path, period: int = JACK_PERIOD, rate: int = JACK_RATE) -> JackServer:
+    """Start a private JACK dummy server (`rate` Hz, `period`-frame periods: 24 kHz and 80 ms
+    unless told otherwise), export its name in
     JACK_DEFAULT_SERVER (so PortAudio here and in child processes talks to it and never to
     another jackd on the machine) and re-initialise PortAudio.  Raises JackUnavailable when
     this machine cannot, RuntimeError when jackd fails."""
@@ -137,7 +143,7 @@ def start(log_dir: Path, period: int = JACK_PERIOD) -> JackServer:
     cmd = [jackd, "-n", name]
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         cmd.append("--no-realtime")
-    cmd += ["-d", "dummy", "-r", str(JACK_RATE), "-p", str(period)]
+    cmd += ["-d", "dummy", "-r", str(rate), "-p", str(period)]
     log_path = Path(log_dir) / "jackd.log"
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
@@ -145,14 +151,14 @@ def start(log_dir: Path, period: int = JACK_PERIOD) -> JackServer:
     try:
         deadline = t0 + 10.0
         time.sleep(0.1)  # fewer "cannot connect" lines from libjack while the server boots
-        while not _jack_ready(name):
+        while not _jack_ready(name, rate):
             if proc.poll() is not None:
                 raise RuntimeError(f"jackd exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"jackd not ready after 10 s: {log_path.read_text()[-2000:]}")
             time.sleep(0.05)
         _reinit_portaudio()
-        server = JackServer(name, proc, log_path, time.monotonic() - t0)
+        server = JackServer(name, proc, log_path, time.monotonic() - t0, rate, period)
         server.client()  # connect now, so connect_loopback() costs only the connections
         return server
     except BaseException:
@@ -162,9 +168,10 @@ def start(log_dir: Path, period: int = JACK_PERIOD) -> JackServer:
         raise
 
 
-def shutdown(server: JackServer | None) -> None:
+def shutdown(server: JackServer | None, env: dict[str, str | None] | None = None) -> None:
     """Stop the server; PortAudio lets go of it first (Pa_Terminate aborts the process when
-    its JACK client's server has already gone), then re-enumerates without it."""
+    its JACK client's server has already gone), then re-enumerates without it, after `env`
+    (values of ENV_KEYS, None: unset) is restored."""
     sd = sys.modules.get("sounddevice")
     if sd is not None:
         try:
@@ -173,6 +180,11 @@ def shutdown(server: JackServer | None) -> None:
             pass
     if server is not None:
         server.stop()
+    for k, v in (env or {}).items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     if sd is not None:
         try:
             sd._initialize()

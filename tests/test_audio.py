@@ -92,6 +92,40 @@ def test_wav_file_source_loops(tmp_path):
     assert got.frames[3][10:].max() == 0
 
 
+def test_wav_file_source_then_silence_never_finishes(tmp_path):
+    """The demo's stand-in for a user: the file once, then silence for as long as it runs."""
+    p = tmp_path / "two.wav"
+    write_wav(p, np.full(2 * FRAME - 5, 0.25, np.float32))
+    src = WavFileSource(p, then_silence=True)
+    assert src.label == "file two.wav (0.2 s), then silence"
+    got = Collector()
+    src.start(got)
+    time.sleep(0.6)
+    assert not src.finished.is_set()
+    src.stop()
+    assert len(got.frames) >= 5 and not src.finished.is_set()
+    assert got.frames[0].min() == got.frames[1][: FRAME - 5].min() == pytest.approx(0.25, abs=1e-4)
+    assert not got.frames[1][FRAME - 5 :].any() and not any(f.any() for f in got.frames[2:])
+
+
+def test_demo_without_a_microphone_plays_the_speech_then_silence(monkeypatch, speech_wav):
+    def no_mic(*a, **k):
+        raise AudioError("no audio input device found: use --input FILE.wav")
+
+    monkeypatch.setattr(devices, "DeviceSource", no_mic)
+    warned = []
+    src, sink = devices.open_endpoints(None, "null", demo=True, warn=warned.append)
+    assert isinstance(src, WavFileSource) and src.path == devices.BUNDLED_SPEECH
+    assert src.then_silence and src.label == "speech.wav (bundled), then silence"
+    assert warned == ["no input device: playing the bundled speech recording as the microphone, "
+                      "then silence"]
+    with pytest.raises(AudioError, match="no audio input device"):
+        devices.open_endpoints(None, "null", demo=False, warn=warned.append)
+    # a WAV given with --input ends at its end (headless runs and the tests rely on it)
+    src, _ = devices.open_endpoints(str(speech_wav), "null", demo=True, warn=warned.append)
+    assert not src.then_silence and not src.loop and src.label.startswith("file speech.wav (13.")
+
+
 def test_silence_source_duration_and_endless():
     src = SilenceSource(0.4)
     got = Collector()
@@ -488,6 +522,7 @@ class FakeStream:
     def __init__(self, *, samplerate, channels, blocksize, dtype, device, latency,
                  callback, finished_callback):
         self.samplerate, self.blocksize, self.device = samplerate, blocksize, device
+        self.channels = channels
         self.callback, self.finished_callback = callback, finished_callback
         self.latency = 0.0123
         self.active = False
@@ -505,18 +540,25 @@ class FakeStream:
         pass
 
 
-def fake_sounddevice(native_rate=48000):
-    """A sounddevice stand-in whose one device refuses 24 kHz."""
+def fake_sounddevice(native_rate=48000, *, rates=None, min_channels=1, max_channels=2):
+    """A sounddevice stand-in whose one device takes only `rates` (default: its native rate,
+    which refuses 24 kHz unless it is 24 kHz) and `min_channels`..`max_channels` channels."""
     sd = types.SimpleNamespace()
-    info = {"index": 7, "name": "Fake 48k", "hostapi": 0, "default_samplerate": float(native_rate),
-            "max_input_channels": 1, "max_output_channels": 2}
+    rates = {native_rate} if rates is None else set(rates)
+    info = {"index": 7, "name": f"Fake {native_rate // 1000}k", "hostapi": 0,
+            "default_samplerate": float(native_rate),
+            "max_input_channels": max_channels, "max_output_channels": max_channels}
+    sd.checks = []
 
     def query_devices(device=None, kind=None):
         return info
 
     def check(device=None, channels=None, dtype=None, samplerate=None):
-        if samplerate != native_rate:
+        sd.checks.append((samplerate, channels))
+        if samplerate not in rates:
             raise RuntimeError("Invalid sample rate")
+        if not min_channels <= channels <= max_channels:
+            raise RuntimeError("Invalid number of channels")
 
     sd.query_devices = query_devices
     sd.check_input_settings = check
@@ -535,6 +577,7 @@ def test_device_source_resamples_and_rechunks(monkeypatch):
     src.start(got)
     stream = FakeStream.instances[-1]
     assert stream.samplerate == 48000 and stream.blocksize == 3840
+    assert stream.channels == src.channels == 1  # mono, when the device takes it
     assert src.latency_s == pytest.approx(0.0123)
     rng = np.random.default_rng(3)
     t = np.arange(48000 * 2) / 48000
@@ -594,6 +637,7 @@ def test_device_sink_resamples_with_one_pull_per_frame(monkeypatch):
     sink.start(pull)
     stream = FakeStream.instances[-1]
     assert stream.blocksize == 960 and sink.latency_s > 0.0123  # 20 ms at the device's rate
+    assert stream.channels == sink.channels == 1
     out = []
     per_cb = []
     for k in range(100):
@@ -616,6 +660,104 @@ def test_device_sink_resamples_with_one_pull_per_frame(monkeypatch):
     f = np.abs(np.fft.rfft(y[4000:] * np.hanning(len(y) - 4000)))
     assert abs(np.argmax(f) * 48000 / (len(y) - 4000) - 1000) < 3
     sink.stop()
+
+
+def tone(freq, n, rate, level=0.5, start=0):
+    return (level * np.sin(2 * np.pi * freq * (np.arange(n) + start) / rate)).astype(np.float32)
+
+
+def feed(stream, x: np.ndarray) -> None:
+    """Hand `x` (samples x channels) to a fake input stream in the blocks it asked for."""
+    for i in range(0, len(x), stream.blocksize):
+        block = x[i : i + stream.blocksize]
+        stream.callback(block, len(block), None, FakeFlags())
+
+
+@pytest.mark.parametrize("rate", [24000, 48000])
+def test_stereo_only_device_source_mixes_to_mono(monkeypatch, rate):
+    """A USB interface that refuses mono is opened with two channels and their average is the
+    microphone (at 48 kHz: mixed, then resampled)."""
+    monkeypatch.setattr(portaudio, "load_sounddevice",
+                        lambda: fake_sounddevice(rate, min_channels=2))
+    FakeStream.instances.clear()
+    src = DeviceSource(None)
+    note = "2 channels, mixed to mono"
+    if rate != SR:
+        note = f"{rate} Hz, resampled; {note}"
+    assert src.label == f"device 7: Fake {rate // 1000}k ({note})" and src.channels == 2
+    got = Collector()
+    src.start(got)
+    stream = FakeStream.instances[-1]
+    assert stream.channels == 2 and stream.samplerate == rate
+    n = rate  # 1 s
+    left, right = tone(1000, n, rate, 0.6), tone(1000, n, rate, -0.2) + tone(3000, n, rate, 0.3)
+    feed(stream, np.stack([left, right], axis=1))
+    y = np.concatenate(got.frames)
+    assert len(got.frames) >= 11 and src.error is None
+    ref = tone(1000, len(y), SR, 0.2) + tone(3000, len(y), SR, 0.15)  # (left + right) / 2
+    assert np.abs(y[100:] - ref[100:]).max() < (1e-6 if rate == SR else 2e-3)
+    src.stop()
+
+
+@pytest.mark.parametrize("rate", [24000, 48000])
+def test_stereo_only_device_sink_plays_mono_on_both_channels(monkeypatch, rate):
+    monkeypatch.setattr(portaudio, "load_sounddevice",
+                        lambda: fake_sounddevice(rate, min_channels=2))
+    FakeStream.instances.clear()
+    sink = DeviceSink(None)
+    assert sink.channels == 2 and sink.label.endswith("2 channels, the same on each)")
+    sent = []
+
+    def pull(t, room):
+        sent.append(tone(1000, FRAME, SR, 0.5, start=len(sent) * FRAME))
+        return sent[-1]
+
+    sink.start(pull)
+    stream = FakeStream.instances[-1]
+    assert stream.channels == 2 and stream.samplerate == rate
+    out = []
+    for _ in range(40):
+        buf = np.full((stream.blocksize, stream.channels), np.nan, np.float32)
+        stream.callback(buf, len(buf), None, FakeFlags())
+        out.append(buf.copy())
+    y = np.concatenate(out)
+    assert sink.error is None
+    np.testing.assert_array_equal(y[:, 0], y[:, 1])  # the same signal on each channel
+    if rate == SR:
+        np.testing.assert_array_equal(y[:, 0], np.concatenate(sent)[: len(y)])
+    else:
+        spec = np.abs(np.fft.rfft(y[2000:, 0] * np.hanning(len(y) - 2000)))
+        assert abs(np.argmax(spec) * rate / (len(y) - 2000) - 1000) < 3
+        assert 0.45 < np.abs(y[2000:, 0]).max() < 0.55
+    sink.stop()
+
+
+@pytest.mark.parametrize("cls", [DeviceSource, DeviceSink])
+def test_device_at_no_usable_rate_names_the_rates_it_offers(monkeypatch, cls):
+    """Neither 24 kHz nor the device's default rate: one line saying which common rates it
+    does take (probed with every channel count tried: this one refuses mono)."""
+    sd = fake_sounddevice(44100, rates={16000, 96000}, min_channels=2)
+    monkeypatch.setattr(portaudio, "load_sounddevice", lambda: sd)
+    with pytest.raises(AudioError) as ei:
+        cls(None)
+    kind = "input" if cls is DeviceSource else "output"
+    assert str(ei.value) == (
+        f"{kind} device 7: Fake 44k cannot run at 24000 Hz nor at its default 44100 Hz "
+        "(Invalid sample rate); it offers 16000, 96000 Hz: set its rate to one of them in the "
+        "system's sound settings, or use another device"
+    )
+    assert {r for r, _ in sd.checks} == set(portaudio.COMMON_RATES) | {44100}
+
+
+def test_device_at_no_rate_at_all_says_none_passed(monkeypatch):
+    monkeypatch.setattr(portaudio, "load_sounddevice", lambda: fake_sounddevice(24000, rates=()))
+    with pytest.raises(AudioError) as ei:
+        DeviceSource(None)
+    assert str(ei.value) == (
+        "input device 7: Fake 24k cannot run at 24000 Hz (Invalid sample rate); none of 8000, "
+        "16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000 Hz passed either "
+        "(with 1 or 2 channels)"
+    )
 
 
 class FakeTime:
@@ -685,72 +827,168 @@ def test_jack_device_listing_and_resolution(jack_server):
     sink.stop()
 
 
-def test_jack_loopback(jack_server, record_property):
-    """DeviceSink -> JACK -> DeviceSource: 80 ms callbacks, and the sink's audio comes back."""
-    rng = np.random.default_rng(7)
-    sent: list[np.ndarray] = []
-    pull_times: list[int] = []
+class Loopback:
+    """A DeviceSink and a DeviceSource on the JACK card, the sink's frames made by `make(k)`."""
 
-    def pull(t_ns, room):
-        pull_times.append(t_ns)
-        k = len(sent)
+    def __init__(self, make):
+        self.make = make
+        self.sent: list[np.ndarray] = []
+        self.pull_times: list[int] = []
+        self.got = Collector()
+        self.sink = open_sink(None)
+        self.src = open_source(None)
+
+    def pull(self, t_ns, room):
+        self.pull_times.append(t_ns)
+        self.sent.append(self.make(len(self.sent)))
+        return self.sent[-1]
+
+    def run(self, wire, seconds: float) -> float:
+        """Start both, `wire()` the card, play `seconds`; returns how long wiring took (ms)."""
+        self.seconds = seconds
+        self.sink.start(self.pull)
+        self.src.start(self.got)
+        try:
+            t = time.perf_counter()
+            wire()
+            connect_ms = (time.perf_counter() - t) * 1e3
+            time.sleep(seconds)
+        finally:
+            self.src.stop()
+            self.sink.stop()
+        assert self.src.error is None and self.sink.error is None
+        return connect_ms
+
+    def check_periods(self) -> tuple[np.ndarray, np.ndarray]:
+        """One frame captured and one pulled per 80 ms, whatever the card's period."""
+        d_in, d_out = intervals_ms(self.got.times), intervals_ms(self.pull_times)
+        least = 0.8 * self.seconds / 0.08
+        assert len(self.got.frames) >= least and len(self.pull_times) >= least
+        assert 75 < float(np.median(d_in)) < 85 and 75 < float(np.median(d_out)) < 85
+        return d_in, d_out
+
+    def bit_exact_lag(self, gain: float = 1.0) -> tuple[int, int] | None:
+        """(captured frame, sent sample) of the first frame that came back bit-exact as gain *
+        what was sent, at any sample offset (a 20 ms card need not keep frames aligned)."""
+        sent = np.float32(gain) * np.concatenate(self.sent)
+        for i, f in enumerate(self.got.frames):
+            for p in np.flatnonzero(sent == f[0]) if f[0] else ():
+                if np.array_equal(sent[p : p + FRAME], f):
+                    return i, int(p)
+        return None
+
+
+def noisy_tone(rng):
+    def make(k):
         n = np.arange(FRAME) + k * FRAME
-        f = (0.4 * np.sin(2 * np.pi * 1000 * n / SR) + rng.uniform(-0.05, 0.05, FRAME))
-        f = f.astype(np.float32)
-        sent.append(f)
-        return f
+        f = 0.4 * np.sin(2 * np.pi * 1000 * n / SR) + rng.uniform(-0.05, 0.05, FRAME)
+        return f.astype(np.float32)
 
-    got = Collector()
-    sink = open_sink(None)
-    src = open_source(None)
-    sink.start(pull)
-    src.start(got)
-    try:
-        t = time.perf_counter()
-        pairs = jack_server.connect_loopback()
-        connect_ms = (time.perf_counter() - t) * 1e3
-        assert pairs
-        time.sleep(2.0)
-    finally:
-        src.stop()
-        sink.stop()
-    assert src.error is None and sink.error is None
-    d_in = intervals_ms(got.times)
-    d_out = intervals_ms(pull_times)
-    assert len(got.frames) >= 20 and len(pull_times) >= 20
-    assert 75 < float(np.median(d_in)) < 85 and 75 < float(np.median(d_out)) < 85
+    return make
+
+
+def test_jack_stereo_only_device(jack_server, monkeypatch):
+    """Real PortAudio streams on a card that refuses mono (PortAudio's checks wrapped to say
+    so): two ports each way.  Wired out_1 -> in_0 only, the captured frames are exactly half
+    what was sent: the sink put the signal on its second channel too, the source averaged it
+    with a silent one."""
+    import sounddevice as sd
+
+    for name in ("check_input_settings", "check_output_settings"):
+        real = getattr(sd, name)
+
+        def refuse_mono(*a, _real=real, **k):
+            if k.get("channels") == 1:
+                raise sd.PortAudioError("Invalid number of channels")
+            return _real(*a, **k)
+
+        monkeypatch.setattr(sd, name, refuse_mono)
+    lb = Loopback(noisy_tone(np.random.default_rng(8)))
+    assert lb.src.channels == lb.sink.channels == 2
+    assert lb.src.label.endswith("(2 channels, mixed to mono)")
+    assert lb.sink.label.endswith("(2 channels, the same on each)")
+    ports = {}
+
+    def wire():
+        outs, ins = ports["out"], ports["in"] = jack_server.wait_ports()
+        jack_server.client().connect(outs[1], ins[0])
+
+    lb.run(wire, 1.5)
+    assert len(ports["out"]) == len(ports["in"]) == 2
+    lb.check_periods()
+    assert lb.bit_exact_lag(0.5) is not None, "no frame came back as half what was sent"
+
+
+@pytest.mark.parametrize("card", ["jack_server", "jack_card_20ms"])
+def test_jack_loopback(card, request, record_property):
+    """DeviceSink -> JACK -> DeviceSource on an 80 ms and on a 20 ms card: a frame every 80 ms
+    each way, and the sink's audio comes back bit-exact."""
+    jack = request.getfixturevalue(card)
+    lb = Loopback(noisy_tone(np.random.default_rng(7)))
+    pairs = []
+    connect_ms = lb.run(lambda: pairs.extend(jack.connect_loopback()), 2.0)
+    assert pairs
+    d_in, d_out = lb.check_periods()
     # the last frames carry the 1 kHz tone at the sink's level
-    tail = np.concatenate(got.frames[-10:])
+    tail = np.concatenate(lb.got.frames[-10:])
     spec = np.abs(np.fft.rfft(tail * np.hanning(len(tail))))
     assert abs(np.argmax(spec) * SR / len(tail) - 1000) < 5
     assert 0.35 < np.abs(tail).max() < 0.5
-    # bit-exact: find the lag (whole frames) between what was sent and what came back
-    lag = None
-    for i, f in enumerate(got.frames):
-        for j, s in enumerate(sent):
-            if f.any() and np.array_equal(f, s):
-                lag = (i, j)
-                break
-        if lag:
-            break
+    lag = lb.bit_exact_lag()
     assert lag is not None, "no frame came back bit-exact"
-    i, j = lag
-    lag_ms = (got.times[i] - pull_times[j]) / 1e6
+    i, p = lag  # the sample sent at p plays at its frame's pull time + its place in the frame
+    lag_ms = (lb.got.times[i] - lb.pull_times[p // FRAME]) / 1e6 - (p % FRAME) / SR * 1e3
     stats = {
-        "jack_setup_s": round(jack_server.setup_s, 3),
+        "jack_period": jack.period,
+        "jack_setup_s": round(jack.setup_s, 3),
         "connect_ms": round(connect_ms, 2),
         "in_interval_ms_median": round(float(np.median(d_in)), 3),
         "in_jitter_p95_ms": round(float(np.percentile(np.abs(d_in - 80), 95)), 3),
         "out_interval_ms_median": round(float(np.median(d_out)), 3),
         "out_jitter_p95_ms": round(float(np.percentile(np.abs(d_out - 80), 95)), 3),
         "pull_to_capture_ms": round(lag_ms, 2),
-        "sink_latency_s": sink.latency_s,
-        "overflows": src.overflows,
-        "underflows": sink.underflows,
+        "sink_latency_s": lb.sink.latency_s,
+        "overflows": lb.src.overflows,
+        "underflows": lb.sink.underflows,
     }
     for k, v in stats.items():
         record_property(k, v)
     print("jack loopback:", stats)
+
+
+def test_jack_48k_card_resamples_both_ways(jack_card_48k, monkeypatch):
+    """A 48 kHz card through real PortAudio: both streams run at 48 kHz, the tone the sink
+    plays comes back at 24 kHz clean and at its level.  Reported at a default rate it does not
+    run at (44.1 kHz), the card is refused in one line naming the rate it does take."""
+    lb = Loopback(lambda k: tone(1000, FRAME, SR, 0.4, start=k * FRAME))
+    for end in (lb.src, lb.sink):
+        assert end.device_rate == 48000 and end.channels == 1
+        assert end.label.endswith(": system (48000 Hz, resampled)")
+    lb.run(jack_card_48k.connect_loopback, 2.0)
+    lb.check_periods()
+    assert lb.src.frames_delivered == len(lb.got.frames) and lb.sink.frames_pulled >= 20
+    tail = np.concatenate(lb.got.frames[-10:]).astype(np.float64)
+    n = np.arange(len(tail))
+    basis = np.stack([np.sin(2 * np.pi * 1000 * n / SR), np.cos(2 * np.pi * 1000 * n / SR)], 1)
+    coef, *_ = np.linalg.lstsq(basis, tail, rcond=None)
+    residual = tail - basis @ coef
+    assert abs(np.hypot(*coef) - 0.4) < 0.01  # the level, through two resamplers
+    assert np.sqrt(np.mean(residual**2)) < 1e-3  # and nothing but the tone
+
+    import sounddevice as sd
+
+    index = lb.src.index
+    assert portaudio._offered_rates(sd.check_input_settings, index, [1, 2]) == [48000]
+    real = sd.query_devices
+    monkeypatch.setattr(sd, "query_devices",
+                        lambda *a, **k: {**real(*a, **k), "default_samplerate": 44100.0})
+    with pytest.raises(AudioError) as ei:
+        DeviceSource(index)
+    assert str(ei.value).startswith(
+        f"input device {index}: system cannot run at 24000 Hz nor at its default 44100 Hz "
+        "(Invalid sample rate"
+    )
+    assert "; it offers 48000 Hz: set its rate" in str(ei.value)
 
 
 def test_devices_command_prints_json_and_refuses_unknown_options(monkeypatch, capsys):

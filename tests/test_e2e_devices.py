@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
+from engine.audio import BUNDLED_SPEECH, devices
+from engine.audio.wavio import read_wav, write_wav
+from engine.errors import AudioError
 from engine.model.source import ModelOptions
 from engine.session.config import SessionConfig
 from engine.session.local import Session
@@ -24,12 +28,19 @@ def _jack_device(kind: str) -> int:
     require(f"no JACK {kind} device (PortAudio's JACK host API)")
 
 
-def test_session_on_jack_devices(jack_server, demo_cache):
+CARDS = [("jack_server", 20), ("jack_card_20ms", 8), ("jack_card_48k", 8)]  # (card, seconds)
+
+
+@pytest.mark.parametrize("card,seconds", CARDS, ids=[c for c, _ in CARDS])
+def test_session_on_jack_devices(card, seconds, request, demo_cache):
+    """A session on the 80 ms card for 20 s; shorter on a 20 ms card (the README's latency
+    figures) and on a 48 kHz card (both streams resampled through real PortAudio)."""
+    jack_server = request.getfixturevalue(card)
     cfg = SessionConfig(
         model=ModelOptions(demo=True),
         input=str(_jack_device("input")),
         output=str(_jack_device("output")),
-        seconds=20,
+        seconds=seconds,
         keep_records=True,
         save=False,
     )
@@ -53,13 +64,16 @@ def test_session_on_jack_devices(jack_server, demo_cache):
     caps.sort()
     gaps_ms = np.diff(caps) / 1e6
     # the input callback fires once per 80 ms period, every period
-    assert len(caps) >= 20 / 0.08 * 0.9
+    assert len(caps) >= seconds / 0.08 * 0.9
     assert abs(np.median(gaps_ms) - 80.0) < 2.0, np.median(gaps_ms)
     # the output callback too: one per period for the whole session
-    assert s.sink.callbacks >= 20 / 0.08 * 0.9
+    assert s.sink.callbacks >= seconds / 0.08 * 0.9
     assert any(r.t_play for r in s.tel.done_frames), "nothing was played"
     c = snap.counters
     starved = c["drops_input"] + c["drops_decode"]
+    print(f"session on {card}: starved {starved}, underruns at {s.tel.underrun_times}, "
+          f"playback {snap.stage_stats['playback']}, frames in {s.source.frames_delivered} "
+          f"out {s.sink.frames_pulled}")
     if starved == 0:
         # A machine that keeps real time: the jitter buffer sizes itself to this machine's
         # jitter, so the speaker runs dry rarely (a frame slower than every frame of the last
@@ -76,8 +90,47 @@ def test_session_on_jack_devices(jack_server, demo_cache):
         # the session goes on playing what it could compute
         assert snap.frames_played >= 0.5 * (snap.frames_captured - starved), c
         assert snap.queues["output"] <= 4
-    assert snap.frames_processed >= 100
+    assert snap.frames_processed >= 0.4 * seconds / 0.08
     # the speaker's own latency, as measured from PortAudio's DAC times (or reported): a
     # JACK card has at least one period of it
     assert snap.info["output_latency_ms"] == round(s.sink.latency_s * 1000.0, 1)
     assert 20.0 <= snap.info["output_latency_ms"] < 1000.0
+    if jack_server.rate != 24000:  # the card's rate, resampled both ways, frame after frame
+        for end in (s.source, s.sink):
+            assert end.device_rate == jack_server.rate and end.label.endswith(
+                f"({jack_server.rate} Hz, resampled)")
+        assert snap.info["input"] == s.source.label and snap.info["output"] == s.sink.label
+        # a frame captured per 80 ms of the session (not one per 1920 samples at 48 kHz), and
+        # the speaker asking for one at least as often (more: a late frame is asked for again
+        # at each 20 ms block)
+        n = s.source.frames_delivered
+        assert seconds / 0.08 * 0.9 <= n <= seconds / 0.08 * 1.1 + 5, n
+        assert s.sink.frames_pulled >= seconds / 0.08 * 0.9
+
+
+def test_demo_without_a_microphone_goes_on_after_the_speech(demo_cache, monkeypatch, tmp_path):
+    """--demo on a machine with no microphone: the bundled speech (1 s of it here) stands in
+    for the user, then silence, and the session goes on until it is stopped (here its time
+    limit) instead of ending with the recording."""
+    short = tmp_path / "speech1s.wav"
+    write_wav(short, read_wav(BUNDLED_SPEECH)[:24000])
+    monkeypatch.setattr(devices, "BUNDLED_SPEECH", str(short))
+
+    def no_mic(*a, **k):
+        raise AudioError("no audio input device found")
+
+    monkeypatch.setattr(devices, "DeviceSource", no_mic)
+    cfg = SessionConfig(model=ModelOptions(demo=True), output="null", seconds=3, save=False)
+    s = Session(cfg)
+    s.prepare()
+    s.start()
+    try:
+        assert s.live.wait(120), s.snapshot().error
+        assert s.wait(30)
+    finally:
+        s.stop()
+    snap = s.snapshot()
+    assert snap.error is None and s.end_reason == "time limit"
+    assert snap.info["input"] == "speech1s.wav (bundled), then silence"
+    assert snap.frames_captured >= 3 / 0.08 * 0.8 > 2 * 13  # well past the 13 frames of speech
+    assert not s.source.finished.is_set()

@@ -236,15 +236,17 @@ def open_sink(spec: str | None, *, input_spec: str | None = None):
 
 def open_endpoints(input_spec: str | None, output_spec: str | None, *, demo: bool, warn):
     """(source, sink) for a session's --input/--output.  The demo must run anywhere: with no
-    microphone the bundled speech recording stands in for one, with no speaker the audio goes
-    nowhere (each said through `warn`); an explicit --input/--output never falls back."""
+    microphone the bundled speech recording stands in for the user, then silence (the
+    conversation goes on until the user quits), with no speaker the audio goes nowhere (each
+    said through `warn`); an explicit --input/--output never falls back."""
     try:
         source = open_source(input_spec)
     except AudioError:
         if input_spec is not None or not demo:
             raise
-        source = open_source(BUNDLED_SPEECH)
-        warn("no input device: playing the bundled speech recording as the microphone")
+        source = bundled_speech_source()
+        warn("no input device: playing the bundled speech recording as the microphone, "
+             "then silence")
     try:
         sink = open_sink(output_spec, input_spec=input_spec)
     except AudioError:
@@ -253,6 +255,14 @@ def open_endpoints(input_spec: str | None, output_spec: str | None, *, demo: boo
         sink = open_sink("null")
         warn("no output device: Moshi's audio is not played")
     return source, sink
+
+
+def bundled_speech_source() -> WavFileSource:
+    """The demo's stand-in for a user: the bundled speech once, then silence, never finishing
+    (a WAV given with --input ends the session at its end instead)."""
+    source = WavFileSource(BUNDLED_SPEECH, then_silence=True)
+    source.label = f"{os.path.basename(BUNDLED_SPEECH)} (bundled), then silence"
+    return source
 
 
 def _require_default(kind: str) -> None:

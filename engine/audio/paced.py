@@ -163,12 +163,13 @@ class WavFileSource(_PacedSource):
     """A WAV file (any format read_wav accepts) delivered in real time, one frame per 80 ms.
 
     The last frame is padded with zeros.  With loop=True the file restarts (after its padded
-    last frame) and `finished` is never set.
+    last frame); with then_silence=True silence follows it (a microphone the speaker has stopped
+    talking into); either way `finished` is never set.
     """
 
     _thread_name = "audio-file-source"
 
-    def __init__(self, path, loop: bool = False):
+    def __init__(self, path, loop: bool = False, then_silence: bool = False):
         super().__init__()
         self.path = os.fspath(path)
         pcm = read_wav(self.path)
@@ -180,13 +181,19 @@ class WavFileSource(_PacedSource):
         self._frames = buf.reshape(n, FRAME)
         self.n_frames = n
         self.loop = bool(loop)
+        self.then_silence = bool(then_silence) and not self.loop
         self.label = f"file {os.path.basename(self.path)} ({self.duration_s:.1f} s)"
         if self.loop:
             self.label += ", looped"
+        elif self.then_silence:
+            self.label += ", then silence"
         self._pos = 0
+        self._zeros = np.zeros(FRAME, np.float32)
 
     def _take(self) -> np.ndarray | None:
         if self._pos >= self.n_frames:
+            if self.then_silence:
+                return self._zeros
             if not self.loop or not self.n_frames:
                 return None
             self._pos = 0
@@ -195,10 +202,11 @@ class WavFileSource(_PacedSource):
         return f
 
     def _more(self) -> bool:
-        return self.n_frames > 0 and (self.loop or self._pos < self.n_frames)
+        return self.then_silence or (self.n_frames > 0 and (self.loop or self._pos < self.n_frames))
 
     def _done(self) -> None:
-        if not self.loop and self._pos >= self.n_frames and self._cur is None:
+        endless = self.loop or self.then_silence
+        if not endless and self._pos >= self.n_frames and self._cur is None:
             self.finished.set()
 
 

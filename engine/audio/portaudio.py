@@ -1,4 +1,5 @@
-"""Microphones and speakers through PortAudio (sounddevice), as 24 kHz mono endpoints."""
+"""Microphones and speakers through PortAudio (sounddevice), as 24 kHz mono endpoints, whatever
+rate (resampled) and channels (mixed down / duplicated) the device runs at."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import math
 import threading
 import time
 
+import numpy as np
+
 from engine.audio import FRAME, HEAD, OUT_BLOCK, SAMPLE_RATE
 from engine.audio.endpoints import FrameChunker, OnFrame, OnHead, Pull, _Endpoint, _Feeder
 from engine.audio.resample import Resampler
 from engine.errors import AudioError
+
+# the rates probed to say what a device offers, when it takes neither 24 kHz nor its default
+COMMON_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
 
 
 def load_sounddevice():
@@ -31,8 +37,9 @@ def _pa_message(e: BaseException) -> str:
     return str(msg)
 
 
-def _describe(sd, device, kind: str) -> tuple[int, str, int]:
-    """(index, name, default rate) of a device index, or of the default device for None."""
+def _describe(sd, device, kind: str) -> tuple[int, str, int, int]:
+    """(index, name, default rate, max channels) of a device index, or of the default device
+    for None."""
     try:
         info = sd.query_devices(device, kind) if device is not None else sd.query_devices(kind=kind)
     except Exception as e:
@@ -42,27 +49,68 @@ def _describe(sd, device, kind: str) -> tuple[int, str, int]:
                 exit_code=2,
             ) from None
         raise AudioError(f"unknown {kind} device {device!r}: {_pa_message(e)}", exit_code=2) from None
-    return int(info["index"]), str(info["name"]), int(round(info["default_samplerate"] or 0))
+    return (int(info["index"]), str(info["name"]), int(round(info["default_samplerate"] or 0)),
+            int(info.get(f"max_{kind}_channels") or 0))
 
 
-def _choose_rate(sd, index: int, kind: str, default_rate: int, label: str) -> int:
-    """24000 if the device takes it, else its default rate (resampled in software)."""
-    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+def _channel_choices(max_channels: int) -> list[int]:
+    """Mono first; then stereo, then all the device has (some USB interfaces refuse mono)."""
+    return [1, 2] + ([max_channels] if max_channels > 2 else [])
+
+
+def _refusal(check, index: int, channels: int, rate: int) -> str | None:
+    """PortAudio's reason for refusing these settings, or None when it takes them."""
     try:
-        check(device=index, channels=1, dtype="float32", samplerate=SAMPLE_RATE)
-        return SAMPLE_RATE
-    except Exception as first:
-        if default_rate and default_rate != SAMPLE_RATE:
-            try:
-                check(device=index, channels=1, dtype="float32", samplerate=default_rate)
-                return default_rate
-            except Exception:
-                pass
-        raise AudioError(
-            f"{kind} {label} cannot run at {SAMPLE_RATE} Hz"
-            + (f" nor at its default {default_rate} Hz" if default_rate else "")
-            + f": {_pa_message(first)}"
-        ) from None
+        check(device=index, channels=channels, dtype="float32", samplerate=rate)
+        return None
+    except Exception as e:
+        return _pa_message(e)
+
+
+def _offered_rates(check, index: int, channels: list[int]) -> list[int]:
+    """The common rates the device takes (with any of `channels`), for the error message."""
+    return [r for r in COMMON_RATES if any(_refusal(check, index, c, r) is None for c in channels)]
+
+
+def _choose_format(sd, index: int, kind: str, default_rate: int, max_channels: int,
+                   label: str) -> tuple[int, int]:
+    """(rate, channels) to open the device with: 24000 Hz if it takes it, else its default rate
+    (resampled in software); mono if it takes it, else the fewest channels it takes (mixed
+    down / duplicated).  A device that takes neither rate names the rates it does take."""
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    rates = [SAMPLE_RATE] + ([default_rate] if default_rate and default_rate != SAMPLE_RATE else [])
+    channels = _channel_choices(max_channels)
+    first = None
+    for rate in rates:
+        for ch in channels:
+            why = _refusal(check, index, ch, rate)
+            if why is None:
+                return rate, ch
+            first = first or why
+    tried = f"{SAMPLE_RATE} Hz" + (f" nor at its default {rates[1]} Hz" if len(rates) > 1 else "")
+    offered = _offered_rates(check, index, channels)
+    if offered:
+        hint = (f"it offers {', '.join(map(str, offered))} Hz: set its rate to one of them in "
+                "the system's sound settings, or use another device")
+    else:
+        hint = (f"none of {', '.join(map(str, COMMON_RATES))} Hz passed either "
+                f"(with {_either(channels)} channels)")
+    raise AudioError(f"{kind} {label} cannot run at {tried} ({first}); {hint}")
+
+
+def _either(xs: list[int]) -> str:
+    return " or ".join(filter(None, [", ".join(map(str, xs[:-1])), str(xs[-1])]))
+
+
+def _format_note(rate: int, channels: int, kind: str) -> str:
+    """What the label says about a device not opened as 24 kHz mono."""
+    notes = []
+    if rate != SAMPLE_RATE:
+        notes.append(f"{rate} Hz, resampled")
+    if channels > 1:
+        how = "mixed to mono" if kind == "input" else "the same on each"
+        notes.append(f"{channels} channels, {how}")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 class _DeviceEndpoint(_Endpoint):
@@ -71,6 +119,16 @@ class _DeviceEndpoint(_Endpoint):
     _kind = "audio"
     _stopping = False
     _stream = None
+
+    def _setup(self, device: int | None) -> None:
+        """Find the device and the rate and channels it will be opened with."""
+        sd = load_sounddevice()
+        self._sd = sd
+        self.index, self.name, default_rate, max_channels = _describe(sd, device, self._kind)
+        self.label = f"device {self.index}: {self.name}"
+        self.device_rate, self.channels = _choose_format(
+            sd, self.index, self._kind, default_rate, max_channels, self.label)
+        self.label += _format_note(self.device_rate, self.channels, self._kind)
 
     def _finished(self) -> None:
         if not self._stopping:
@@ -100,20 +158,16 @@ class DeviceSource(_DeviceEndpoint):
 
     If the device refuses 24 kHz it is opened at its default rate and each block is resampled
     in software (streaming polyphase filter, ~5 ms of extra latency); `device_rate` tells which.
-    Blocks of another size than asked for (some hosts) are re-chunked to 1920 samples.
+    A device that refuses mono (stereo-only USB interfaces) is opened with the fewest channels it
+    takes, averaged to mono (`channels`).  Blocks of another size than asked for (some hosts) are
+    re-chunked to 1920 samples.
     """
 
     _kind = "input"
 
     def __init__(self, device: int | None = None, *, latency: str | float = "low"):
         super().__init__()
-        sd = load_sounddevice()
-        self._sd = sd
-        self.index, self.name, default_rate = _describe(sd, device, "input")
-        self.label = f"device {self.index}: {self.name}"
-        self.device_rate = _choose_rate(sd, self.index, "input", default_rate, self.label)
-        if self.device_rate != SAMPLE_RATE:
-            self.label += f" ({self.device_rate} Hz, resampled)"
+        self._setup(device)
         self.latency = latency
         self.finished = threading.Event()
         self.overflows = 0  # callbacks flagged with input overflow (audio was lost)
@@ -135,8 +189,8 @@ class DeviceSource(_DeviceEndpoint):
         block = round((FRAME if on_head is None else HEAD) * self.device_rate / SAMPLE_RATE)
         try:
             self._stream = sd.InputStream(
-                samplerate=self.device_rate, channels=1, blocksize=block, dtype="float32",
-                device=self.index, latency=self.latency,
+                samplerate=self.device_rate, channels=self.channels, blocksize=block,
+                dtype="float32", device=self.index, latency=self.latency,
                 callback=self._callback, finished_callback=self._finished,
             )
             self._stream.start()
@@ -152,7 +206,7 @@ class DeviceSource(_DeviceEndpoint):
         try:
             if status.input_overflow:
                 self.overflows += 1
-            x = indata[:, 0]
+            x = indata[:, 0] if self.channels == 1 else np.mean(indata, axis=1, dtype=np.float32)
             if self._rs is None and frames == FRAME and self._chunker._n == 0:
                 frames_out = [x.copy()]
             else:
@@ -186,20 +240,15 @@ class DeviceSink(_DeviceEndpoint):
 
     A device that refuses 24 kHz is opened at its default rate with software resampling; the
     resampler is primed with a few ms of silence so that its look-ahead does not make the first
-    callback pull two frames.
+    callback pull two frames.  A device that refuses mono gets the same signal on each of its
+    `channels`.
     """
 
     _kind = "output"
 
     def __init__(self, device: int | None = None, *, latency: str | float = "low"):
         super().__init__()
-        sd = load_sounddevice()
-        self._sd = sd
-        self.index, self.name, default_rate = _describe(sd, device, "output")
-        self.label = f"device {self.index}: {self.name}"
-        self.device_rate = _choose_rate(sd, self.index, "output", default_rate, self.label)
-        if self.device_rate != SAMPLE_RATE:
-            self.label += f" ({self.device_rate} Hz, resampled)"
+        self._setup(device)
         self.latency = latency
         self.latency_s = 0.0
         self.underflows = 0  # callbacks flagged with output underflow (a gap was heard)
@@ -227,8 +276,8 @@ class DeviceSink(_DeviceEndpoint):
         self._feed = _Feeder(self, pull, self.device_rate, self._rs, prime)
         try:
             self._stream = sd.OutputStream(
-                samplerate=self.device_rate, channels=1, blocksize=block, dtype="float32",
-                device=self.index, latency=self.latency,
+                samplerate=self.device_rate, channels=self.channels, blocksize=block,
+                dtype="float32", device=self.index, latency=self.latency,
                 callback=self._callback, finished_callback=self._finished,
             )
             self._extra_s = self._rs.latency_s if self._rs is not None else 0.0
