@@ -20,6 +20,9 @@ if str(ROOT) not in sys.path:
 
 from tests import jackdummy  # noqa: E402
 
+# The tests never read the developer's own ~/.config/moshi-tui/config.toml.
+os.environ["MOSHI_TUI_CONFIG"] = os.devnull
+
 
 def require(what: str) -> None:
     """A component the suite needs is missing: skip here, but fail under CI=true (CI installs

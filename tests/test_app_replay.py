@@ -382,8 +382,11 @@ async def test_help_lists_every_key(tmp_path):
         await pilot.press("f1")
         assert isinstance(app.screen, HelpScreen)
         keys = [row[0] for row in app.screen.rows]
-        for key in ("l", "u", "g", "m", "p", "e", "f8", "f1", "q"):
+        for key in ("l", "u", "g", "m", "a", "p", "e", "f8", "f1", "q"):
             assert key in keys
+        # and how the model samples (Kyutai's defaults here)
+        hints = " ".join(str(w.render()) for w in app.screen.query(".dialog-hint"))
+        assert "Sampling: text t=0.8 top-p 0.95, audio t=0.8 top-p 0.95" in hints
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
 

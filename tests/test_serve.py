@@ -262,6 +262,35 @@ async def test_malformed_messages_rejected_and_the_server_keeps_serving(serve, s
     assert "rejected message" in serve.log
 
 
+async def test_sampling_from_the_web_uis_query_parameters(serve):
+    """Kyutai's web UI sends its sliders with the websocket URL: the ones the MLX sampler
+    supports are applied for that conversation and reported back as used; the others are
+    named as ignored.  A malformed value is refused with an error, and the server goes on."""
+    import aiohttp
+
+    query = ("?text_temperature=0.6&text_topk=25&audio_temperature=0.7&audio_topk=250"
+             "&pad_mult=0&repetition_penalty_context=64&repetition_penalty=1&text_seed=42")
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(serve.url + query) as ws:
+            _, metadata = await SpecClient(ws).first(2)
+            meta = json.loads(metadata[1:].decode("utf-8"))
+            assert (meta["text_temperature"], meta["text_topk"]) == (0.6, 25)
+            assert (meta["audio_temperature"], meta["audio_topk"]) == (0.7, 250)
+            ours = meta["moshi_tui"]
+            assert ours["sampling"]["seed"] == 42
+            assert sorted(ours["ignored_query"]) == ["pad_mult", "repetition_penalty",
+                                                     "repetition_penalty_context"]
+        async with http.ws_connect(serve.url) as ws:  # the next conversation: serve's defaults
+            _, metadata = await SpecClient(ws).first(2)
+            meta = json.loads(metadata[1:].decode("utf-8"))
+            assert (meta["text_temperature"], meta["text_topk"]) == (0.8, 0)
+            assert meta["moshi_tui"]["sampling"]["seed"] is None
+        async with http.ws_connect(serve.url + "?text_temperature=hot") as ws:
+            (err,) = await SpecClient(ws).first(1)
+            assert err[0] == 0x05 and b"text_temperature='hot' is not a number" in err
+    assert serve.proc.poll() is None
+
+
 async def test_one_conversation_at_a_time(serve):
     import aiohttp
 

@@ -101,6 +101,7 @@ class MoshiApp(App[int]):
     def __init__(self, session_factory: Callable[[], ConversationSession], *, session_dir: Path | None = None,
                  options: dict | None = None, clock: Callable[[], float] = time.monotonic,
                  refresh_hz: float = REFRESH_HZ, show_log: bool | None = None,
+                 panels: dict[str, bool] | None = None,
                  handle_signals: bool = False) -> None:
         super().__init__()
         start_resource_tracker()  # before Textual captures sys.stderr (see stderr_guard)
@@ -113,6 +114,7 @@ class MoshiApp(App[int]):
         self.clock = clock
         self.refresh_hz = refresh_hz
         self._show_log_default = show_log
+        self._panels = panels or {}  # from --panel-* / the config file: shown at start or not
         self._handle_signals = handle_signals
         self._watchdog: threading.Thread | None = None
         self.exited = threading.Event()  # set by run_app once app.run() has returned
@@ -157,8 +159,10 @@ class MoshiApp(App[int]):
         self.transcript.border_title = "Conversation"
         self.query_one(DiagnosisView).border_title = "Diagnosis"
         self.event_log.border_title = "Log"
-        show_log = self._show_log_default
+        show_log = self._panels.get("log", self._show_log_default)
         self.show_log = self.size.width >= 120 if show_log is None else show_log
+        self.show_latency = self._panels.get("latency", self.show_latency)
+        self.show_queues = self._panels.get("queues", self.show_queues)
         if self.session_dir is not None:
             try:
                 self.session_dir.mkdir(parents=True, exist_ok=True)
@@ -337,7 +341,9 @@ class MoshiApp(App[int]):
     def action_help(self) -> None:
         rows = [(self.get_key_display(b), b.description, b.tooltip)
                 for b in self._help_bindings()]
-        self.push_screen(HelpScreen(rows))
+        info = self.session.tel.info
+        sampling = info.get("server_sampling_text") or self.session.cfg.sampling.describe()
+        self.push_screen(HelpScreen(rows, sampling))
 
     def _help_bindings(self) -> list[Binding]:
         return [b for b in self.BINDINGS if isinstance(b, Binding) and b.show]
@@ -451,7 +457,9 @@ def run_app(args, cfg) -> int:
     folder = session.folder
     err_log = (folder or Path(tempfile.gettempdir())) / (
         "stderr.log" if folder else f"moshi-tui-{os.getpid()}-stderr.log")
-    app = MoshiApp(lambda: session, handle_signals=True)
+    panels = {name: getattr(args, f"panel_{name}") == "on" for name in ("latency", "queues", "log")
+              if getattr(args, f"panel_{name}", None)}
+    app = MoshiApp(lambda: session, handle_signals=True, panels=panels)
     try:
         with stderr_to_file(err_log):
             app.run()

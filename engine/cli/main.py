@@ -42,7 +42,14 @@ def dispatch(argv: list[str] | None, run_app=None) -> int:
         from engine.cli.serve import main as serve_main
 
         return serve_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    from engine.cli.config import config_argv, describe
+
+    parser = build_parser()
+    from_file, path = config_argv(parser)
+    args = parser.parse_args(from_file + argv)  # (the command line comes last: it wins)
+    if args.print_config:
+        print(describe(args, path))
+        return 0
     cfg = session_config(args)
     if args.headless or run_app is None:
         from engine.cli.headless import run_headless

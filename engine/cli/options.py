@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.cli.config import add_panel_options
+from engine.model.sampling import Sampling
 from engine.model.source import ModelOptions
 from engine.session.config import SessionConfig
 
@@ -17,6 +19,9 @@ class _Parser(argparse.ArgumentParser):
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
+    g.add_argument("--voice", choices=["moshika", "moshiko"],
+                   help="Moshi's voice: kyutai/moshika-mlx-* (female) or kyutai/moshiko-mlx-* "
+                   "(male, the default), with -q for the weights")
     g.add_argument("--demo", action="store_true",
                    help="tiny random Moshi-shaped model generated locally (offline, seconds)")
     g.add_argument("--hf-repo", help="Hugging Face repo (default kyutai/moshiko-mlx-q4)")
@@ -39,6 +44,26 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--codec", choices=["auto", "rustymimi", "mlx"], default="auto",
                    help="the Mimi audio codec in this process: rustymimi (CPU) or MLX's Mimi "
                    "(fast on a GPU); auto (default): mlx when MLX runs on a GPU here")
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    d = Sampling()
+    g = p.add_argument_group("sampling (defaults: Kyutai's)")
+    for kind in ("text", "audio"):
+        g.add_argument(f"--{kind}-temperature", type=float, metavar="T",
+                       default=getattr(d, f"{kind}_temperature"),
+                       help=f"{kind} token temperature (default {getattr(d, f'{kind}_temperature'):g}; 0: greedy)")
+        g.add_argument(f"--{kind}-topk", type=int, metavar="K", default=getattr(d, f"{kind}_top_k"),
+                       help=f"sample the {kind} token among the K likeliest (default 0: off, top-p instead)")
+        g.add_argument(f"--{kind}-topp", type=float, metavar="P", default=getattr(d, f"{kind}_top_p"),
+                       help=f"{kind} nucleus sampling (default {getattr(d, f'{kind}_top_p'):g})")
+    g.add_argument("--seed", type=int, help="seed the model's sampling: the same input gives the same conversation")
+
+
+def sampling(args) -> Sampling:
+    return Sampling(text_temperature=args.text_temperature, text_top_k=args.text_topk,
+                    text_top_p=args.text_topp, audio_temperature=args.audio_temperature,
+                    audio_top_k=args.audio_topk, audio_top_p=args.audio_topp, seed=args.seed)
 
 
 def add_session_options(p: argparse.ArgumentParser) -> None:
@@ -76,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         "`moshi-tui bench step|codec|pipeline` measures.",
     )
     add_model_options(p)
+    add_sampling_options(p)
     add_session_options(p)
     p.add_argument("--headless", action="store_true", help="no UI: status lines on stdout")
+    add_panel_options(p)
     p.add_argument("--remote", metavar="URL",
                    help="talk to a Moshi server at ws(s)://HOST:PORT/api/chat (moshi.server, "
                    "moshi_mlx.local_web, moshi-backend, moshi-tui serve) instead of running the model here")
@@ -93,6 +120,7 @@ def model_options(args) -> ModelOptions:
         tokenizer=args.tokenizer,
         lm_config=args.lm_config,
         demo=args.demo,
+        voice=args.voice,
         random=args.random,
         save_weights=args.save_weights,
         codec=args.codec,
@@ -119,5 +147,6 @@ def session_config(args) -> SessionConfig:
         options={k: v for k, v in vars(args).items() if not k.startswith("_")},
         remote=args.remote,
         aec=args.aec,
+        sampling=sampling(args),
         noise_suppression=args.noise_suppression,
     )

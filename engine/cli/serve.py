@@ -12,7 +12,7 @@ from engine.session.serve import ChatServer, ModelHost
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.cli.options import _Parser, add_model_options
+    from engine.cli.options import _Parser, add_model_options, add_sampling_options
 
     p = _Parser(
         prog="moshi-tui serve",
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         "web UI, moshi.client, the Rust CLI or `moshi-tui --remote`.",
     )
     add_model_options(p)
+    add_sampling_options(p)  # (each conversation's, unless its URL asks for others)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.cli.options import model_options
+    from engine.cli.options import model_options, sampling
     from engine.pipeline.alloc import tune_allocator
 
     tune_allocator()  # a fresh codec per conversation: freed memory must go back to the OS
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--max-conversations must be at least 1")
     if args.max_steps is not None and args.max_steps < 2:
         raise UsageError("--max-steps must be at least 2")
-    host = ModelHost(model_options(args), max_steps=args.max_steps)
+    host = ModelHost(model_options(args), max_steps=args.max_steps, sampling=sampling(args))
     try:
         host.start()
         server = ChatServer(host, static=args.static, max_conversations=args.max_conversations)

@@ -142,6 +142,8 @@ def transcript_markdown(stats: dict) -> str:
     lines.append(f"- **Date:** {_title_date(stats)}")
     lines.append(f"- **Duration:** {mmss((stats.get('duration_s') or 0) * 1000)}")
     lines.append(f"- **Audio:** {audio.get('input') or '?'} → {audio.get('output') or '?'}")
+    if model.get("server_sampling_text"):
+        lines.append(f"- **Sampling:** {model['server_sampling_text']}")
     if stats.get("end_reason"):
         lines.append(f"- **Ended:** {stats['end_reason']}")
     if stats.get("error"):

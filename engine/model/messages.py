@@ -1,6 +1,6 @@
 """The messages on the pipe between a session and its model process: one type each, named fields.
 
-    client -> model:   Frame | Reset | Stop
+    client -> model:   Frame | Reset | Configure | Stop
     model -> client:   Progress ... then Ready (or Failed), then per frame Result, and Segment
                        when the LM context filled and a new segment started; BenchDone for
                        `bench step`
@@ -24,6 +24,12 @@ class Frame(NamedTuple):
 
 class Reset(NamedTuple):
     """Start a new segment: a fresh LM state (the client swapped in a fresh codec)."""
+
+
+class Configure(NamedTuple):
+    """A new conversation (serve): its sampling (engine.model.sampling, as a dict), a fresh LM."""
+
+    sampling: dict
 
 
 class Stop(NamedTuple):

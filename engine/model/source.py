@@ -18,8 +18,7 @@ from engine.model import demo
 from engine.model.safetensors import SafetensorsError, read_safetensors_header
 
 Progress = Callable[[str], None]
-DEFAULT_REPO_Q4 = "kyutai/moshiko-mlx-q4"
-DEFAULT_REPO_Q8 = "kyutai/moshiko-mlx-q8"
+VOICES = ("moshika", "moshiko")  # Kyutai's two Moshi voices (female, male)
 DEFAULT_MIMI_NAME = demo.MIMI_NAME
 DEFAULT_TOKENIZER_NAME = demo.TOKENIZER_NAME
 BF16_NAME = demo.MOSHI_BF16_NAME
@@ -74,6 +73,7 @@ class ModelOptions:
     tokenizer: Path | str | None = None
     lm_config: Path | str | None = None
     demo: bool = False
+    voice: str | None = None  # "moshika" or "moshiko": the repo kyutai/<voice>-mlx-q4 / -q8
     random: bool = False  # real-size Moshi (or --lm-config) with random weights, built in memory
     save_weights: Path | str | None = None  # with `random`: also write them there
     codec: str = "auto"  # the client's Mimi backend (engine.pipeline.codec.choose_codec)
@@ -111,6 +111,8 @@ def resolve(opts: ModelOptions, progress: Progress | None = None) -> ResolvedMod
         raise UsageError(f"-q/--quantized must be 4 or 8, not {opts.quantized}")
     if opts.demo and opts.hf_repo:
         raise UsageError("--demo and --hf-repo cannot be used together")
+    if opts.voice and (opts.demo or opts.random):
+        raise UsageError(f"--voice picks a Kyutai repo: not with --{'demo' if opts.demo else 'random'}")
 
     if opts.random:
         return _resolve_random(opts, progress)
@@ -165,7 +167,12 @@ def resolve(opts: ModelOptions, progress: Progress | None = None) -> ResolvedMod
             source="local",
         )
 
-    repo = opts.hf_repo or (DEFAULT_REPO_Q8 if opts.quantized == 8 else DEFAULT_REPO_Q4)
+    if opts.voice and opts.hf_repo:
+        raise UsageError("--voice and --hf-repo cannot be used together (the voice picks the repo)")
+    if opts.voice is not None and opts.voice not in VOICES:
+        raise UsageError(f"--voice must be one of {', '.join(VOICES)}, not {opts.voice!r}")
+    voice = opts.voice or "moshiko"
+    repo = opts.hf_repo or f"kyutai/{voice}-mlx-{'q8' if opts.quantized == 8 else 'q4'}"
     hub = _Hub(repo, progress)
     repo_config = None
     if config_path is None:

@@ -15,6 +15,7 @@ import time
 
 from engine.model.messages import (
     BenchDone,
+    Configure,
     Failed,
     Frame,
     Memory,
@@ -25,6 +26,7 @@ from engine.model.messages import (
     Segment,
     Stop,
 )
+from engine.model.sampling import Sampling
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -46,17 +48,36 @@ class Stepper:
     """The prepared LM (engine.model.lmcache) plus the segment logic: when the context is about
     to fill, start a new segment. The KV caches stay allocated across segments."""
 
-    def __init__(self, model, max_steps: int, mode: str | None = None):
-        from engine.model.lmcache import prepare_lm
-
+    def __init__(self, model, max_steps: int, mode: str | None = None,
+                 sampling: Sampling | None = None):
         self.model = model
         self.max_steps = max_steps
-        self.lm = prepare_lm(model, max_steps, mode)
+        self.sampling = sampling or Sampling()
+        self._mode = mode
+        self.lm = self._prepare()
         self.mode = self.lm.mode
         self.total_steps = 0
 
+    def _prepare(self):
+        from engine.model.lmcache import prepare_lm
+
+        text, audio = self.sampling.samplers()
+        return prepare_lm(self.model, self.max_steps, self._mode, text_sampler=text,
+                          audio_sampler=audio)
+
     def reset(self) -> None:
         self.lm.reset()
+
+    def configure(self, sampling: Sampling) -> None:
+        """A new conversation: its sampling (a changed one is prepared and warmed: a compiled
+        step bakes the sampler in), a fresh LM state, the seed applied."""
+        if sampling != self.sampling:
+            self.lm.restore()
+            self.sampling = sampling
+            self.lm = self._prepare()
+            self.lm.warm(2)
+        self.reset()
+        seed_mlx(sampling.seed)
 
     def step(self, codes):
         segment = False
@@ -117,10 +138,21 @@ def _load_and_warm(resolved, options: dict, send):
     load_ms = (time.perf_counter() - t0) * 1000.0
     send(Progress("warming up"))
     # A new segment starts when the LM context is full (Moshi v0.1: 3000 steps = 4 min).
-    stepper = Stepper(model, int(options.get("max_steps") or cfg.transformer.context), mode)
+    sampling = Sampling.from_dict(options.get("sampling"))
+    stepper = Stepper(model, int(options.get("max_steps") or cfg.transformer.context), mode,
+                      sampling)
     if stepper.lm.note:
         send(Progress(stepper.lm.note))
-    return stepper, load_ms, warm(stepper)
+    warm_ms = warm(stepper)
+    seed_mlx(sampling.seed)  # (after the warm-up: the conversation starts from the seed)
+    return stepper, load_ms, warm_ms
+
+
+def seed_mlx(seed: int | None) -> None:
+    if seed is not None:
+        import mlx.core as mx
+
+        mx.random.seed(int(seed))
 
 
 def model_main(conn, resolved, options: dict) -> None:
@@ -141,6 +173,8 @@ def model_main(conn, resolved, options: dict) -> None:
             "warmup_ms": round(warm_ms, 1),
             "max_steps": stepper.max_steps,
             "lm_mode": stepper.mode,
+            "sampling": stepper.sampling.as_dict(),
+            "sampling_text": stepper.sampling.describe(),
             "mlx_device": str(mx.default_device()),
             "pid": os.getpid(),
         }))
@@ -175,6 +209,12 @@ def model_main(conn, resolved, options: dict) -> None:
                 send(Memory(step, mlx_active_bytes()))
         elif isinstance(msg, Reset):
             stepper.reset()
+        elif isinstance(msg, Configure):
+            try:
+                stepper.configure(Sampling.from_dict(msg.sampling))
+            except Exception as e:
+                send(Failed(f"cannot configure the model: {type(e).__name__}: {e}"))
+                return
         elif isinstance(msg, Stop):
             return
 

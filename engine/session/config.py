@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.model.sampling import Sampling
 from engine.model.source import ModelOptions
 from engine.telemetry.collect import Telemetry
 
@@ -25,6 +26,7 @@ class SessionConfig:
     save: bool = True  # write the session folder (recordings, transcript, stats)
     options: dict = field(default_factory=dict)  # the command line, recorded in stats
     remote: str | None = None  # ws(s)://HOST:PORT/api/chat: a remote Moshi server runs the model
+    sampling: Sampling = field(default_factory=Sampling)  # how the model picks its tokens
     aec: str = "auto"  # echo cancellation: "on", "off", "auto" (on when the output is a device)
     noise_suppression: bool = False  # WebRTC's noise suppressor on the microphone, with the AEC
 

@@ -66,7 +66,7 @@ class Session(ConversationSession):
             self.resolved = resolve(self.cfg.model, progress=self._progress)
         tel.info["model"] = self.resolved.label
         options = {"max_steps": self.cfg.max_steps, "step_delay_ms": self.cfg.step_delay_ms,
-                   "lm_mode": self.cfg.model.lm_step}
+                   "lm_mode": self.cfg.model.lm_step, "sampling": self.cfg.sampling.as_dict()}
         server = ModelProcess(model_main, self.resolved, options)
         # Started under the lock stop() takes: stop() sees no server or a started one (joining
         # one that is not started yet fails), and no server starts after a stop.

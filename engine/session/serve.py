@@ -34,9 +34,10 @@ import numpy as np
 
 from engine.audio import SAMPLE_RATE
 from engine.audio.endpoints import FrameChunker
-from engine.errors import MoshiTuiError
-from engine.model.messages import Ready, Reset
+from engine.errors import MoshiTuiError, UsageError
+from engine.model.messages import Configure, Ready
 from engine.model.process import ModelProcess
+from engine.model.sampling import Sampling
 from engine.pipeline.codec import choose_codec, open_codec
 from engine.pipeline.events import PipelineObserver
 from engine.session import wsproto
@@ -54,9 +55,11 @@ def _log(msg: str) -> None:
 class ModelHost:
     """The spawned model process (engine.model.process) plus the client-side models."""
 
-    def __init__(self, model_options, *, max_steps: int | None = None, log=_log):
+    def __init__(self, model_options, *, max_steps: int | None = None, log=_log,
+                 sampling: Sampling | None = None):
         self.model_options = model_options
         self.max_steps = max_steps
+        self.sampling = sampling or Sampling()  # each conversation's, unless its URL says
         self.log = log
         self.process: ModelProcess | None = None
         self.resolved = None
@@ -77,7 +80,8 @@ class ModelHost:
         self.log(f"model: {self.resolved.label}, codec: {self.codec_backend}")
         self.process = ModelProcess(model_main, self.resolved,
                                     {"max_steps": self.max_steps, "step_delay_ms": 0.0,
-                                     "lm_mode": self.model_options.lm_step})
+                                     "lm_mode": self.model_options.lm_step,
+                                     "sampling": self.sampling.as_dict()})
         self.process.start()
         self.spm = load_text_tokenizer(self.resolved.tokenizer, text_card(self.resolved))
         self.info = dict(self.process.wait_for(Ready, self.log).info)
@@ -88,8 +92,9 @@ class ModelHost:
         """A fresh, warmed-up Mimi codec for one conversation (~0.3 s)."""
         return open_codec(str(self.resolved.mimi_weight), self.codec_backend)
 
-    def reset(self) -> None:
-        self.process.send(Reset())
+    def configure(self, sampling: Sampling) -> None:
+        """A fresh LM state for a new conversation, sampling as it asks."""
+        self.process.send(Configure(sampling.as_dict()))
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
@@ -103,13 +108,16 @@ class Conversation(PipelineObserver):
     """One websocket client: its Opus audio through the pipeline, text and audio back; an
     observer of the pipeline (text tokens, decoded PCM and step timings go to the client)."""
 
-    def __init__(self, host: ModelHost, ws, peer: str, index: int):
+    def __init__(self, host: ModelHost, ws, peer: str, index: int, query: dict | None = None):
         import sphn
 
         self.host = host
         self.ws = ws
         self.peer = peer
         self.index = index
+        # the sampling Kyutai's web UI asks for in the URL (UsageError when a value is bad)
+        self.sampling, self.query_applied, self.query_ignored = host.sampling.with_query(
+            dict(query or {}))
         self.reader = sphn.OpusStreamReader(SAMPLE_RATE)
         self.writer = sphn.OpusStreamWriter(SAMPLE_RATE)
         self.chunker = FrameChunker()  # client audio -> frames (and their first 40 ms early)
@@ -149,7 +157,7 @@ class Conversation(PipelineObserver):
 
         self._loop = asyncio.get_running_loop()
         codec = await self._loop.run_in_executor(None, self.host.new_codec)
-        self.host.reset()
+        self.host.configure(self.sampling)
         self.tel = Telemetry()
         self.pipeline = ClientPipeline(codec, self.host.conn, self.host.spm, self.tel, self,
                                        input_max=8, inflight_max=4, output_max=64)
@@ -182,7 +190,11 @@ class Conversation(PipelineObserver):
         label = self.host.resolved.label if self.host.resolved is not None else ""
         # The Rust backend's MetaData schema (what Kyutai's web UI validates and shows) ...
         meta = {
-            "text_temperature": 0.8, "text_topk": 0, "audio_temperature": 0.8, "audio_topk": 0,
+            # the sampling this conversation really uses (its URL's query, else serve's own)
+            "text_temperature": self.sampling.text_temperature,
+            "text_topk": self.sampling.text_top_k,
+            "audio_temperature": self.sampling.audio_temperature,
+            "audio_topk": self.sampling.audio_top_k,
             "pad_mult": 0.0, "repetition_penalty_context": 0, "repetition_penalty": 1.0,
             "lm_model_file": str(self.host.resolved.moshi_weight or "") if self.host.resolved else "",
             "mimi_model_file": str(self.host.resolved.mimi_weight) if self.host.resolved else "",
@@ -194,7 +206,12 @@ class Conversation(PipelineObserver):
         # ... plus ours.
         meta["moshi_tui"] = {
             "version": _version(), "model": label, "max_steps": info.get("max_steps"),
-            "mlx_device": info.get("mlx_device"), "timings_available": True,
+            "mlx_device": info.get("mlx_device"), "lm_step": info.get("lm_mode"),
+            "codec": self.host.codec_backend, "timings_available": True,
+            "sampling": self.sampling.as_dict(), "sampling_from_query": self.query_applied,
+            # what Kyutai's web UI sends that the MLX sampler cannot do (pad_mult, repetition
+            # penalty: fixed at 0 / 1.0 above) or that is unknown
+            "ignored_query": self.query_ignored,
         }
         return meta
 
@@ -357,9 +374,17 @@ class ChatServer:
                 await ws.send_bytes(wsproto.encode_error("the model server is not running"))
                 await ws.close(code=1011)
                 return ws
+            try:
+                conv = Conversation(self.host, ws, peer, self.conversations + 1,
+                                    dict(request.query))
+            except UsageError as e:  # a malformed sampling parameter in the URL
+                _log(f"connection from {peer} refused: {e}")
+                await ws.send_bytes(wsproto.encode_error(f"rejected: {e}"))
+                await ws.close(code=1008, message=b"bad query parameter")
+                return ws
             self.conversations += 1
-            conv = Conversation(self.host, ws, peer, self.conversations)
-            _log(f"conversation {conv.index} with {peer} started")
+            _log(f"conversation {conv.index} with {peer} started"
+                 + (f" (sampling: {conv.sampling.describe()})" if conv.query_applied else ""))
             try:
                 await conv.run()
             except Exception as e:  # a conversation may fail; the server goes on

@@ -12,9 +12,10 @@ from textual.widgets import DataTable, Label, Static
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close", show=False)]
 
-    def __init__(self, rows: list[tuple[str, str, str]]) -> None:
+    def __init__(self, rows: list[tuple[str, str, str]], sampling: str = "") -> None:
         super().__init__(classes="dialog-screen")
         self.rows = rows  # (key, name, what it does)
+        self.sampling = sampling  # how the model picks its tokens, in words
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-dialog", classes="dialog"):
@@ -29,4 +30,8 @@ class HelpScreen(ModalScreen[None]):
                          "encode is the work left once a frame is complete: its first 40 ms "
                          "are encoded while the rest is captured.",
                          classes="dialog-hint")
+            if self.sampling:
+                yield Static(f"Sampling: {self.sampling} (--text-temperature, --text-topk, "
+                             "--audio-temperature, --audio-topk, --seed)",
+                             classes="dialog-hint", markup=False)
             yield Static("[b]Esc[/] close", classes="dialog-hint")

@@ -267,7 +267,8 @@ class Connection:
             return
         ours = data.get("moshi_tui")
         if isinstance(ours, dict):
-            for key in ("model", "max_steps", "mlx_device", "version"):
+            for key in ("model", "max_steps", "mlx_device", "version", "lm_step", "codec",
+                        "sampling", "ignored_query"):
                 if key in ours:
                     tel.info[f"server_{key}"] = ours[key]
             tel.info["server_kind"] = "moshi-tui serve"

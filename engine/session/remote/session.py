@@ -48,7 +48,7 @@ from engine.session import wsproto
 from engine.session.base import ConversationSession
 from engine.session.remote.connection import Connection
 from engine.session.remote.jitter import JitterBuffer
-from engine.session.remote.url import normalize_url
+from engine.session.remote.url import normalize_url, with_query
 from engine.telemetry.collect import Telemetry
 from engine.telemetry.stages import percentiles
 
@@ -117,13 +117,16 @@ class RemoteSession(ConversationSession):
     # ------------------------------------------------------------------ setup
     def prepare(self) -> None:
         """Cheap validation: the URL, the audio endpoints, the folder. Raises MoshiTuiError."""
-        self.url = normalize_url(self.url_arg)
+        # the sampling asked for goes in the query string, as Kyutai's web UI sends it (what
+        # the URL itself says wins)
+        self.url = with_query(normalize_url(self.url_arg), self.cfg.sampling.to_query())
         model = self.cfg.model
-        if any(getattr(model, k) for k in ("hf_repo", "quantized", "moshi_weight", "mimi_weight",
-                                          "tokenizer", "lm_config")):
+        if any(getattr(model, k) for k in ("hf_repo", "voice", "quantized", "moshi_weight",
+                                          "mimi_weight", "tokenizer", "lm_config", "random")):
             self.tel.warn("model options are ignored with --remote: the server chooses the model")
         super().prepare()
-        self.tel.info.update(model=f"remote {self.url}", remote_url=self.url)
+        base = self.url.split("?", 1)[0]
+        self.tel.info.update(model=f"remote {base}", remote_url=self.url)
 
     # ------------------------------------------------------------------ audio callbacks
     def on_frame(self, pcm: np.ndarray, t_cap: int) -> None:

@@ -28,3 +28,11 @@ def normalize_url(url: str) -> str:
     del port
     path = parts.path if parts.path not in ("", "/") else "/api/chat"
     return urllib.parse.urlunsplit((mapped, parts.netloc, path, parts.query, ""))
+
+
+def with_query(url: str, params: dict[str, str]) -> str:
+    """`url` with `params` added to its query string; a parameter already there stays."""
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    merged = {**params, **query}
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(merged)))
