@@ -207,7 +207,8 @@ def app_in_a_pty(args, env):
     return pid, fd
 
 
-def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path):
+@pytest.mark.parametrize("demo", ["moshi", "hibiki"])
+def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path, demo):
     """The full-screen app as a user starts it, in a real terminal (a pty): it goes live, the
     session ends at --seconds, `q` quits with 0, and what is left is the session folder (no
     empty stderr.log), a line saying where it is, and no process."""
@@ -215,7 +216,7 @@ def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path):
     import select
 
     folder = tmp_path / "session"
-    pid, fd = app_in_a_pty(["--demo", "--input", str(speech_wav), "--output", "null",
+    pid, fd = app_in_a_pty(["--demo", demo, "--input", str(speech_wav), "--output", "null",
                             "--seconds", "3", "--session-dir", str(folder)], demo_env)
     screen = bytearray()
     children: set = set()  # the model server and whatever else the app started
@@ -255,7 +256,10 @@ def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path):
     names = {p.name for p in folder.iterdir()}
     assert {"input.wav", "output.wav", "stats.json", "transcript.md", "transcript.json"} <= names
     assert "stderr.log" not in names  # nothing was printed around the UI: no empty file
-    assert json.loads((folder / "stats.json").read_text())["frames"]["processed"] > 10
+    stats = json.loads((folder / "stats.json").read_text())
+    assert stats["frames"]["processed"] > 10
+    if demo == "hibiki":  # the Hibiki-shaped demo: a translation, said on screen and in stats
+        assert stats["model"]["mode"] == "translation" and "translation" in text
     assert children, "the app started no model server?"
     gone, alive = psutil.wait_procs(list(children), timeout=10)
     assert not alive, alive

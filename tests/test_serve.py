@@ -31,10 +31,11 @@ FRAME = 1920
 
 
 class ServeProcess:
-    def __init__(self, env):
+    def __init__(self, env, demo: str = "moshi"):
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli.serve", "--demo", "--host", "127.0.0.1", "--port", "0"],
+            [sys.executable, "-m", "engine.cli.serve", "--demo", demo, "--host", "127.0.0.1",
+             "--port", "0"],
             cwd=ROOT, env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
@@ -353,3 +354,33 @@ def test_serve_usage_errors(args, message):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_serve_runs_the_hibiki_shaped_demo(demo_env, speech_wav):
+    """serve runs any of the models: the Hibiki-shaped demo (16 codebooks each way, a
+    conditioned LM) answers with audio and text, and its metadata says it translates."""
+    import aiohttp
+
+    sp = ServeProcess(demo_env, demo="hibiki")
+    try:
+        url = sp.wait_for(r"listening on (ws://127\.0\.0\.1:\d+/api/chat)", timeout=120)[0].group(1)
+
+        async def talk():
+            async with aiohttp.ClientSession() as http:
+                async with http.ws_connect(url) as ws:
+                    c = SpecClient(ws)
+                    _, metadata = await c.first(2)
+                    meta = json.loads(metadata[1:].decode("utf-8"))
+                    rx = asyncio.create_task(c.receive_all())
+                    await c.send_audio(_speech_frames(speech_wav, 2.0), per_page=True)
+                    assert await _until(lambda: c.samples >= 10 * FRAME and c.texts, 15)
+                    await ws.close()
+                    await asyncio.wait_for(rx, 10)
+                    return meta, c
+
+        meta, c = asyncio.run(talk())
+        assert meta["moshi_tui"]["model"] == "demo Hibiki (bf16)"
+        assert meta["moshi_tui"]["mode"] == "translation" and c.errors == []
+    finally:
+        sp.stop()
+    assert sp.proc.returncode == 0, sp.log[-3000:]

@@ -68,6 +68,10 @@ def config_argv(parser: argparse.ArgumentParser, path: Path | None = None) -> tu
             tokens += _panels(value, path)
             continue
         dest = key.replace("-", "_")
+        if dest == "demo":  # demo = true, or the demo's kind: "moshi", "hibiki"
+            dest, value = "demo_model", ("moshi" if value is True else value)
+            if value is False:
+                continue
         action = actions.get(dest)
         if action is None or dest in NOT_IN_FILE or dest.startswith("panel_"):
             raise UsageError(f"config file {path}: unknown key {key!r} (keys are the long "

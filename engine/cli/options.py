@@ -16,14 +16,22 @@ class _Parser(argparse.ArgumentParser):
 
         raise UsageError(f"{self.prog}: {message}")
 
+    def parse_args(self, args=None, namespace=None):
+        ns = super().parse_args(args, namespace)
+        if hasattr(ns, "demo_model"):  # --demo [moshi|hibiki]: `demo` stays a yes/no
+            ns.demo = ns.demo_model is not None
+        return ns
+
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--voice", choices=["moshika", "moshiko"],
                    help="Moshi's voice: kyutai/moshika-mlx-* (female) or kyutai/moshiko-mlx-* "
                    "(male, the default), with -q for the weights")
-    g.add_argument("--demo", action="store_true",
-                   help="tiny random Moshi-shaped model generated locally (offline, seconds)")
+    g.add_argument("--demo", nargs="?", const="moshi", choices=["moshi", "hibiki"],
+                   dest="demo_model",
+                   help="tiny random model generated locally (offline, seconds): Moshi-shaped, "
+                   "or with 'hibiki' shaped like Kyutai's live translation model")
     g.add_argument("--hf-repo", help="Hugging Face repo (default kyutai/moshiko-mlx-q4)")
     g.add_argument("-q", "--quantized", type=int, choices=[4, 8],
                    help="4 or 8 bits: pre-quantized file, or runtime quantization of bf16")
@@ -120,6 +128,7 @@ def model_options(args) -> ModelOptions:
         tokenizer=args.tokenizer,
         lm_config=args.lm_config,
         demo=args.demo,
+        demo_kind=args.demo_model or "moshi",
         voice=args.voice,
         random=args.random,
         save_weights=args.save_weights,

@@ -131,14 +131,16 @@ def prepare_lm(
     *,
     text_sampler=None,
     audio_sampler=None,
+    condition=None,
 ) -> "PreparedLM":
-    """Prepare `model` for conversations of segments of at most `max_steps` steps."""
+    """Prepare `model` for conversations of segments of at most `max_steps` steps
+    (`condition`: the ConditionTensor a conditioned model, Hibiki, runs with)."""
     mode = mode or DEFAULT_MODE
     if mode == "auto":
         mode = auto_mode()
     if mode not in MODES:
         raise ValueError(f"unknown LM step mode {mode!r} (use one of {', '.join(MODES)})")
-    return PreparedLM(model, max_steps, mode, text_sampler, audio_sampler)
+    return PreparedLM(model, max_steps, mode, text_sampler, audio_sampler, condition)
 
 
 def auto_mode() -> str:
@@ -257,7 +259,8 @@ class _HostTokens:
 class PreparedLM:
     """One conversation's LM: `step(codes)` per 80 ms frame, `reset()` at segment starts."""
 
-    def __init__(self, model, max_steps: int, mode: str, text_sampler=None, audio_sampler=None):
+    def __init__(self, model, max_steps: int, mode: str, text_sampler=None, audio_sampler=None,
+                 condition=None):
         import mlx.core as mx
         from moshi_mlx import utils
 
@@ -271,6 +274,7 @@ class PreparedLM:
                 self.note = f"LM step mode {mode!r} unsupported ({why}): using 'stock'"
                 mode = "stock"
         self.mode = mode
+        self.condition = condition  # (models with conditioners step in "stock" mode)
         self.text_sampler = text_sampler or utils.Sampler()
         self.audio_sampler = audio_sampler or utils.Sampler()
         self.host_syncs = 0  # device->host transfers asked for by this object's own code
@@ -320,7 +324,7 @@ class PreparedLM:
 
         if self._gen is not None:  # stock, prealloc: LmGen as the server always ran it
             data = mx.array(codes).transpose(1, 0)[:, : self.n_other]
-            text_token = self._gen.step(data)[0]
+            text_token = self._gen.step(data, ct=self.condition)[0]
             text_token = int(text_token[0].item())
             audio = self._gen.last_audio_tokens()
             if audio is not None:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from engine.errors import ModelSourceError, UsageError
 from engine.model import demo
+from engine.model.kind import ModelKind, model_kind
 from engine.model.safetensors import SafetensorsError, read_safetensors_header
 
 Progress = Callable[[str], None]
@@ -73,6 +74,7 @@ class ModelOptions:
     tokenizer: Path | str | None = None
     lm_config: Path | str | None = None
     demo: bool = False
+    demo_kind: str = "moshi"  # with demo: "moshi" or "hibiki" (a Hibiki-shaped demo)
     voice: str | None = None  # "moshika" or "moshiko": the repo kyutai/<voice>-mlx-q4 / -q8
     random: bool = False  # real-size Moshi (or --lm-config) with random weights, built in memory
     save_weights: Path | str | None = None  # with `random`: also write them there
@@ -91,6 +93,11 @@ class ResolvedModel:
     source: str = "local"  # "demo", "hf", "local" or "random"
     random_quant: str | None = None  # "bf16", "q8", "q4": random weights (moshi_weight None)
     save_weights: Path | None = None  # random weights are written here too
+
+    @property
+    def kind(self) -> ModelKind:
+        """Moshi (a conversation) or Hibiki (a translation), and its codebooks each way."""
+        return model_kind(self.lm_config)
 
 
 MOSHI_V0_1_TEXT_CARD = 32000  # text tokens Moshi 7B emits (moshi_mlx config_v0_1)
@@ -125,6 +132,8 @@ def resolve(opts: ModelOptions, progress: Progress | None = None) -> ResolvedMod
     config_path = _local_file(opts.lm_config, "lm config")
     lm_config = load_lm_config(config_path) if config_path is not None else None
 
+    if opts.demo and opts.demo_kind == "hibiki":
+        return _resolve_demo_hibiki(opts, progress, moshi, mimi, tokenizer, lm_config)
     if opts.demo:
         try:
             files = demo.ensure_demo(progress=progress)
@@ -205,6 +214,24 @@ def resolve(opts: ModelOptions, progress: Progress | None = None) -> ResolvedMod
     )
 
 
+def _resolve_demo_hibiki(opts, progress, moshi, mimi, tokenizer, lm_config) -> ResolvedModel:
+    """The demo Hibiki: bf16 weights on disk, -q N quantizes them at load."""
+    try:
+        files = demo.ensure_demo_hibiki(progress=progress)
+    except OSError as exc:
+        raise ModelSourceError(
+            f"cannot write the demo model to {demo.default_cache_dir().parent}:"
+            f" {exc.strerror or exc} (set {demo.CACHE_ENV} to another folder)", exit_code=1,
+        ) from None
+    bits = opts.quantized
+    return ResolvedModel(
+        lm_config=lm_config or load_lm_config(files.lm_config),
+        moshi_weight=moshi or files.model, mimi_weight=mimi or files.mimi,
+        tokenizer=tokenizer or files.tokenizer, quantize_runtime=bits,
+        label=f"demo Hibiki ({'q%d, quantized at load' % bits if bits else 'bf16'})",
+        source="demo")
+
+
 def _resolve_random(opts: ModelOptions, progress: Progress | None) -> ResolvedModel:
     """Real-size Moshi (or the --lm-config's model) with random weights: nothing to download.
     Mimi is the demo's (full size, random), the text tokenizer a local one of the model's
@@ -272,6 +299,8 @@ def load_lm_config(path: Path, what: str | None = None) -> dict:
         raise ModelSourceError(
             f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    if isinstance(data, dict):
+        model_kind(data, what)  # a model this app cannot talk with: say what it is
     check_lm_config(data, what)
     return data
 

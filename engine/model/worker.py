@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+from engine.model.kind import condition_tensor
 from engine.model.messages import (
     BenchDone,
     Configure,
@@ -63,7 +64,7 @@ class Stepper:
 
         text, audio = self.sampling.samplers()
         return prepare_lm(self.model, self.max_steps, self._mode, text_sampler=text,
-                          audio_sampler=audio)
+                          audio_sampler=audio, condition=condition_tensor(self.model))
 
     def reset(self) -> None:
         self.lm.reset()
@@ -238,7 +239,7 @@ def bench_step_main(conn, resolved, options: dict) -> None:
 
         steps = max(1, int(options.get("steps") or 100))
         send(Progress(f"timing {steps} steps"))
-        codes = np.zeros((8, 1), dtype=np.uint32)
+        codes = np.zeros((stepper.lm.n_other, 1), dtype=np.uint32)
         times_ns: list[int] = []
         audio_none = segments = 0
         cpu0, wall0 = time.process_time(), time.monotonic_ns()

@@ -120,14 +120,15 @@ def mlx_device_kind() -> str:
         return "cpu"
 
 
-def open_codec(path: str, backend: str = "rustymimi") -> StreamingCodec:
-    """A new codec for the Mimi weights at `path`, warmed up.  ModelLoadError (one line) when
-    the file cannot be loaded."""
+def open_codec(path: str, backend: str = "rustymimi", codebooks: int = 8) -> StreamingCodec:
+    """A new codec for the Mimi weights at `path` encoding and decoding `codebooks` codebooks
+    (the model's: 8 for Moshi, 16 for Hibiki), warmed up.  ModelLoadError (one line) when the
+    file cannot be loaded."""
     if backend == "mlx":
         from engine.pipeline.codec_mlx import MlxMimiCodec
 
         try:
-            mimi = MlxMimiCodec(path)
+            mimi = MlxMimiCodec(path, num_codebooks=codebooks)
         except Exception as e:
             raise ModelLoadError(f"cannot load Mimi weights {path} into MLX: {e}") from None
         codec = StreamingCodec(mimi, "mlx")
@@ -141,15 +142,15 @@ def open_codec(path: str, backend: str = "rustymimi") -> StreamingCodec:
 
     with codec_allocations():
         try:
-            tok = rustymimi.StreamTokenizer(str(path))
+            tok = rustymimi.StreamTokenizer(str(path), num_codebooks=codebooks)
         except Exception as e:
             raise ModelLoadError(f"cannot load Mimi weights {path}: {e}") from None
         codec = StreamingCodec(tok)
-        codec.warm_ms = warm_codec(tok)
+        codec.warm_ms = warm_codec(tok, codebooks=codebooks)
     return codec
 
 
-def warm_codec(backend, frames: int = 4, timeout_s: float = 20.0) -> float:
+def warm_codec(backend, frames: int = 4, timeout_s: float = 20.0, codebooks: int = 8) -> float:
     """Push a few silent frames through encode and decode so the first live frame is fast."""
     t0 = time.perf_counter()
     deadline = time.monotonic() + timeout_s
@@ -166,7 +167,7 @@ def warm_codec(backend, frames: int = 4, timeout_s: float = 20.0) -> float:
                 raise TimeoutError("the audio codec did not answer during warmup")
             time.sleep(0.002)
             codes = backend.get_encoded()
-        backend.decode(np.asarray(codes, dtype=np.uint32).reshape(1, -1)[:, :8])
+        backend.decode(np.asarray(codes, dtype=np.uint32).reshape(1, -1)[:, :codebooks])
         out = None
         while out is None:
             if time.monotonic() > deadline:

@@ -83,7 +83,9 @@ class Session(ConversationSession):
             raise MoshiTuiError("stopped during loading", exit_code=1)
         self.codec_backend = choose_codec(self.cfg.model.codec)
         tel.info["codec"] = self.codec_backend
-        codec = open_codec(str(self.resolved.mimi_weight), self.codec_backend)
+        kind = self.resolved.kind
+        tel.info["mode"] = kind.mode
+        codec = open_codec(str(self.resolved.mimi_weight), self.codec_backend, kind.codebooks)
         spm = load_text_tokenizer(self.resolved.tokenizer, text_card(self.resolved))
 
         # Wait for the server: it reports progress, then ready or an error.
@@ -115,7 +117,8 @@ class Session(ConversationSession):
             max_steps = int(tel.info.get("server_max_steps") or 3000)
             mimi_path = str(self.resolved.mimi_weight)
             segments = Segments(max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES)),
-                                lambda: open_codec(mimi_path, self.codec_backend),
+                                lambda: open_codec(mimi_path, self.codec_backend,
+                                                   self.resolved.kind.codebooks),
                                 release_free_memory, tel.warn)
         self.pipeline = ClientPipeline(codec, self.server.conn, spm, tel, self.recorder,
                                        early_encode=self.cfg.early_encode, segments=segments,

@@ -90,7 +90,8 @@ class ModelHost:
 
     def new_codec(self):
         """A fresh, warmed-up Mimi codec for one conversation (~0.3 s)."""
-        return open_codec(str(self.resolved.mimi_weight), self.codec_backend)
+        return open_codec(str(self.resolved.mimi_weight), self.codec_backend,
+                          self.resolved.kind.codebooks)
 
     def configure(self, sampling: Sampling) -> None:
         """A fresh LM state for a new conversation, sampling as it asks."""
@@ -206,6 +207,7 @@ class Conversation(PipelineObserver):
         # ... plus ours.
         meta["moshi_tui"] = {
             "version": _version(), "model": label, "max_steps": info.get("max_steps"),
+            "mode": self.host.resolved.kind.mode if self.host.resolved else None,
             "mlx_device": info.get("mlx_device"), "lm_step": info.get("lm_mode"),
             "codec": self.host.codec_backend, "timings_available": True,
             "sampling": self.sampling.as_dict(), "sampling_from_query": self.query_applied,

@@ -38,7 +38,7 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
         "end_reason": end_reason,
         "error": snap.error,
         "model": {k: v for k, v in snap.info.items()
-                  if k in ("model", "codec") or k.startswith("server_")},
+                  if k in ("model", "mode", "codec") or k.startswith("server_")},
         "audio": {**{k: snap.info.get(k) for k in ("input", "output", "output_latency_ms", "aec",
                                                    "early_encode")},
                   # (the jitter buffer's aim, median over the session's played frames)

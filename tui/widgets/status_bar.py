@@ -78,6 +78,8 @@ class StatusBar(Widget):
             (f"● {state.upper()}", f"bold {STATE_STYLE.get(state, '')}"),
             "  ", (clock(s.elapsed_s), "bold"),
             sep, ("model ", "$text-muted"), info.get("model", "…"), *where(info),
+            *(((" · ", "$text-muted"), str(info["mode"])) if info.get("mode") == "translation"
+              else ()),
             sep, ("in ", "$text-muted"), str(info.get("input", "?")),
             ("  out ", "$text-muted"), str(info.get("output", "?")),
             *((("  codec ", "$text-muted"), str(info["codec"])) if info.get("codec") else ()),

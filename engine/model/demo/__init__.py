@@ -91,6 +91,24 @@ DEMO_LM_CONFIG: dict = {
 }
 
 
+# A tiny random Hibiki-shaped model (Kyutai's live speech translation): the demo LM's size,
+# Hibiki's layout -- 16 codebooks each way (32 in all, the model generates 16), their delays,
+# and a description conditioner as Kyutai's Hibiki configs have -- through the same loading
+# path as the real repos.  It shares the demo's Mimi and text tokenizer.
+DEMO_HIBIKI_DIR_NAME = "demo-hibiki-v1"
+DEMO_HIBIKI_CONFIG: dict = {
+    **DEMO_LM_CONFIG,
+    "model_type": "hibiki",
+    "n_q": 32,
+    "dep_q": 16,
+    "delays": [0] + ([0] + [2] * 15) * 2,  # text delay first, then 32 audio codebooks
+    "conditioners": {"description": {"type": "lut", "lut": {
+        "n_bins": 31, "dim": 16, "tokenizer": "noop",
+        "possible_values": ["very_bad", "bad", "neutral", "good", "very_good"]}}},
+}
+HIBIKI_SEED = 20250206
+
+
 # The parts that are generated together; each lists the files it writes.
 PARTS: dict[str, tuple[str, ...]] = {
     "config": (CONFIG_NAME,),
@@ -166,6 +184,40 @@ def ensure_demo(
         if damaged:
             _cleanup_stale(root)
             _regenerate(root, damaged, progress)
+    return files
+
+
+@dataclass(frozen=True)
+class HibikiDemoFiles:
+    root: Path
+    lm_config: Path
+    model: Path
+    mimi: Path  # the demo's
+    tokenizer: Path  # the demo's
+
+
+def ensure_demo_hibiki(progress: Progress | None = None) -> HibikiDemoFiles:
+    """The demo Hibiki (see DEMO_HIBIKI_CONFIG), generated once beside the demo."""
+    demo = ensure_demo(progress=progress)
+    root = (demo.root.parent / DEMO_HIBIKI_DIR_NAME).absolute()
+    files = HibikiDemoFiles(root, root / CONFIG_NAME, root / MOSHI_BF16_NAME, demo.mimi,
+                            demo.tokenizer)
+    if files.lm_config.is_file() and files.model.is_file():
+        return files
+    with _lock(root.parent / f".{root.name}.lock", progress):
+        if files.lm_config.is_file() and files.model.is_file():
+            return files
+        from engine.model.fullsize import build_lm
+
+        _say(progress, "demo Hibiki: generating tiny random weights")
+        tmp = _new_dir(root, "hibiki")
+        try:
+            build_lm(DEMO_HIBIKI_CONFIG, "bf16", seed=HIBIKI_SEED, save=tmp / MOSHI_BF16_NAME)
+            _atomic_write_text(tmp / CONFIG_NAME, json.dumps(DEMO_HIBIKI_CONFIG, indent=2))
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return files
 
 
