@@ -481,14 +481,7 @@ class PreparedLM:
 
         attn = layer.self_attn
         b, t, hd = xs.shape
-        qkv = attn.in_proj(layer.norm1(xs)).reshape(b, t, 3, attn.cfg.num_heads,
-                                                     attn.cfg.head_dim)
-        q = qkv[:, :, 0].transpose(0, 2, 1, 3)
-        k = qkv[:, :, 1].transpose(0, 2, 1, 3)
-        v = qkv[:, :, 2].transpose(0, 2, 1, 3)
-        if attn.rope is not None:
-            q = attn.rope(q, offset=pos)
-            k = attn.rope(k, offset=pos)
+        q, k, v = _qkv(layer, xs, pos)
         kc = mx.slice_update(self._state[2 * li], k, pos, axes=(2,))
         vc = mx.slice_update(self._state[2 * li + 1], v, pos, axes=(2,))
         self._state[2 * li] = kc
@@ -505,14 +498,7 @@ class PreparedLM:
 
         attn = layer.self_attn
         b, t, hd = xs.shape
-        qkv = attn.in_proj(layer.norm1(xs)).reshape(b, t, 3, attn.cfg.num_heads,
-                                                     attn.cfg.head_dim)
-        q = qkv[:, :, 0].transpose(0, 2, 1, 3)
-        k = qkv[:, :, 1].transpose(0, 2, 1, 3)
-        v = qkv[:, :, 2].transpose(0, 2, 1, 3)
-        if attn.rope is not None:
-            q = attn.rope(q, offset=si)
-            k = attn.rope(k, offset=si)
+        q, k, v = _qkv(layer, xs, si)
         ks.append(k)
         vs.append(v)
         kk = ks[0] if si == 0 else mx.concatenate(ks, axis=2)
@@ -525,6 +511,19 @@ class PreparedLM:
         o = attn.out_proj(o.transpose(0, 2, 1, 3).reshape(b, t, hd))
         xs = xs + layer.layer_scale_1(o)
         return xs + layer.layer_scale_2(layer.gating(layer.norm2(xs)))
+
+
+def _qkv(layer, xs, offset):
+    """A transformer layer's queries, keys and values for `xs` (heads first), rotated to the
+    position `offset` when the layer uses RoPE."""
+    attn = layer.self_attn
+    b, t, _ = xs.shape
+    qkv = attn.in_proj(layer.norm1(xs)).reshape(b, t, 3, attn.cfg.num_heads, attn.cfg.head_dim)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    if attn.rope is not None:
+        q = attn.rope(q, offset=offset)
+        k = attn.rope(k, offset=offset)
+    return q, k, v
 
 
 def lm_mode_from(options: dict | None = None) -> str:

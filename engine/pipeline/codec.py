@@ -161,17 +161,17 @@ def warm_codec(backend, frames: int = 4, timeout_s: float = 20.0, codebooks: int
             backend.encode(pcm[HEAD:])
         else:
             backend.encode(pcm)
-        codes = None
-        while codes is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the audio codec did not answer during warmup")
-            time.sleep(0.002)
-            codes = backend.get_encoded()
+        codes = _await(backend.get_encoded, deadline)
         backend.decode(np.asarray(codes, dtype=np.uint32).reshape(1, -1)[:, :codebooks])
-        out = None
-        while out is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the audio codec did not answer during warmup")
-            time.sleep(0.002)
-            out = backend.get_decoded()
+        _await(backend.get_decoded, deadline)
     return (time.perf_counter() - t0) * 1000.0
+
+
+def _await(getter, deadline: float):
+    while True:
+        time.sleep(0.002)
+        out = getter()
+        if out is not None:
+            return out
+        if time.monotonic() > deadline:
+            raise TimeoutError("the audio codec did not answer during warmup")
