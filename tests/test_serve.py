@@ -31,11 +31,11 @@ FRAME = 1920
 
 
 class ServeProcess:
-    def __init__(self, env, demo: str = "moshi"):
+    def __init__(self, env, demo: str = "moshi", extra: tuple = ()):
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli.serve", "--demo", demo, "--host", "127.0.0.1",
-             "--port", "0"],
+             "--port", "0", *extra],
             cwd=ROOT, env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
@@ -358,10 +358,12 @@ def test_serve_usage_errors(args, message):
 
 def test_serve_runs_the_hibiki_shaped_demo(demo_env, speech_wav):
     """serve runs any of the models: the Hibiki-shaped demo (16 codebooks each way, a
-    conditioned LM) answers with audio and text, and its metadata says it translates."""
+    conditioned LM) answers with audio and text, and its metadata says it translates.  With a
+    short context the conversation goes through new segments (a fresh codec each time, as
+    rustymimi's stream is limited) and goes on."""
     import aiohttp
 
-    sp = ServeProcess(demo_env, demo="hibiki")
+    sp = ServeProcess(demo_env, demo="hibiki", extra=("--max-steps", "10"))
     try:
         url = sp.wait_for(r"listening on (ws://127\.0\.0\.1:\d+/api/chat)", timeout=120)[0].group(1)
 
@@ -381,6 +383,8 @@ def test_serve_runs_the_hibiki_shaped_demo(demo_env, speech_wav):
         meta, c = asyncio.run(talk())
         assert meta["moshi_tui"]["model"] == "demo Hibiki (bf16)"
         assert meta["moshi_tui"]["mode"] == "translation" and c.errors == []
+        m = sp.wait_for(r"conversation \d+ ended: .*, (\d+) new segments", timeout=20)[0]
+        assert int(m.group(1)) >= 1
     finally:
         sp.stop()
     assert sp.proc.returncode == 0, sp.log[-3000:]

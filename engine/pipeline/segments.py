@@ -16,6 +16,10 @@ from typing import Callable
 
 from engine.pipeline.codec import StreamingCodec
 
+# rustymimi's streaming encoder fails once its transformer positions pass max_seq_len
+# (measured: 4096 frames), and its KV caches grow ~128 KB per frame until then.
+CODEC_SEGMENT_FRAMES = 3600
+
 
 class Segments:
     PRELOAD_FRAMES = 75  # start loading the next codec 6 s before the boundary

@@ -16,14 +16,10 @@ from engine.model.process import ModelProcess
 from engine.model.source import resolve, text_card
 from engine.pipeline.alloc import release_free_memory, tune_allocator
 from engine.pipeline.codec import choose_codec, open_codec
-from engine.pipeline.segments import Segments
+from engine.pipeline.segments import CODEC_SEGMENT_FRAMES, Segments
 from engine.session.base import ConversationSession
 from engine.session.config import SessionConfig
 from engine.telemetry.collect import Telemetry
-
-# rustymimi's streaming encoder fails once its transformer positions pass max_seq_len
-# (measured: see README), and its KV caches grow ~128 KB per frame until then.
-CODEC_SEGMENT_FRAMES = 3600
 
 
 class Session(ConversationSession):

@@ -38,8 +38,10 @@ from engine.errors import MoshiTuiError, UsageError
 from engine.model.messages import Configure, Ready
 from engine.model.process import ModelProcess
 from engine.model.sampling import Sampling
+from engine.pipeline.alloc import release_free_memory
 from engine.pipeline.codec import choose_codec, open_codec
 from engine.pipeline.events import PipelineObserver
+from engine.pipeline.segments import CODEC_SEGMENT_FRAMES, Segments
 from engine.session import wsproto
 from engine.telemetry.collect import Telemetry
 
@@ -160,8 +162,16 @@ class Conversation(PipelineObserver):
         codec = await self._loop.run_in_executor(None, self.host.new_codec)
         self.host.configure(self.sampling)
         self.tel = Telemetry()
+        # As in a local session: rustymimi's stream ends after 4096 frames, so a long
+        # conversation gets a fresh codec at each new segment (MLX's Mimi streams on).
+        segments = None
+        if self.host.codec_backend == "rustymimi":
+            steps = int(self.host.info.get("max_steps") or 3000)
+            segments = Segments(max(8, min(steps - 2, CODEC_SEGMENT_FRAMES)), self.host.new_codec,
+                                release_free_memory, self.tel.warn)
         self.pipeline = ClientPipeline(codec, self.host.conn, self.host.spm, self.tel, self,
-                                       input_max=8, inflight_max=4, output_max=64)
+                                       segments=segments, input_max=8, inflight_max=4,
+                                       output_max=64)
         self.pipeline.start()
         ws = self.ws
         tasks = []
@@ -417,7 +427,7 @@ class ChatServer:
             f"conversation {conv.index} ended: {conv.frames_in} frames in, {conv.frames_out} out, "
             f"{len(tel.tokens)} text tokens, model p50 {model if model is not None else '-'} ms, "
             f"drops {c['drops_input'] + c['drops_decode']}, rejected messages {conv.errors}, "
-            f"{c.get('early_encodes', 0)} frames encoded early"
+            f"{c.get('early_encodes', 0)} frames encoded early, {c.get('segments', 0)} new segments"
         )
 
     async def serve(self, host: str, port: int) -> int:
