@@ -45,7 +45,7 @@ def model_kind(config: dict | None, what: str = "the model") -> ModelKind:
             raise ModelSourceError(f"{what} is {text}; moshi-tui runs Moshi and Hibiki",
                                    exit_code=2)
     n_q, dep_q = config.get("n_q"), config.get("dep_q")
-    if n_q == 0 or (n_q is None and dep_q is None):
+    if n_q == 0:  # (a config missing its keys is told so by the config check)
         raise ModelSourceError(f"{what} is {_REFUSED['helium']}; moshi-tui runs Moshi and "
                                "Hibiki", exit_code=2)
     if dep_q == 0:

@@ -98,10 +98,11 @@ class ConversationSession(ProcessFigures):
     def _mic_frame(self, pcm, t_ns: int):
         """A frame from the microphone, as the pipeline gets it (echo removed)."""
         aec = self.aec
-        if aec is None or not aec.enabled:
+        if aec is None:
             return pcm
-        out = aec.near_frame(pcm, t_ns)
-        self.tel.add_stage("aec", aec.cost_ms())
+        out = aec.near_frame(pcm, t_ns)  # (also when off: it forgets a head cleaned before)
+        if aec.enabled:
+            self.tel.add_stage("aec", aec.cost_ms())
         return out
 
     def _speaker(self, pcm, room: int, t_play: int):
