@@ -6,8 +6,8 @@
     python3 scripts/gpu_step_probe.py --demo --json /tmp/p.json          # CPU: the demo model
 
 Each variant runs in its own process (fresh MLX caches, its own stderr): it builds the model
-(engine.fullsize, random weights, nothing downloaded), prepares it exactly as the server does
-(engine.server.Stepper with an engine.lmcache mode, then warm()), and times
+(engine.model.fullsize, random weights, nothing downloaded), prepares it exactly as the server does
+(engine.model.worker.Stepper with an engine.model.lmcache mode, then warm()), and times
 `Stepper.step` -- the span the session's "model" stage measures -- for `--steps` steps from
 a fresh conversation (crossing the 256-position blocks where moshi_mlx's caches grow), then
 again after a reset (`--second-pass` steps), and, for `--segment-variants`, once more for
@@ -19,7 +19,7 @@ throws it as an error once a cache missed twice its capacity). `--json` gets eve
 every step's time included; it is rewritten after each variant, so a run cut short keeps
 what it measured. `--budget-s` stops starting variants when the time is up.
 
-A variant is a mode of engine.lmcache (stock, prealloc, onesync, fixed, compiled), optionally
+A variant is a mode of engine.model.lmcache (stock, prealloc, onesync, fixed, compiled), optionally
 with environment settings for its process: `compiled@MLX_USE_CUDA_GRAPHS=0`.
 """
 

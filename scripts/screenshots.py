@@ -3,7 +3,7 @@
 
     python scripts/screenshots.py [--out screenshots] [--seconds 9]
 
-Drives `tui.app.MoshiApp` on a real `engine.session.Session` (`--demo`, input = WAV,
+Drives `tui.app.MoshiApp` on a real `engine.session.local.Session` (`--demo`, input = WAV,
 output = null) with Textual's `run_test`, and saves what the app shows with `save_screenshot`:
 main.svg (140x42), latency.svg (queues hidden), queues.svg (latency hidden), main-80x24.svg,
 and loading.svg when the model takes long enough to load to be seen.

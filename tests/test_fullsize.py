@@ -1,5 +1,5 @@
-"""Full-size random Moshi (engine.fullsize): structure from shapes alone, quantized as Kyutai
-ships it, a matching 32k tokenizer, and the MLX random stream left alone (engine.demo too).
+"""Full-size random Moshi (engine.model.fullsize): structure from shapes alone, quantized as Kyutai
+ships it, a matching 32k tokenizer, and the MLX random stream left alone (engine.model.demo too).
 
 Nothing here evaluates a 7B parameter: MLX arrays stay lazy until evaluated, so shapes, names
 and counts of the full-size model cost a few MB.

@@ -1,4 +1,4 @@
-"""The prepared LM (engine.lmcache): same tokens as the stock LmGen path, caches allocated once.
+"""The prepared LM (engine.model.lmcache): same tokens as the stock LmGen path, caches allocated once.
 
 Runs on the demo model (2 layers, CPU). Each mode is compared with `stock` -- moshi_mlx's
 LmGen and caches, what the server ran before -- through the server's own `Stepper`, over more

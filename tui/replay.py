@@ -1,6 +1,6 @@
 """A deterministic, recorded-style telemetry feed with the `Session` interface, for tests and demos.
 
-`ReplaySession` drives a real `engine.telemetry.Telemetry` through loading, warm-up and a live
+`ReplaySession` drives a real `engine.telemetry.collect.Telemetry` through loading, warm-up and a live
 conversation on a fake clock: every `snapshot()` call advances it by one UI tick (125 ms), so
 what the app shows depends only on how many ticks it has read -- never on wall-clock time.
 Snapshot tests use it with a frozen app clock; `python -m tui.replay` previews the app with no model.

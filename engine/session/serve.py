@@ -6,7 +6,7 @@
       0x01 Ogg/Opus <-- Opus encode <------------------------------------------- decoded PCM
       0x02 text     <-- each text token as soon as the model produces it
 
-The model runs in the same spawned server process as a local session (engine.server), driven
+The model runs in the same spawned server process as a local session (engine.model.worker), driven
 by the same ClientPipeline, so the measured path is the same.  One conversation at a time, like
 Kyutai's servers: a second client is accepted and waits (no handshake) until the first leaves;
 every conversation starts from a fresh LM state and a fresh Mimi codec.
