@@ -31,19 +31,9 @@ def run_codec_mlx(mimi_path: str | Path, frames: int = 50, *, compare_rustymimi:
     codec = MlxMimiCodec(mimi_path, **codec_kwargs)
     try:
         warm_ms = codec.warm()
-        t = {"encode": [], "head": [], "rest": [], "decode": []}
-        codes = []
         cpu0 = time.process_time()
-        for f in pcm:
-            t0 = time.perf_counter()
-            codec.encode(f)
-            c, ms = wait(codec.get_encoded, t0)
-            t["encode"].append(ms)
-            codes.append(c)
-            t0 = time.perf_counter()
-            codec.decode(c.reshape(1, -1))
-            _, ms = wait(codec.get_decoded, t0)
-            t["decode"].append(ms)
+        t, codes, _ = _round_trips(codec, pcm, wait)
+        t.update(head=[], rest=[])
         cpu_ms = 1000.0 * (time.process_time() - cpu0) / len(pcm)
         mem_whole = codec.run_in_worker(_memory)
         codec.reset()
@@ -76,18 +66,7 @@ def run_codec_mlx(mimi_path: str | Path, frames: int = 50, *, compare_rustymimi:
         import rustymimi
 
         tok = rustymimi.StreamTokenizer(str(mimi_path))
-        ref, ref_pcm, rt = [], [], {"encode": [], "decode": []}
-        for f in pcm:
-            t0 = time.perf_counter()
-            tok.encode(f)
-            c, ms = wait(tok.get_encoded, t0)
-            rt["encode"].append(ms)
-            ref.append(c)
-            t0 = time.perf_counter()
-            tok.decode(np.ascontiguousarray(c.reshape(1, -1)[:, :8]))
-            p, ms = wait(tok.get_decoded, t0)
-            rt["decode"].append(ms)
-            ref_pcm.append(np.asarray(p, np.float32).reshape(-1))
+        rt, ref, ref_pcm = _round_trips(tok, pcm, wait)
         mine, ref = np.concatenate(codes, axis=1), np.concatenate(ref, axis=1)
         out["rustymimi_ms"] = {k: percentiles(v) for k, v in rt.items()}
         agree = mine == ref
@@ -109,6 +88,25 @@ def run_codec_mlx(mimi_path: str | Path, frames: int = 50, *, compare_rustymimi:
             "snr_db": round(10 * np.log10(float(np.sum(a ** 2)) / max(err, 1e-30)), 1),
             "correlation": round(float(np.corrcoef(a, b)[0, 1]), 6)}
     return out
+
+
+def _round_trips(codec, pcm, wait) -> tuple[dict, list, list]:
+    """Each frame encoded whole, then its codes decoded, through a codec's streaming interface
+    (rustymimi's or ours): ({"encode": ms, "decode": ms}, codes, decoded PCM)."""
+    times: dict = {"encode": [], "decode": []}
+    codes, out = [], []
+    for f in pcm:
+        t0 = time.perf_counter()
+        codec.encode(f)
+        c, ms = wait(codec.get_encoded, t0)
+        times["encode"].append(ms)
+        codes.append(c)
+        t0 = time.perf_counter()
+        codec.decode(np.ascontiguousarray(c.reshape(1, -1)[:, :8]))
+        p, ms = wait(codec.get_decoded, t0)
+        times["decode"].append(ms)
+        out.append(np.asarray(p, np.float32).reshape(-1))
+    return times, codes, out
 
 
 def _device(s: MimiStreams) -> str:
