@@ -1,6 +1,7 @@
 """moshi-tui against Kyutai's official `moshi_mlx/local.py`, side by side in one run.
 
-Both run on the demo model (bf16 LM, full-size random Mimi) through real sounddevice callbacks
+Both run on the demo model (bf16 LM, full-size random Mimi), or on real-size weights given with
+--moshi-weight/--mimi-weight/--tokenizer (-q N: their bits), through real sounddevice callbacks
 on a private JACK dummy sound card (24 kHz, 80 ms periods or `--period N` samples) with the speaker looped back into
 the microphone, one after the other, alternating which goes first in each round, so that the
 machine's load weighs on both alike.  Kyutai's code runs unchanged (scripts/official_probe.py
@@ -44,11 +45,12 @@ from tests import jackdummy  # noqa: E402
 CLI = [sys.executable, "-m", "tui.cli"]
 
 
-def measure_floor(env: dict, work: Path, steps: int, frames: int) -> dict:
+def measure_floor(env: dict, work: Path, steps: int, frames: int,
+                  model: tuple = ("--demo",)) -> dict:
     step_json, codec_json = work / "step.json", work / "codec.json"
-    subprocess.run([*CLI, "bench", "step", "--demo", "--steps", str(steps), "--json", str(step_json)],
+    subprocess.run([*CLI, "bench", "step", *model, "--steps", str(steps), "--json", str(step_json)],
                    cwd=ROOT, env=env, check=True, capture_output=True)
-    subprocess.run([*CLI, "bench", "codec", "--demo", "--frames", str(frames), "--json", str(codec_json)],
+    subprocess.run([*CLI, "bench", "codec", *model, "--frames", str(frames), "--json", str(codec_json)],
                    cwd=ROOT, env=env, check=True, capture_output=True)
     step = json.loads(step_json.read_text())["result"]["step_ms"]["p50"]
     codec = json.loads(codec_json.read_text())["result"]["stream"]
@@ -78,15 +80,16 @@ def _wait_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def run_official(jack, demo_dir: Path, seconds: float, env: dict, work: Path) -> dict:
+def run_official(jack, model: list[str], seconds: float, env: dict, work: Path) -> dict:
+    """Kyutai's local.py on `model`: [DEMO_DIR] or ["--files", MOSHI, MIMI, TOKENIZER, BITS?]."""
     rec_path = work / "official.json"
     env = dict(env, OFFICIAL_PROBE_OUT=str(rec_path))
     with open(work / "official.log", "w") as log:
         p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "official_probe.py"),
-                              str(demo_dir)], cwd=work, env=env, stdout=log,
+                              *model], cwd=work, env=env, stdout=log,
                              stderr=subprocess.STDOUT)
     try:
-        _wait_file(rec_path, p, 180)  # the client writes it once a second from warm-up on
+        _wait_file(rec_path, p, 600)  # the client writes it once a second from warm-up on
         jack.connect_loopback(timeout=30)
         main = psutil.Process(p.pid)
         kids = main.children()
@@ -130,15 +133,15 @@ def run_official(jack, demo_dir: Path, seconds: float, env: dict, work: Path) ->
 
 
 def run_ours(jack, seconds: float, env: dict, work: Path, extra: tuple = (),
-             name: str = "ours") -> dict:
+             name: str = "ours", model: tuple = ("--demo",)) -> dict:
     stats_path = work / f"{name}.json"
     dev_in, dev_out = jackdummy.device_index("input"), jackdummy.device_index("output")
-    cmd = [*CLI, "--headless", "--demo", "--input", str(dev_in), "--output", str(dev_out),
+    cmd = [*CLI, "--headless", *model, "--input", str(dev_in), "--output", str(dev_out),
            "--seconds", str(seconds + 2), "--stats-json", str(stats_path), "--no-save", *extra]
     with open(work / f"{name}.log", "w") as log:
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        jack.connect_loopback(timeout=180)
+        jack.connect_loopback(timeout=600)
         if p.wait(seconds + 120) != 0:
             raise RuntimeError(f"moshi-tui exited with {p.returncode}: see {work / 'ours.log'}")
     finally:
@@ -211,35 +214,59 @@ def main() -> int:
     ap.add_argument("--whole-frames-too", action="store_true",
                     help="also run moshi-tui --whole-frames (frames encoded whole, as local.py) "
                          "in each round")
+    ap.add_argument("--moshi-weight", help="real-size Moshi v0.1 weights instead of the demo"
+                    " (with --mimi-weight and --tokenizer), e.g. random ones written by"
+                    " `moshi-tui bench step --random -q 4 --save-weights DIR/model.q4.safetensors`")
+    ap.add_argument("--mimi-weight")
+    ap.add_argument("--tokenizer")
+    ap.add_argument("-q", "--quantized", type=int, choices=[4, 8],
+                    help="the bits of --moshi-weight (local.py builds the quantized layers first)")
+    ap.add_argument("--work", metavar="DIR", help="keep every log and figure in DIR"
+                    " (default: a temporary folder, removed at the end)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args()
     if args.period <= 0:
         ap.error("--period must be a positive number of samples")
-    demo = ensure_demo()
+    files = (args.moshi_weight, args.mimi_weight, args.tokenizer)
+    if any(files) and not all(files):
+        ap.error("--moshi-weight, --mimi-weight and --tokenizer go together")
+    if all(files):
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            ap.error(f"not a file: {missing[0]}")
+        ours_model = ("--moshi-weight", args.moshi_weight, "--mimi-weight", args.mimi_weight,
+                      "--tokenizer", args.tokenizer)
+        official_model = ["--files", *files] + ([str(args.quantized)] if args.quantized else [])
+    else:
+        ours_model = ("--demo",)
+        official_model = [str(ensure_demo().root)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     results = []
     with tempfile.TemporaryDirectory(prefix="compare-official-") as tmp:
+        if args.work:
+            tmp = args.work
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         jack = jackdummy.start(Path(tmp), args.period)
         env.update({k: os.environ[k] for k in jackdummy.ENV_KEYS})
         try:
             for i in range(args.rounds):
                 work = Path(tmp) / f"round{i}"
-                work.mkdir()
+                work.mkdir(exist_ok=True)
                 print(f"[round {i + 1}/{args.rounds}] compute floor ...", flush=True)
-                floor = measure_floor(env, work, args.floor_steps, args.floor_frames)
+                floor = measure_floor(env, work, args.floor_steps, args.floor_frames, ours_model)
                 order = ["official", "ours"] + (["whole"] if args.whole_frames_too else [])
                 order = order[i % len(order):] + order[:i % len(order)]  # rotate per round
                 got = {}
                 for who in order:
                     print(f"[round {i + 1}/{args.rounds}] {who}: {args.seconds:.0f} s ...", flush=True)
                     if who == "official":
-                        got[who] = run_official(jack, demo.root, args.seconds, env, work)
+                        got[who] = run_official(jack, official_model, args.seconds, env, work)
                     elif who == "whole":
                         got[who] = run_ours(jack, args.seconds, env, work, ("--whole-frames",),
-                                            name="whole")
+                                            name="whole", model=ours_model)
                     else:
-                        got[who] = run_ours(jack, args.seconds, env, work)
+                        got[who] = run_ours(jack, args.seconds, env, work, model=ours_model)
                     time.sleep(1.0)
                 results.append({"floor": floor, "order": list(order), **got})
                 print(format_round(floor, got["official"], got["ours"], got.get("whole")),

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The figures README.md reports for a Linux machine with an NVIDIA GPU, in one run:
-#   scripts/gpu_bench.sh OUT_DIR [SESSION_SECONDS]
-# Full-size Moshi v0.1 with random weights (--random), the MLX codec and rustymimi, q4/q8/bf16.
+#   scripts/gpu_bench.sh OUT_DIR [SESSION_SECONDS] [SIDE_SECONDS]
+# Full-size Moshi v0.1 with random weights (--random), the MLX codec and rustymimi, q4/q8/bf16,
+# the weights written to disk and launched from there, and Kyutai's local.py side by side when
+# jackd is on the PATH (scripts/gpu_audio_stage.sh brings it to a machine without a registry).
 # Each command writes OUT_DIR/<name>.json (the bench's --json) and OUT_DIR/<name>.log.
 # Run it with `moshi-tui` on the PATH, or MOSHI_TUI="python3 -m tui.cli" from the project root.
+# The q4 weights (4.8 GB) go to $MOSHI_TUI_WEIGHTS_DIR (default /tmp/moshi-tui-weights).
 set -u
-out=${1:?usage: gpu_bench.sh OUT_DIR [SESSION_SECONDS]}
+out=${1:?usage: gpu_bench.sh OUT_DIR [SESSION_SECONDS] [SIDE_SECONDS]}
 secs=${2:-300}
+side=${3:-60}
 mkdir -p "$out"
 mt=${MOSHI_TUI:-moshi-tui}
+weights=${MOSHI_TUI_WEIGHTS_DIR:-/tmp/moshi-tui-weights}
+mkdir -p "$weights"
+q4file=$weights/model.q4.safetensors
 run() {  # run NAME ARGS...: one bench, its log and JSON
   local name=$1; shift
   echo "== $name: $mt $* ($(date +%T))"
@@ -16,16 +23,30 @@ run() {  # run NAME ARGS...: one bench, its log and JSON
   echo "   exit $? ($(date +%T))"
   grep -iE "thrash" "$out/$name.log" && echo "   ^ cache thrashing in $name"
 }
+# The step alone (the default mode: layered on CUDA), writing the q4 weights for the launch below.
+run step-q4 bench step --random -q 4 --steps 300 --save-weights "$q4file"
 # The headline: q4, MLX codec, a session long enough for two segments (3000 steps = 4 min).
 run pipeline-q4-mlx bench pipeline --random -q 4 --codec mlx --seconds "$secs"
-# What each step change buys (260 steps: past the first 256-position cache block).
-for mode in stock prealloc onesync fixed compiled; do
-  run "step-q4-$mode" bench step --random -q 4 --steps 260 --lm-step "$mode"
-done
+# Launch to first frame with the weights on disk (the demo's Mimi, the 32k tokenizer).
+read -r mimi tok < <(python3 -c 'from engine.model import demo, fullsize
+print(demo.ensure_demo().mimi, fullsize.ensure_text_tokenizer(32000))')
+run pipeline-q4-disk bench pipeline --moshi-weight "$q4file" --mimi-weight "$mimi" \
+  --tokenizer "$tok" --seconds 20
+# Side by side: the CPU codec, the other weights.
+run pipeline-q4-rustymimi bench pipeline --random -q 4 --codec rustymimi --seconds "$side"
+run pipeline-q8-mlx bench pipeline --random -q 8 --codec mlx --seconds "$side"
+run pipeline-bf16-mlx bench pipeline --random --codec mlx --seconds "$side"
+# Kyutai's local.py and moshi-tui on the same weights, through a 20 ms JACK dummy card.
+if command -v jackd >/dev/null; then
+  echo "== compare-official ($(date +%T))"
+  python3 scripts/compare_official.py --seconds "$side" --rounds 1 --period 480 \
+    --moshi-weight "$q4file" --mimi-weight "$mimi" --tokenizer "$tok" -q 4 \
+    --work "$out/compare" --json "$out/compare.json" >"$out/compare.log" 2>&1
+  echo "   exit $? ($(date +%T))"
+fi
+# The previous default step in a session, and each codec alone.
+run pipeline-q4-mlx-compiled bench pipeline --random -q 4 --codec mlx --lm-step compiled \
+  --seconds "$side"
 run codec-mlx bench codec --demo --codec mlx --frames 100
 run codec-rustymimi bench codec --demo --codec rustymimi --frames 100
-# Side by side: the CPU codec, and the other weights.
-run pipeline-q4-rustymimi bench pipeline --random -q 4 --codec rustymimi --seconds 60
-run pipeline-q8-mlx bench pipeline --random -q 8 --codec mlx --seconds 60
-run pipeline-bf16-mlx bench pipeline --random --codec mlx --seconds 60
 echo "done ($(date +%T))"

@@ -19,8 +19,13 @@ throws it as an error once a cache missed twice its capacity). `--json` gets eve
 every step's time included; it is rewritten after each variant, so a run cut short keeps
 what it measured. `--budget-s` stops starting variants when the time is up.
 
-A variant is a mode of engine.model.lmcache (stock, prealloc, onesync, fixed, compiled), optionally
-with environment settings for its process: `compiled@MLX_USE_CUDA_GRAPHS=0`.
+A variant is a mode of engine.model.lmcache (stock, prealloc, onesync, fixed, compiled, hybrid,
+layered), optionally with environment settings for its process: `compiled@MLX_USE_CUDA_GRAPHS=0` (several: joined
+by `+`).
+`PROBE_PACE_MS=80` starts its steps on an 80 ms clock, as a conversation does (idle gaps
+between steps), instead of back to back: `hybrid@PROBE_PACE_MS=80`; with `PROBE_SPIN=1` the
+gaps are spent spinning on the clock instead of sleeping (is the slowdown the idle CPU's?):
+`layered@PROBE_PACE_MS=80+PROBE_SPIN=1`.
 """
 
 from __future__ import annotations
@@ -145,7 +150,7 @@ def run_child(args, r: dict, left: float | None) -> dict:
     mode, _, env_spec = r["variant"].partition("@")
     env = dict(os.environ)
     extra_env = {}
-    for item in filter(None, env_spec.split(",")):
+    for item in filter(None, env_spec.split("+")):
         k, _, v = item.partition("=")
         extra_env[k] = v
     env.update(extra_env)
@@ -310,11 +315,22 @@ def child(args) -> int:
     card = cfg.audio_vocab_size - 1
     step_no = 0
 
+    pace_s = float(os.environ.get("PROBE_PACE_MS") or 0) / 1000.0
+    spin = os.environ.get("PROBE_SPIN") == "1"
+
     def run_pass(k: int, n: int) -> None:
         nonlocal step_no
         times, segments, texts = [], [], []
         syncs0 = stepper.lm.host_syncs
+        tick = time.perf_counter()
         for i in range(n):
+            if pace_s:
+                tick += pace_s
+                if spin:
+                    while time.perf_counter() < tick:
+                        pass
+                else:
+                    time.sleep(max(0.0, tick - time.perf_counter()))
             codes = np.array([[(step_no * 37 + j * 11) % card] for j in range(n_other)],
                              dtype=np.uint32)
             step_no += 1

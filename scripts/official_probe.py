@@ -14,6 +14,9 @@ What is changed around it, and why:
   file named by $OFFICIAL_PROBE_OUT once a second and when it is terminated.
 
 Usage: official_probe.py DEMO_DIR   (stop it with SIGINT, as a user would with Ctrl+C)
+       official_probe.py --files MOSHI MIMI TOKENIZER [BITS]   (real-size Moshi v0.1 weights,
+       e.g. random ones written by `moshi-tui bench step --random -q 4 --save-weights`; local.py
+       builds v0.1 itself then, and -q BITS; $OFFICIAL_PROBE_FULLSIZE=1 tells the children)
 """
 
 from __future__ import annotations
@@ -149,7 +152,8 @@ def _queue_factory(*args, **kwargs):
 
 
 def install() -> None:
-    models.config_v0_1 = lambda: models.LmConfig.from_config_dict(DEMO_LM_CONFIG)
+    if os.environ.get("OFFICIAL_PROBE_FULLSIZE") != "1":
+        models.config_v0_1 = lambda: models.LmConfig.from_config_dict(DEMO_LM_CONFIG)
     local.rustymimi = types.SimpleNamespace(StreamTokenizer=ProbeStreamTokenizer)
     local.sd = types.SimpleNamespace(InputStream=_input_stream, OutputStream=_output_stream)
     local.queue = types.SimpleNamespace(Queue=_queue_factory, Empty=_queue.Empty)
@@ -159,8 +163,14 @@ install()  # here and, through spawn's re-import of this file, in local.py's two
 
 if __name__ == "__main__":
     multiprocessing.set_start_method("spawn", force=True)
-    demo = Path(sys.argv[1])
-    sys.argv = [sys.argv[0], "--moshi-weight", str(demo / "model.safetensors"),
-                "--mimi-weight", str(demo / "tokenizer-e351c8d8-checkpoint125.safetensors"),
-                "--tokenizer", str(demo / "tokenizer_spm_32k_3.model")]
+    if sys.argv[1] == "--files":
+        moshi, mimi, tok, *bits = sys.argv[2:]
+        os.environ["OFFICIAL_PROBE_FULLSIZE"] = "1"
+        sys.argv = [sys.argv[0], "--moshi-weight", moshi, "--mimi-weight", mimi,
+                    "--tokenizer", tok] + (["-q", bits[0]] if bits else [])
+    else:
+        demo = Path(sys.argv[1])
+        sys.argv = [sys.argv[0], "--moshi-weight", str(demo / "model.safetensors"),
+                    "--mimi-weight", str(demo / "tokenizer-e351c8d8-checkpoint125.safetensors"),
+                    "--tokenizer", str(demo / "tokenizer_spm_32k_3.model")]
     local.main()

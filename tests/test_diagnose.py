@@ -76,7 +76,7 @@ class TestRules:
 
     def test_model_advice_follows_the_device(self, form, monkeypatch):
         """On a CPU the quantized demo steps slower than bf16 (measured), so -q 4 is not the
-        advice there; on CUDA every dtype steps alike and the compiled step is the lever."""
+        advice there; on CUDA every dtype steps alike and the step mode is the lever."""
         from engine.telemetry import diagnose as dg
 
         tel = feed(Telemetry(), model=91.0, enc=20, dec=20)
@@ -90,7 +90,9 @@ class TestRules:
         tel.info.update(model="random Moshi v0.1 7B (q4)", server_mlx_device="Device(gpu, 0)",
                         server_lm_mode="onesync")
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
-        assert m.text.endswith("try --lm-step compiled (the fastest step on CUDA)")
+        assert "try --lm-step layered (the fastest step on CUDA" in m.text
+        from engine.model.lmcache import CUDA_MODE
+        assert dg.CUDA_FASTEST_STEP == CUDA_MODE
 
     def test_model_headroom(self, form):
         v = diagnose(both(feed(Telemetry(), model=65.0, enc=5, dec=5))[form])

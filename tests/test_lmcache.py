@@ -21,7 +21,7 @@ from engine.model.source import ResolvedModel
 pytest_plugins = ["conftest_models"]
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST_MODES = ["prealloc", "onesync", "fixed", "compiled"]
+FAST_MODES = ["prealloc", "onesync", "fixed", "compiled", "hybrid", "layered"]
 MAX_STEPS = 300  # a segment: the Stepper resets at step 299, after the cache grew at 256
 STEPS = 330
 
@@ -162,7 +162,7 @@ def test_mode_option_and_environment(monkeypatch):
 
     monkeypatch.delenv("MOSHI_TUI_LM_MODE", raising=False)
     assert lmcache.lm_mode_from({}) == lmcache.DEFAULT_MODE == "auto"
-    assert lmcache.auto_mode() == "onesync"  # this CPU; compiled on CUDA
+    assert lmcache.auto_mode() == "onesync"  # this CPU; layered on CUDA
     monkeypatch.setenv("MOSHI_TUI_LM_MODE", "fixed")
     assert lmcache.lm_mode_from(None) == "fixed"
     assert lmcache.lm_mode_from({"lm_mode": "compiled"}) == "compiled"

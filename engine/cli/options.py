@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from engine.cli.config import add_panel_options
+from engine.model.lmcache import MODES
 from engine.model.sampling import Sampling
 from engine.model.source import ModelOptions
 from engine.session.config import SessionConfig
@@ -46,8 +47,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-weights", metavar="PATH",
                    help="with --random: also write the weights there (15 GB bf16, 4.8 GB q4)")
     g.add_argument("--lm-step", default="auto",
-                   choices=["auto", "stock", "prealloc", "onesync", "fixed", "compiled"],
-                   help="how the LM steps (default auto: compiled on CUDA, onesync elsewhere; "
+                   choices=["auto", *MODES],
+                   help="how the LM steps (default auto: layered on CUDA, onesync elsewhere; "
                    "stock: moshi_mlx's LmGen as is), to compare them with `bench step`")
     g.add_argument("--codec", choices=["auto", "rustymimi", "mlx"], default="auto",
                    help="the Mimi audio codec in this process: rustymimi (CPU) or MLX's Mimi "

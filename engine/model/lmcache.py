@@ -30,12 +30,19 @@ change on top of the previous, so a bench can show what each buys:
 - ``compiled``: the fixed step (embeddings, LM, text sampling, depformer, audio sampling) under
   `mx.compile`, with the caches and the random state as its state: elementwise ops fused,
   one trace for the whole conversation.
+- ``hybrid``: the LM's layers as in onesync (preallocated caches read up to the current
+  position, so MLX's CUDA build keeps cuDNN's decoding attention, which the fixed mask turns
+  off), and everything after them (text sampling, the depformer, audio sampling: fixed shapes
+  whatever the position) under `mx.compile`, with the random state as its state.
+- ``layered``: as hybrid, and each LM layer's work before and after its attention compiled
+  too (the position is an array: one trace per layer for the whole conversation); only the
+  cache write and cuDNN's attention run uncompiled between them.
 
-``auto`` (the default) picks compiled on MLX's CUDA backend, onesync elsewhere. Measured on an
-NVIDIA H200 (mlx 0.32.4 CUDA, Moshi v0.1 q4, random weights; scripts/gpu_step_probe.py):
-stock p50 32 ms with steps 255/256/512 at 1078/949/710 ms (81 ms after a reset); onesync
-p50 31 ms, max 48 ms; compiled p50 19-24 ms, max 28 ms over 880 steps, and over 3100 steps
-across a segment start p50 23 ms, two steps at 99 ms (#322/#323, not at the segment).
+``auto`` (the default) picks layered on MLX's CUDA backend, onesync elsewhere. Measured on an
+NVIDIA H200 (mlx 0.32.4 CUDA, Moshi v0.1 q4, random weights; scripts/gpu_step_probe.py, 300
+steps back to back / on an 80 ms clock as in a conversation): layered p50 11.4 / 18.4 ms,
+hybrid 16.0 / 16.6, compiled 19.5 / 20.0, onesync 30.6 (back to back); the stock step p50
+32 ms with steps 255/256/512 at 1078/949/710 ms (81 ms after a reset).
 
 Only what moshi_mlx's public modules expose is used (their sub-modules are called directly;
 the cache objects are replaced in the model's cache lists, which `restore()` puts back).
@@ -52,18 +59,21 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from moshi_mlx.models import Lm
 
-MODES = ("stock", "prealloc", "onesync", "fixed", "compiled")
-# "auto": compiled on MLX's CUDA backend (measured on an H200, q4 7B: p50 19-24 ms against
-# 31-32 ms for onesync/stock, no stalls), onesync elsewhere (bit-identical to stock; CPU and
-# Metal unmeasured with compile).
+MODES = ("stock", "prealloc", "onesync", "fixed", "compiled", "hybrid", "layered")
+# "auto": layered on MLX's CUDA backend (measured on an H200, q4 7B: the fastest step, see
+# above), onesync elsewhere (bit-identical to stock; CPU and Metal unmeasured with compile).
 DEFAULT_MODE = "auto"
+CUDA_MODE = "layered"
 KV_BLOCK = 256  # capacity rounded up to this: MLX's CUDA cuDNN decode path wants T_kv % 256 == 0
 UNGENERATED = -2  # LmGen.ungenerated_token
+# The modes whose LM layers run moshi_mlx's own attention on StaticKVCaches.
+STATIC_CACHE_MODES = ("prealloc", "onesync", "hybrid", "layered")
 
 # Host round trips per step (after the first max_delay steps), counted in the source:
 # moshi_mlx 0.3.0 LmGen._step: 16 `if (audio_token == -2).any()` + 1 text check; its
 # last_audio_tokens(): 2 `.any()` checks; the server's Stepper: `.item()` + `np.array(audio)`.
-HOST_SYNCS_PER_STEP = {"stock": 21, "prealloc": 21, "onesync": 1, "fixed": 1, "compiled": 1}
+HOST_SYNCS_PER_STEP = {"stock": 21, "prealloc": 21, "onesync": 1, "fixed": 1, "compiled": 1,
+                       "hybrid": 1, "layered": 1}
 
 
 class CacheFullError(RuntimeError):
@@ -144,11 +154,11 @@ def prepare_lm(
 
 
 def auto_mode() -> str:
-    """The mode "auto" stands for on this machine: compiled on CUDA, else onesync."""
+    """The mode "auto" stands for on this machine: layered on CUDA, else onesync."""
     import mlx.core as mx
 
     if mx.default_device() == mx.gpu and _is_cuda():
-        return "compiled"
+        return CUDA_MODE
     return "onesync"
 
 
@@ -289,7 +299,7 @@ class PreparedLM:
         self._state: list = []
         self._fn = None
 
-        if mode in ("prealloc", "onesync"):
+        if mode in STATIC_CACHE_MODES:
             self._install_static_caches()
         if mode == "stock":
             for c in model.transformer_cache:
@@ -311,6 +321,14 @@ class PreparedLM:
                                    outputs=[self._state, rs])(self._fixed_forward)
             else:
                 self._fn = self._fixed_forward
+        if mode in ("hybrid", "layered"):
+            rs = mx.random.state
+            self._fn = partial(mx.compile, inputs=[rs], outputs=[rs])(self._tail)
+        self._layer_fns = []
+        if mode == "layered":
+            self._layer_fns = [(mx.compile(partial(_qkv, layer)),
+                                mx.compile(partial(_after_attention, layer)))
+                               for layer in model.transformer.layers]
 
     # ---------------------------------------------------------------- public
 
@@ -336,6 +354,8 @@ class PreparedLM:
         vec = self._tokens.inputs(other)
         if self.mode == "onesync":
             out = self._sample_step(mx.array(vec))
+        elif self.mode in ("hybrid", "layered"):
+            out = self._hybrid_step(mx.array(vec))
         else:
             pos = mx.array([self._tokens.step_idx], dtype=mx.int32)
             out = self._fn(mx.array(vec), pos)
@@ -350,7 +370,7 @@ class PreparedLM:
                 c.reset()
             self._new_gen()
             return
-        if self.mode in ("prealloc", "onesync"):
+        if self.mode in STATIC_CACHE_MODES:
             for c in self.model.transformer_cache:
                 c.reset()
         if self._gen is not None:
@@ -366,7 +386,7 @@ class PreparedLM:
             if self.step_idx >= self.max_steps - 1:  # (a tiny --max-steps: as a session does)
                 self.reset()
             self.step(codes)
-        if self.mode in ("prealloc", "onesync"):
+        if self.mode in STATIC_CACHE_MODES:
             self._long_context_step()
         self.reset()
         return (time.perf_counter() - t0) * 1000.0
@@ -380,6 +400,8 @@ class PreparedLM:
         ids[0] = self.cfg.text_out_vocab_size
         if self.mode in ("fixed", "compiled"):
             return self._fn(mx.array(ids), mx.array([self.step_idx], dtype=mx.int32))
+        if self.mode in ("hybrid", "layered"):
+            return self._hybrid_step(mx.array(ids))
         return self._sample_step(mx.array(ids))
 
     def kv_arrays(self) -> list:
@@ -448,20 +470,50 @@ class PreparedLM:
             c.self_attn.offset = off
         ids = np.full(1 + self.cfg.audio_codebooks, self.cfg.audio_padding_token, np.int32)
         ids[0] = self.cfg.text_out_vocab_size
-        self._to_host(self._sample_step(mx.array(ids)))
+        step = self._hybrid_step if self.mode in ("hybrid", "layered") else self._sample_step
+        self._to_host(step(mx.array(ids)))
 
-    def _fixed_forward(self, ids, pos):
-        """The whole step with fixed shapes: (1 + n_q,) ids, (1,) position -> 1 + dep_q tokens."""
-        import mlx.core as mx
-
+    def _embed(self, ids):
+        """The LM's input for token ids (1 + n_q,): the text and codebook embeddings summed."""
         m = self.model
         xs = m.text_emb(ids[0:1].reshape(1, 1))
         for i, emb in enumerate(m.audio_embs):
             xs = xs + emb(ids[1 + i : 2 + i].reshape(1, 1)).transpose(1, 0, 2)
+        return xs
+
+    def _hybrid_step(self, ids):
+        """The LM's layers on the preallocated caches, then the compiled `_tail`."""
+        m = self.model
+        if not self._layer_fns:  # hybrid: moshi_mlx's layers as they are
+            out = m.transformer(self._embed(ids), cache=m.transformer_cache)
+            return self._fn(m.out_norm(out))
+        import mlx.core as mx
+
+        xs = self._embed(ids)
+        caches = [c.self_attn for c in m.transformer_cache]
+        pos = mx.array([caches[0].offset], dtype=mx.int32)
+        for layer, cache, (before, after) in zip(m.transformer.layers, caches, self._layer_fns):
+            q, k, v = before(xs, pos)
+            k, v = cache.update_and_fetch(k, v)
+            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=layer.self_attn.scale)
+            xs = after(xs, o)
+        return self._fn(m.out_norm(xs))
+
+    def _fixed_forward(self, ids, pos):
+        """The whole step with fixed shapes: (1 + n_q,) ids, (1,) position -> 1 + dep_q tokens."""
+        m = self.model
+        xs = self._embed(ids)
         mask = self._positions <= pos
         for li, layer in enumerate(m.transformer.layers):
             xs = self._lm_layer(layer, xs, li, pos, mask)
-        out = m.out_norm(xs)
+        return self._tail(m.out_norm(xs))
+
+    def _tail(self, out):
+        """After the LM's layers (`out`, normed): the text token, then the depformer's dep_q audio
+        tokens, each fed the previous one -> (1 + dep_q,) tokens.  Same shapes at every step."""
+        import mlx.core as mx
+
+        m = self.model
         text_token, _ = self.text_sampler(m.text_linear(out))
         tokens = [text_token.reshape(-1)]
         last = text_token
@@ -480,16 +532,13 @@ class PreparedLM:
         import mlx.core as mx
 
         attn = layer.self_attn
-        b, t, hd = xs.shape
         q, k, v = _qkv(layer, xs, pos)
         kc = mx.slice_update(self._state[2 * li], k, pos, axes=(2,))
         vc = mx.slice_update(self._state[2 * li + 1], v, pos, axes=(2,))
         self._state[2 * li] = kc
         self._state[2 * li + 1] = vc
         o = mx.fast.scaled_dot_product_attention(q, kc, vc, scale=attn.scale, mask=mask)
-        o = attn.out_proj(o.transpose(0, 2, 1, 3).reshape(b, t, hd))
-        xs = xs + layer.layer_scale_1(o)
-        return xs + layer.layer_scale_2(layer.gating(layer.norm2(xs)))
+        return _after_attention(layer, xs, o)
 
     @staticmethod
     def _dep_layer(layer, xs, si: int, ks: list, vs: list):
@@ -497,7 +546,7 @@ class PreparedLM:
         import mlx.core as mx
 
         attn = layer.self_attn
-        b, t, hd = xs.shape
+        t = xs.shape[1]
         q, k, v = _qkv(layer, xs, si)
         ks.append(k)
         vs.append(v)
@@ -508,9 +557,16 @@ class PreparedLM:
         if target < k_len:
             kk, vv = kk[:, :, k_len - target :], vv[:, :, k_len - target :]
         o = mx.fast.scaled_dot_product_attention(q, kk, vv, scale=attn.scale)
-        o = attn.out_proj(o.transpose(0, 2, 1, 3).reshape(b, t, hd))
-        xs = xs + layer.layer_scale_1(o)
-        return xs + layer.layer_scale_2(layer.gating(layer.norm2(xs)))
+        return _after_attention(layer, xs, o)
+
+
+def _after_attention(layer, xs, o):
+    """The rest of a transformer layer after its attention `o` (heads first): the output
+    projection, the residual, the feed-forward and its residual."""
+    b, t, hd = xs.shape
+    o = layer.self_attn.out_proj(o.transpose(0, 2, 1, 3).reshape(b, t, hd))
+    xs = xs + layer.layer_scale_1(o)
+    return xs + layer.layer_scale_2(layer.gating(layer.norm2(xs)))
 
 
 def _qkv(layer, xs, offset):

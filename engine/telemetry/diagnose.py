@@ -117,10 +117,16 @@ def _view(x) -> _View:
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
 
 
+# The LM step mode auto picks on CUDA (engine.model.lmcache.CUDA_MODE; the telemetry layer
+# does not import the model's, tests/test_diagnose.py checks they agree).
+CUDA_FASTEST_STEP = "layered"
+
+
 def _model_hint(v: _View) -> str:
     """What to try when the step is slow, from where the model runs (measured: on a CPU the
     quantized steps are slower than bf16; on CUDA bf16, q8 and q4 step alike, bound by the
-    host building each step, so only the compiled step helps; on Metal q4 reads fewer bytes)."""
+    host building each step, so only a step with less host work helps; on Metal q4 reads fewer
+    bytes)."""
     quantized = any(q in v.model_label for q in ("q4", "q8"))
     if "cpu" in v.mlx_device:
         if quantized:
@@ -128,8 +134,9 @@ def _model_hint(v: _View) -> str:
                     "(`moshi-tui bench step` with and without -q compares them)")
         return "a GPU (CUDA or Apple silicon) is needed for this model in real time"
     if "gpu" in v.mlx_device and sys.platform.startswith("linux"):
-        if v.lm_mode and v.lm_mode != "compiled":
-            return "try --lm-step compiled (the fastest step on CUDA)"
+        if v.lm_mode and v.lm_mode != CUDA_FASTEST_STEP:
+            return (f"try --lm-step {CUDA_FASTEST_STEP} (the fastest step on CUDA, "
+                    "what auto picks there)")
         return "a faster GPU is needed: on CUDA -q 4, q8 and bf16 step at the same speed"
     if "q4" in v.model_label:
         return "a faster machine or a smaller model is needed"
