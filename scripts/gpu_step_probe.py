@@ -296,7 +296,7 @@ def child(args) -> int:
     if config and config not in ("v0_1", "demo"):
         config = json.loads(Path(config).read_text())
     emit("info", device=str(mx.default_device()), mlx=getattr(mx, "__version__", "?"),
-         env={k: v for k, v in os.environ.items() if k.startswith("MLX_")})
+         mlx_env={k: v for k, v in os.environ.items() if k.startswith("MLX_")})
     t0 = time.perf_counter()
     model = fullsize.build_lm(config, args.quant, materialize=True)
     build_s = time.perf_counter() - t0
@@ -322,7 +322,7 @@ def child(args) -> int:
         nonlocal step_no
         times, segments, texts = [], [], []
         syncs0 = stepper.lm.host_syncs
-        tick = time.perf_counter()
+        tick = t_pass = time.perf_counter()
         for i in range(n):
             if pace_s:
                 tick += pace_s
@@ -343,6 +343,8 @@ def child(args) -> int:
         emit("pass", **{"pass": k, "steps": n, "segments": segments, "stats": stats(times),
                         "times_ms": [round(t, 3) for t in times],
                         "host_syncs": stepper.lm.host_syncs - syncs0,
+                        "pace_ms": pace_s * 1000.0,
+                        "wall_s": round(time.perf_counter() - t_pass, 3),
                         "text_head": texts[:8]})
 
     mx.random.seed(1234)

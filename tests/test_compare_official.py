@@ -39,3 +39,18 @@ def test_compare_official_measures_both_pipelines(jack_server, demo_env, tmp_pat
         assert res["playback"]["p50"] >= res["processing"]["p50"], (who, res)
         assert res["processes"]["client"]["cpu_percent"] > 10, (who, res)
         assert res["processes"]["server"]["cpu_percent"] > 1, (who, res)
+
+
+def test_real_size_weights_are_checked_before_anything_starts(tmp_path):
+    """--moshi-weight (real-size weights for both sides) needs its Mimi and tokenizer, as files."""
+    script = [sys.executable, str(ROOT / "scripts" / "compare_official.py")]
+    r = subprocess.run([*script, "--moshi-weight", str(tmp_path / "model.q4.safetensors")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "go together" in r.stderr.strip().splitlines()[-1]
+    files = ["--moshi-weight", str(tmp_path / "model.q4.safetensors"),
+             "--mimi-weight", str(tmp_path / "mimi.safetensors"),
+             "--tokenizer", str(tmp_path / "tok.model"), "-q", "4"]
+    r = subprocess.run([*script, *files], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].endswith(f"not a file: {tmp_path / 'model.q4.safetensors'}")
+    assert "Traceback" not in r.stderr

@@ -194,19 +194,25 @@ def test_gpu_probe_runs_on_the_demo_model(tmp_path):
     out = tmp_path / "probe.json"
     r = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gpu_step_probe.py"), "--demo",
-         "--variants", "stock,compiled", "--steps", "12", "--second-pass", "4",
+         "--variants", "stock,compiled,layered@PROBE_PACE_MS=40", "--steps", "12",
+         "--second-pass", "4",
          "--segment-steps", "0", "--max-steps", "10", "--json", str(out)],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(out.read_text())
     runs = {x["variant"]: x for x in report["runs"]}
-    assert set(runs) == {"stock", "compiled"}
+    assert set(runs) == {"stock", "compiled", "layered@PROBE_PACE_MS=40"}
     for name, run in runs.items():
         p1 = run["passes"][0]
         assert p1["steps"] == 12 and len(p1["times_ms"]) == 12 and p1["segments"] == [9]
-        assert p1["stats"]["p50"] > 0 and run["lm_mode"] == name
+        assert p1["stats"]["p50"] > 0 and run["lm_mode"] == name.partition("@")[0]
         assert run["ops"]["compute"] > 0 and run["stderr_thrashing"] == []
     assert runs["compiled"]["passes"][0]["host_syncs"] == 12
     assert runs["compiled"]["ops"]["compute"] < runs["stock"]["ops"]["compute"]
+    # a paced variant starts its steps on the clock: 12 steps take at least 11 periods
+    paced = runs["layered@PROBE_PACE_MS=40"]
+    assert paced["env"] == {"PROBE_PACE_MS": "40"} and paced["passes"][0]["pace_ms"] == 40.0
+    assert paced["passes"][0]["wall_s"] >= 11 * 0.040
+    assert runs["stock"]["passes"][0]["pace_ms"] == 0.0
     assert "summary" in r.stdout
