@@ -74,20 +74,23 @@ def test_session_on_jack_devices(card, seconds, request, demo_cache):
     print(f"session on {card}: starved {starved}, underruns at {s.tel.underrun_times}, "
           f"playback {snap.stage_stats['playback']}, frames in {s.source.frames_delivered} "
           f"out {s.sink.frames_pulled}")
-    if starved == 0:
-        # A machine that keeps real time: the jitter buffer sizes itself to this machine's
-        # jitter, so the speaker runs dry rarely (a frame slower than every frame of the last
-        # 20 s by more than the margin); on a machine with headroom, never.
+    processing = snap.stage_stats["processing"]
+    if starved == 0 and processing["p95"] <= 80.0:
+        # A machine that keeps real time (nothing dropped, frames computed within their 80 ms):
+        # the jitter buffer sizes itself to this machine's jitter, so the speaker runs dry
+        # rarely (a frame slower than every frame of the last 20 s by more than the margin); on
+        # a machine with headroom, never.
         times = [t for t in s.tel.underrun_times if not t_wired <= t <= t_wired + 1.0]
         diag = (c, s.tel.underrun_times, t_wired, s.tel.info.get("playout_ms"))
         assert len(times) <= 3, diag
         # and it keeps mic-to-speaker within the aim: the slowest recent frame + the margin
         play = snap.stage_stats["playback"]
-        assert play["p50"] <= snap.stage_stats["processing"]["max"] + 80 + 80, (play, diag)
+        assert play["p50"] <= processing["max"] + 80 + 80, (play, diag)
     else:
         # a machine too slow or too busy for real time (codec + model > 80 ms of CPU per
-        # frame, e.g. a shared 2-core box): input is dropped so latency stays bounded, and
-        # the session goes on playing what it could compute
+        # frame, e.g. a shared 2-core box): input is dropped (or frames take longer than their
+        # 80 ms, the speaker running dry) while latency stays bounded, and the session goes on
+        # playing what it could compute
         assert snap.frames_played >= 0.5 * (snap.frames_captured - starved), c
         assert snap.queues["output"] <= 4
     assert snap.frames_processed >= 0.4 * seconds / 0.08
