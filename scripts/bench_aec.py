@@ -17,7 +17,9 @@ tests/test_aec.room()'s living room (30 ms direct path, 50 ms decay) at --gain 0
 timeline starts at the first sound the speaker plays (room sample i is far sample i); it
 records what it heard, the echo it made, the near speech it added and what it emitted.
 
-Two passes of the same scenario: AEC off, then on (a fresh canceller).  Figures per pass:
+Three passes of the same scenario: AEC off; WebRTC's AEC3 alone (`EchoCanceller(linear=False)`,
+what the app did before its linear filter); AEC on as the app runs it (the linear filter, then
+AEC3), each with a fresh canceller.  Figures per pass:
 
 * echo reduction (ERLE): microphone vs cleaned power over the far-only part after its first
   2 s, and per 0.5 s window from the start: convergence is the time from which every window
@@ -297,16 +299,21 @@ class _DelayTap:
         return getattr(self._apm, name)
 
 
-def run_pass(server, room: Room, devices: tuple[int, int], far: np.ndarray, aec_on: bool,
+PASSES = (("off", "AEC off"), ("aec3", "AEC3 alone"), ("on", "AEC on"))
+
+
+def run_pass(server, room: Room, devices: tuple[int, int], far: np.ndarray, mode: str,
              seconds: float) -> dict:
-    """Play `far` for the room's length, capture it through the room, clean it (or not)."""
+    """Play `far` for the room's length, capture it through the room, clean it (mode "on": as
+    the app does, "aec3": WebRTC's canceller without the linear filter before it) or not."""
     from engine.audio.aec import EchoCanceller
     from engine.audio.portaudio import DeviceSink, DeviceSource
 
     source = DeviceSource(devices[0])
     sink = DeviceSink(devices[1])
+    aec_on = mode != "off"
     aec = EchoCanceller(enabled=aec_on, output_latency_s=lambda: sink.latency_s,
-                        input_latency_s=lambda: source.latency_s)
+                        input_latency_s=lambda: source.latency_s, linear=mode == "on")
     tap = _DelayTap(aec.apm)
     aec.apm = tap
     lock = threading.Lock()
@@ -513,49 +520,58 @@ def measure(p: dict, far: np.ndarray, near: np.ndarray, near_at: float) -> dict:
 
 
 def report(opts: dict, res: list[dict], setup: dict) -> str:
-    off, on = res
-    c_off, c_on = off["cost_ms"], on["cost_ms"]
+    """The passes side by side (PASSES' order); targets are checked on the last, "AEC on"."""
+    on = res[-1]
+    c_on = on["cost_ms"]
 
     def mark(ok):
         return "ok" if ok else "MISSED"
 
+    def each(f):
+        return [f(r) for r in res]
+
     rows = [
-        ["echo reduction ERLE (dB)", off["erle_db"], on["erle_db"],
+        ["echo reduction ERLE (dB)", *each(lambda r: r["erle_db"]),
          f">= {TARGET_ERLE_DB:g}  {mark(on['erle_db'] >= TARGET_ERLE_DB)}"],
-        [f"  stays >= {TARGET_ERLE_DB:g} dB from (s)", off["converged_s"], on["converged_s"],
+        [f"  stays >= {TARGET_ERLE_DB:g} dB from (s)", *each(lambda r: r["converged_s"]),
          f"<= {TARGET_CONVERGED_S:g}  "
          + mark(on["converged_s"] is not None and on["converged_s"] <= TARGET_CONVERGED_S)],
-        ["near speech kept (cleaned)", f"{off['kept']:.3f}", f"{on['kept']:.3f}",
+        ["near speech kept (cleaned)", *each(lambda r: f"{r['kept']:.3f}"),
          f">= {TARGET_KEPT:g}  {mark(on['kept'] >= TARGET_KEPT)}"],
-        ["near speech kept (raw mic)", f"{off['kept_raw']:.3f}", f"{on['kept_raw']:.3f}", ""],
-        ["aec ms per frame p50", fmt(c_off["p50"], 2), fmt(c_on["p50"], 2),
+        ["near speech kept (raw mic)", *each(lambda r: f"{r['kept_raw']:.3f}"), ""],
+        ["aec ms per frame p50", *each(lambda r: fmt(r["cost_ms"]["p50"], 2)),
          f"<= {TARGET_COST_P50_MS:g}  "
          + mark(c_on["p50"] is not None and c_on["p50"] <= TARGET_COST_P50_MS)],
-        ["aec ms per frame p95 / max", "-", f"{fmt(c_on['p95'], 2)} / {fmt(c_on['max'], 2)}", ""],
-        ["mic far-only (dBFS)", off["mic_far_only_dbfs"], on["mic_far_only_dbfs"], ""],
-        ["cleaned far-only (dBFS)", off["cleaned_far_only_dbfs"], on["cleaned_far_only_dbfs"], ""],
-        ["double talk: echo / near (dBFS)", f"{off['echo_talk_dbfs']} / {off['near_talk_dbfs']}",
-         f"{on['echo_talk_dbfs']} / {on['near_talk_dbfs']}", ""],
-        ["double talk: cleaned (dBFS)", off["cleaned_talk_dbfs"], on["cleaned_talk_dbfs"], ""],
-        ["mic lag behind the room (ms)", off["lag_ms"], on["lag_ms"], "from the mic's first frame"],
-        ["loopback max |mic - room|", f"{off['loopback_max_error']:.1e}",
-         f"{on['loopback_max_error']:.1e}", "0: sample-exact"],
-        ["underflows / overflows", f"{off['underflows']} / {off['overflows']}",
-         f"{on['underflows']} / {on['overflows']}", ""],
+        ["aec ms per frame p95 / max",
+         *each(lambda r: "-" if r["cost_ms"]["p95"] is None
+               else f"{fmt(r['cost_ms']['p95'], 2)} / {fmt(r['cost_ms']['max'], 2)}"), ""],
+        ["mic far-only (dBFS)", *each(lambda r: r["mic_far_only_dbfs"]), ""],
+        ["cleaned far-only (dBFS)", *each(lambda r: r["cleaned_far_only_dbfs"]), ""],
+        ["double talk: echo / near (dBFS)",
+         *each(lambda r: f"{r['echo_talk_dbfs']} / {r['near_talk_dbfs']}"), ""],
+        ["double talk: cleaned (dBFS)", *each(lambda r: r["cleaned_talk_dbfs"]), ""],
+        ["mic lag behind the room (ms)", *each(lambda r: r["lag_ms"]),
+         "from the mic's first frame"],
+        ["loopback max |mic - room|", *each(lambda r: f"{r['loopback_max_error']:.1e}"),
+         "0: sample-exact"],
+        ["underflows / overflows", *each(lambda r: f"{r['underflows']} / {r['overflows']}"), ""],
     ]
-    d_off, d = off["delays"], on["delays"]
+    d_off = res[0]["delays"]
     drows = [
-        ["stream delay told to AEC3 (ms)", "-", f"{fmt(d['told_ms_p50'])} "
-         f"({fmt(d['told_ms_min'], 0)}..{fmt(d['told_ms_max'], 0)})"],
-        ["reference ahead of its echo (ms)", f"{fmt(d_off['true_ms_p50'])}",
-         f"{fmt(d['true_ms_p50'])} ({fmt(d['true_ms_min'], 0)}..{fmt(d['true_ms_max'], 0)})"],
-        ["sink: t_play + latency - played (ms)", d_off["render_stamp_error_ms_p50"],
-         d["render_stamp_error_ms_p50"]],
-        ["source: stamp - size - latency - emitted (ms)", d_off["capture_stamp_error_ms_p50"],
-         d["capture_stamp_error_ms_p50"]],
-        ["sink / source latency_s (ms)", f"{d_off['sink_latency_ms']} / {d_off['source_latency_ms']}",
-         f"{d['sink_latency_ms']} / {d['source_latency_ms']}"],
+        ["stream delay told to AEC3 (ms)", "-", *(
+            f"{fmt(r['delays']['told_ms_p50'])} ({fmt(r['delays']['told_ms_min'], 0)}.."
+            f"{fmt(r['delays']['told_ms_max'], 0)})" for r in res[1:])],
+        ["reference ahead of its echo (ms)", f"{fmt(d_off['true_ms_p50'])}", *(
+            f"{fmt(r['delays']['true_ms_p50'])} ({fmt(r['delays']['true_ms_min'], 0)}.."
+            f"{fmt(r['delays']['true_ms_max'], 0)})" for r in res[1:])],
+        ["sink: t_play + latency - played (ms)",
+         *each(lambda r: r["delays"]["render_stamp_error_ms_p50"])],
+        ["source: stamp - size - latency - emitted (ms)",
+         *each(lambda r: r["delays"]["capture_stamp_error_ms_p50"])],
+        ["sink / source latency_s (ms)",
+         *each(lambda r: f"{r['delays']['sink_latency_ms']} / {r['delays']['source_latency_ms']}")],
     ]
+    labels = [label for _, label in PASSES][:len(res)]
     win = "  ".join(f"{w['t_s']:.1f}:{fmt(w['erle_db'])}" + ("q" if w["quiet"] else "")
                     for w in on["erle_windows"])
     head = (f"bench aec: JACK dummy {SR} Hz, {opts['period']}-sample periods "
@@ -568,11 +584,11 @@ def report(opts: dict, res: list[dict], setup: dict) -> str:
             f"{on['talk_s'][0]:g}-{on['talk_s'][1]:g} s")
     return "\n".join([
         head, "",
-        table(["", "AEC off", "AEC on", "target"], rows), "",
+        table(["", *labels, "target"], rows), "",
         f"ERLE per {WINDOW_S:g} s window, AEC on (start s: dB; q: a pause in the far speech, "
         f"the mic > {QUIET_DB:g} dB below the echo's level, not counted for convergence):",
         "  " + win, "",
-        table(["delays (p50)", "AEC off", "AEC on"], drows),
+        table(["delays (p50)", *labels], drows),
         f"(room xruns: {setup['xruns']}; AEC3 chunks processed: {on['chunks']})",
     ])
 
@@ -634,10 +650,10 @@ def main(argv=None) -> int:
                     raise RuntimeError(f"no JACK devices in PortAudio (input, output: {devices})")
                 room = Room(server.name, h, near)
                 setup = {"jack_setup_s": round(server.setup_s, 2), "period": room.period}
-                for on in (False, True):
-                    print(f"[pass {len(passes) + 1}/2] AEC {'on' if on else 'off'}: "
+                for mode, label in PASSES:
+                    print(f"[pass {len(passes) + 1}/{len(PASSES)}] {label}: "
                           f"{args.seconds:g} s ...", file=sys.stderr, flush=True)
-                    passes.append(run_pass(server, room, devices, far, on, args.seconds))
+                    passes.append(run_pass(server, room, devices, far, mode, args.seconds))
                 setup["xruns"] = room.xruns
             except Exception as e:
                 print(f"bench_aec.py: the loopback failed: {type(e).__name__}: {_one_line(e)}",
@@ -667,7 +683,7 @@ def main(argv=None) -> int:
             "kind": "bench_aec", "options": opts, "setup": setup, "machine": machine_info(),
             "targets": {"erle_db": TARGET_ERLE_DB, "converged_s": TARGET_CONVERGED_S,
                         "kept": TARGET_KEPT, "cost_p50_ms": TARGET_COST_P50_MS},
-            "off": res[0], "on": res[1]})
+            **{mode: r for (mode, _), r in zip(PASSES, res)}})
     return 0
 
 

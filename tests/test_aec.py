@@ -34,15 +34,22 @@ def room(delay_s: float = 0.03, rt_s: float = 0.05, gain: float = 0.5, seed: int
 
 def run(aec: EchoCanceller, far: np.ndarray, near: np.ndarray, h: np.ndarray,
         heads: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Play `far` through the speaker (20 ms blocks, as a sink), capture echo + `near` (40 ms
-    heads then whole frames, as a device source with early encode); (microphone, cleaned)."""
+    """Play `far` through the speaker (20 ms blocks, as a sink, handed to the device a frame
+    before they play), capture echo + `near` (40 ms heads then whole frames, as a device source
+    with early encode); (microphone, cleaned)."""
     echo = np.convolve(far, h)[: len(far)].astype(np.float32)
     mic = echo + near
     out = []
     t = time.monotonic_ns()
-    for i in range(0, len(far) - FRAME + 1, FRAME):
+
+    def speaker(i, t_i):  # frame i of the far speech, playing from t_i
         for b in range(0, FRAME, BLOCK):
-            aec.far(far[i + b:i + b + BLOCK], BLOCK, t + b * 1_000_000_000 // SAMPLE_RATE)
+            aec.far(far[i + b:i + b + BLOCK], BLOCK, t_i + b * 1_000_000_000 // SAMPLE_RATE)
+
+    speaker(0, t)
+    for i in range(0, len(far) - FRAME + 1, FRAME):
+        if i + FRAME < len(far):
+            speaker(i + FRAME, t + 80_000_000)
         if heads:
             head = aec.near_head(mic[i:i + HEAD].copy(), t + 40_000_000)
         frame = aec.near_frame(mic[i:i + FRAME].copy(), t + 80_000_000)
@@ -72,22 +79,31 @@ def test_echo_is_cancelled_once_converged(speech):
     assert aec.chunks == len(out) // (SAMPLE_RATE // 100)
 
 
-def test_near_speech_survives_double_talk(speech):
-    """Both talk at once, at about the same level: the user's voice comes through while
-    Moshi's echo is removed.  Measured here: the magnitude-spectrum correlation with the clean
-    voice is 0.82 (the raw microphone's, echo included, 0.84; with no echo at all the canceller
-    keeps 0.998): AEC3 turns the user down a little while both talk.  The floor keeps that."""
+@pytest.mark.parametrize("rt_s", [0.05, 0.02])
+def test_near_speech_survives_double_talk(speech, rt_s):
+    """Both talk at once, the echo about as loud as the user (a living room, and one with a
+    shorter tail): the user's voice comes through while Moshi's echo is removed.  Measured
+    here, as the magnitude-spectrum correlation with the clean voice: the canceller keeps
+    0.94 / 0.96 (raw microphone, echo included: 0.74 / 0.95); WebRTC's AEC3 alone, which turns
+    the user down while both talk, 0.78 / 0.87 -- the linear filter in front of it is what
+    keeps the user.  Echo reduction before the user speaks: 28 dB (AEC3 alone 40-53 dB)."""
     near_voice = read_wav(SECOND_TALKER).astype(np.float32)
     near = np.zeros_like(speech)
     start = 4 * SAMPLE_RATE  # once the canceller has converged on the echo alone
     n = min(len(near_voice), len(speech) - start)
     near[start:start + n] = 0.6 * near_voice[:n] / np.abs(near_voice).max()
-    mic, out = run(EchoCanceller(), speech, near, room(delay_s=0.03, rt_s=0.02))
-    talk = slice(start + 2 * SAMPLE_RATE, start + n)
-    kept, raw = speech_kept(out[talk], near[talk]), speech_kept(mic[talk], near[talk])
-    assert kept >= 0.7, (kept, raw)
+    h = room(delay_s=0.03, rt_s=rt_s, gain=0.25)
+    talk = slice(start + SAMPLE_RATE, start + n)
+    got = {}
+    for linear in (True, False):
+        mic, out = run(EchoCanceller(linear=linear), speech, near, h)
+        got[linear] = (speech_kept(out[talk], near[talk]),
+                       erle_db(mic[2 * SAMPLE_RATE:start], out[2 * SAMPLE_RATE:start]))
+    raw = speech_kept(mic[talk], near[talk])
+    (kept, erle), (kept_aec3, _) = got[True], got[False]
+    assert kept >= 0.9 and kept >= kept_aec3 + 0.05, (got, raw)
     # and the echo is gone from the same signal: far-only part just before the user speaks
-    assert erle_db(mic[2 * SAMPLE_RATE:start], out[2 * SAMPLE_RATE:start]) >= 25.0
+    assert erle >= 25.0, got
 
 
 def test_off_passes_the_microphone_through_untouched(speech):
@@ -117,3 +133,21 @@ def test_a_session_turns_it_on_for_devices_only(tmp_path):
     for ses in (s, forced):
         ses.source.stop()
         ses.sink.stop()
+
+
+def test_a_device_that_reports_too_much_latency_is_still_cancelled(speech):
+    """The linear filter finds the echo from the stamps and the reported latencies, and reads
+    40 ms past where they say: a speaker reporting 30 ms more latency than it has (the echo
+    comes earlier than the stamps say) still has its echo cancelled and the user kept
+    (measured: kept 0.93, 30 dB; reported right: 0.94, 28 dB)."""
+    near_voice = read_wav(SECOND_TALKER).astype(np.float32)
+    near = np.zeros_like(speech)
+    start = 4 * SAMPLE_RATE
+    n = min(len(near_voice), len(speech) - start)
+    near[start:start + n] = 0.6 * near_voice[:n] / np.abs(near_voice).max()
+    aec = EchoCanceller(output_latency_s=lambda: 0.03)
+    mic, out = run(aec, speech, near, room(delay_s=0.03, rt_s=0.05, gain=0.25))
+    talk = slice(start + SAMPLE_RATE, start + n)
+    assert speech_kept(out[talk], near[talk]) >= 0.88
+    assert erle_db(mic[2 * SAMPLE_RATE:start], out[2 * SAMPLE_RATE:start]) >= 25.0
+    assert aec.linear.resets == 0  # one alignment for the whole run

@@ -1,13 +1,15 @@
 """Echo cancellation through real sound-device callbacks: scripts/bench_aec.py plays the far
 speech through a DeviceSink into a simulated room (a JACK client on a private dummy card with
 20 ms periods: a living room's response, 30 ms direct path and 50 ms decay, the echo about as
-loud as the user) and back into a DeviceSource, the user talking from 6 s on; once with AEC
-off, once with a fresh EchoCanceller fed as a session feeds it.  tests/test_aec.py measures the
+loud as the user) and back into a DeviceSource, the user talking from 6 s on; with AEC off,
+with WebRTC's AEC3 alone, and with the canceller as a session runs it (the linear filter, then
+AEC3), each a fresh EchoCanceller fed as a session feeds it.  tests/test_aec.py measures the
 same through a room simulated in software.
 
-Measured here (12 s passes, a shared 2-core machine): AEC off 0.0 dB; AEC on 44.2-44.6 dB over
-2-6 s, every 0.5 s window with echo >= 25 dB from 2.0 s on; near speech kept 0.69-0.70 (raw
-microphone 0.71); canceller p50 1.3-1.5 ms per frame; the test takes ~28 s."""
+Measured here (12 s passes, a shared 2-core machine): AEC off 0.0 dB; AEC on 43.4 dB over 2-6 s
+(AEC3 alone 44.6), every 0.5 s window with echo >= 25 dB from 2.0 s on; near speech kept 0.917
+(AEC3 alone 0.691, raw microphone 0.707); canceller p50 3.1 ms per frame (AEC3 alone 1.9); the
+test takes ~45 s."""
 
 from __future__ import annotations
 
@@ -28,13 +30,14 @@ SECONDS = 12
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    """Both passes, as the JSON the script writes (it starts and stops its own JACK server)."""
+    """The three passes, as the JSON the script writes (it starts and stops its own JACK
+    server)."""
     out = tmp_path_factory.mktemp("bench_aec") / "aec.json"
     env = {k: v for k, v in os.environ.items() if k not in jackdummy.ENV_KEYS}
     p = subprocess.Popen([sys.executable, str(SCRIPT), "--seconds", str(SECONDS), "--json", str(out)],
                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        stdout, stderr = p.communicate(timeout=120)
+        stdout, stderr = p.communicate(timeout=180)
     except subprocess.TimeoutExpired:
         p.terminate()  # SIGTERM: the script stops its streams, its room and jackd
         try:
@@ -42,7 +45,7 @@ def bench(tmp_path_factory):
         except subprocess.TimeoutExpired:
             p.kill()
             stdout, stderr = p.communicate()
-        pytest.fail(f"bench_aec.py still running after 120 s: {stderr[-2000:]}")
+        pytest.fail(f"bench_aec.py still running after 180 s: {stderr[-2000:]}")
     last = (stderr.strip().splitlines() or [""])[-1]
     if p.returncode == 1 and "JACK cannot start (unavailable here)" in last:
         require(f"the AEC loopback needs JACK: {last}")
@@ -58,7 +61,7 @@ def test_the_microphone_hears_the_room(bench):
     room heard exactly what the speaker played, the echo is well above silence (measured
     -20.6 dBFS over the far-only part), and with AEC off the cleaned signal is the microphone
     (0 dB): the measurement sees the echo."""
-    for p in (bench["off"], bench["on"]):
+    for p in (bench["off"], bench["aec3"], bench["on"]):
         assert p["loopback_max_error"] < 1e-6, bench["printed"]
         assert p["room_heard_far_max_error"] < 1e-6, bench["printed"]
         assert 0 < p["lag_samples"] < 0.6 * 24000, bench["printed"]
@@ -84,19 +87,21 @@ def test_echo_is_cancelled_once_converged(bench):
 
 def test_near_speech_survives_double_talk(bench):
     """While both talk (from 1 s after the user starts), the cleaned signal still carries the
-    user: the magnitude-spectrum correlation with the clean voice measured 0.69-0.70 (the raw
-    microphone's, echo included, 0.71; offline, this scenario gives 0.70 / 0.73, and a room
-    with a shorter tail 0.82 / 0.84): AEC3 turns the user down a little while both talk.  The
-    floors keep that, and the user is not muted."""
-    on = bench["on"]
-    assert on["kept"] >= 0.6, bench["printed"]
-    assert on["kept"] >= on["kept_raw"] - 0.1, bench["printed"]
-    assert on["cleaned_talk_dbfs"] > on["near_talk_dbfs"] - 10.0, bench["printed"]
+    user: the magnitude-spectrum correlation with the clean voice measured 0.91-0.92 (the raw
+    microphone's, echo included, 0.71-0.73), where AEC3 alone, which turns the user down while
+    both talk, keeps 0.67-0.69: the linear filter in front of it is what keeps the user.  The
+    floors keep that with a margin for slower hosts, and the user is not muted."""
+    on, aec3 = bench["on"], bench["aec3"]
+    assert on["kept"] >= 0.85, bench["printed"]
+    assert on["kept"] >= aec3["kept"] + 0.1, bench["printed"]
+    assert on["kept"] >= on["kept_raw"] + 0.1, bench["printed"]
+    assert on["cleaned_talk_dbfs"] > on["near_talk_dbfs"] - 6.0, bench["printed"]
 
 
 def test_the_cancellers_cost_was_measured(bench):
     """cost_ms() once per captured frame (reference and microphone processing), reported, not
-    asserted (measured p50 1.3-1.5 ms, p95 1.6-1.8 ms)."""
+    asserted (measured p50 2.8-3.5 ms with the linear filter, 1.9-2.3 ms for AEC3 alone in the
+    same runs)."""
     on = bench["on"]
     assert on["cost_ms"]["n"] >= 0.9 * SECONDS / 0.08, on["cost_ms"]
     assert on["cost_ms"]["p50"] > 0.0

@@ -12,8 +12,14 @@ browsers use, with an optional noise suppressor) through the LiveKit SDK's maint
   frame's first 40 ms when they are handed over early, then the rest of the frame (each sample
   is processed once, so the head the encoder already has is part of the frame it gets).
 
-The delay between the two (render + capture buffering) is told to the canceller every frame
-from the stamps; AEC3 also estimates it.  `enabled` can be flipped at any time (the canceller
+In front of AEC3, `engine.audio.linear_aec.LinearEchoFilter` subtracts most of the echo first
+(a linear filter: the user's voice passes untouched), so that AEC3's suppressor, which also
+turns the user down while both talk, has little left to do.  It reads the two streams aligned
+by sample: the far sample a microphone sample heard is found from the stamps (the speaker's
+play times plus its latency, the microphone's capture times minus its latency) once, and again
+only if that estimate moves by more than 20 ms (a device restarted, the canceller switched back
+on).  The delay between the two (render + capture buffering) is also told to AEC3 every frame
+from the stamps; AEC3 estimates it too.  `enabled` can be flipped at any time (the canceller
 re-converges within ~1 s after it is turned back on); `cost_ms()` is the processing time since
 the last call, for the latency panel's "aec" row.  The canceller is used from the two audio
 callback threads; one lock keeps its calls apart.
@@ -27,10 +33,14 @@ import time
 import numpy as np
 
 from engine.audio import HEAD, SAMPLE_RATE
+from engine.audio.linear_aec import BLOCK, LinearEchoFilter
 from engine.errors import AudioError
 
 CHUNK = SAMPLE_RATE // 100  # 10 ms: what WebRTC's audio processing works in
 MAX_DELAY_MS = 500  # the largest stream delay it takes (AEC3 finds longer ones by itself)
+REALIGN = BLOCK  # the far/microphone alignment is redone when its estimate moves this much
+LEAD = SAMPLE_RATE * 40 // 1000  # the linear filter also reads the 40 ms after the far sample
+# the stamps say was heard: devices misreport their latency by a period or two
 
 
 def _available_error() -> str | None:
@@ -43,7 +53,8 @@ def _available_error() -> str | None:
 
 class EchoCanceller:
     def __init__(self, *, noise_suppression: bool = False, enabled: bool = True,
-                 output_latency_s=lambda: 0.0, input_latency_s=lambda: 0.0):
+                 output_latency_s=lambda: 0.0, input_latency_s=lambda: 0.0,
+                 linear: bool = True):
         err = _available_error()
         if err is not None:
             raise AudioError(f"echo cancellation needs the livekit package ({err}); "
@@ -61,6 +72,10 @@ class EchoCanceller:
         self._far = np.zeros(0, np.float32)  # reference samples short of a 10 ms chunk
         self._render_ms = 0.0  # when the last reference chunk plays, after it was analysed
         self._head: np.ndarray | None = None  # the processed first half of the frame under way
+        self.linear = LinearEchoFilter() if linear else None
+        self._anchor: tuple[int, int] | None = None  # (far index, when it is heard, ns)
+        self._mic_count = 0  # microphone samples cleaned so far
+        self._offset: int | None = None  # far index - microphone index of the same moment
         self._cost_ns = 0
         self.chunks = 0  # microphone chunks processed (for tests and stats)
 
@@ -73,14 +88,22 @@ class EchoCanceller:
         x = np.zeros(room, np.float32) if pcm is None else np.asarray(pcm, np.float32)
         buf = np.concatenate((self._far, x)) if self._far.size else x
         n = buf.size // CHUNK
+        if self.linear is not None:
+            # (appended where the microphone thread does not read: see _subtract_linear)
+            heard = t_play_ns + int(1e9 * self.output_latency_s())
+            count = self.linear.far_count
+            self.linear.far(x)
+            self._anchor = (count, heard)
+        waited = time.monotonic_ns()
         with self._lock:
+            waited = time.monotonic_ns() - waited  # (the other thread's work, not this call's)
             for i in range(n):
                 self.apm.process_reverse_stream(self._frame(buf[i * CHUNK:(i + 1) * CHUNK]))
         self._far = buf[n * CHUNK:].copy()
         # (t_render - t_analyze): the block starts playing at t_play, plus the device's own
         # latency; it was analysed now
         self._render_ms = max(0.0, (t_play_ns - t0) / 1e6 + 1000.0 * self.output_latency_s())
-        self._cost_ns += time.monotonic_ns() - t0
+        self._cost_ns += time.monotonic_ns() - t0 - waited
 
     # ------------------------------------------------------------------ microphone
     def near_head(self, pcm: np.ndarray, t_ns: int) -> np.ndarray:
@@ -108,7 +131,12 @@ class EchoCanceller:
         out = np.array(x, np.float32)
         # (t_process - t_capture): its first sample was captured len(x) samples before t_ns
         capture_ms = (t0 - t_ns) / 1e6 + 1000.0 * (x.size / SAMPLE_RATE + self.input_latency_s())
+        if self.linear is not None:  # (outside the lock: the filter is this thread's alone)
+            t_first = t_ns - int(1e9 * (x.size / SAMPLE_RATE + self.input_latency_s()))
+            x = self._subtract_linear(x, t_first)
+        waited = time.monotonic_ns()
         with self._lock:
+            waited = time.monotonic_ns() - waited
             delay = self._render_ms + max(0.0, capture_ms)
             self.apm.set_stream_delay_ms(int(min(MAX_DELAY_MS, round(delay))))
             for i in range(n):
@@ -116,7 +144,23 @@ class EchoCanceller:
                 self.apm.process_stream(f)
                 out[i * CHUNK:(i + 1) * CHUNK] = np.frombuffer(f.data, np.int16) / 32767.0
         self.chunks += n
-        self._cost_ns += time.monotonic_ns() - t0
+        self._cost_ns += time.monotonic_ns() - t0 - waited
+        return out
+
+    def _subtract_linear(self, x: np.ndarray, t_first_ns: int) -> np.ndarray:
+        """`x` (captured from `t_first_ns` on) through the linear filter, BLOCK by BLOCK (a tail
+        short of a block passes as it is).  The speaker's thread appends to the filter's far
+        ring meanwhile: it writes past `far_count`, this reads before it (the ring holds 2 s)."""
+        start, self._mic_count = self._mic_count, self._mic_count + x.size
+        if self._anchor is None:  # nothing played yet
+            return x
+        index, heard = self._anchor
+        offset = index + round((t_first_ns - heard) * SAMPLE_RATE / 1e9) - start + LEAD
+        if self._offset is None or abs(offset - self._offset) > REALIGN:
+            self._offset = offset
+        out = np.array(x, np.float32)
+        for b in range(0, x.size - BLOCK + 1, BLOCK):
+            out[b:b + BLOCK] = self.linear.process(x[b:b + BLOCK], start + b + self._offset)
         return out
 
     # ------------------------------------------------------------------ helpers
