@@ -73,6 +73,7 @@ class EchoCanceller:
         self._render_ms = 0.0  # when the last reference chunk plays, after it was analysed
         self._head: np.ndarray | None = None  # the processed first half of the frame under way
         self.linear = LinearEchoFilter() if linear else None
+        self._far_chunk, self._near_chunk = self._chunk(), self._chunk()
         self._anchor: tuple[int, int] | None = None  # (far index, when it is heard, ns)
         self._mic_count = 0  # microphone samples cleaned so far
         self._offset: int | None = None  # far index - microphone index of the same moment
@@ -98,7 +99,8 @@ class EchoCanceller:
         with self._lock:
             waited = time.monotonic_ns() - waited  # (the other thread's work, not this call's)
             for i in range(n):
-                self.apm.process_reverse_stream(self._frame(buf[i * CHUNK:(i + 1) * CHUNK]))
+                self.apm.process_reverse_stream(
+                    self._fill(self._far_chunk, buf[i * CHUNK:(i + 1) * CHUNK]))
         self._far = buf[n * CHUNK:].copy()
         # (t_render - t_analyze): the block starts playing at t_play, plus the device's own
         # latency; it was analysed now
@@ -140,9 +142,8 @@ class EchoCanceller:
             delay = self._render_ms + max(0.0, capture_ms)
             self.apm.set_stream_delay_ms(int(min(MAX_DELAY_MS, round(delay))))
             for i in range(n):
-                f = self._frame(x[i * CHUNK:(i + 1) * CHUNK])
-                self.apm.process_stream(f)
-                out[i * CHUNK:(i + 1) * CHUNK] = np.frombuffer(f.data, np.int16) / 32767.0
+                self.apm.process_stream(self._fill(self._near_chunk, x[i * CHUNK:(i + 1) * CHUNK]))
+                out[i * CHUNK:(i + 1) * CHUNK] = self._near_chunk[1] / 32767.0
         self.chunks += n
         self._cost_ns += time.monotonic_ns() - t0 - waited
         return out
@@ -169,6 +170,14 @@ class EchoCanceller:
         ns, self._cost_ns = self._cost_ns, 0
         return ns / 1e6
 
-    def _frame(self, chunk: np.ndarray):
-        pcm = np.clip(chunk * 32767.0, -32768, 32767).astype(np.int16)
-        return self._rtc.AudioFrame(pcm.tobytes(), SAMPLE_RATE, 1, CHUNK)
+    def _chunk(self):
+        """A 10 ms AudioFrame and an int16 view of its samples: reused for every chunk of one
+        direction (AEC3 works on it in place)."""
+        data = bytearray(2 * CHUNK)
+        return self._rtc.AudioFrame(data, SAMPLE_RATE, 1, CHUNK), np.frombuffer(data, np.int16)
+
+    @staticmethod
+    def _fill(chunk, pcm: np.ndarray):
+        frame, samples = chunk
+        samples[:] = np.clip(pcm * 32767.0, -32768, 32767)
+        return frame
