@@ -151,3 +151,20 @@ def test_a_device_that_reports_too_much_latency_is_still_cancelled(speech):
     assert speech_kept(out[talk], near[talk]) >= 0.88
     assert erle_db(mic[2 * SAMPLE_RATE:start], out[2 * SAMPLE_RATE:start]) >= 25.0
     assert aec.linear.resets == 0  # one alignment for the whole run
+
+
+def test_switched_off_and_on_it_cancels_again(speech):
+    """The key that toggles echo cancellation: off, the microphone passes untouched; back on,
+    the canceller (its linear filter started over: the speaker's stream it kept has a gap)
+    removes the echo again within its usual 2 s."""
+    aec = EchoCanceller()
+    h = room(gain=0.25)
+    run(aec, speech[: 4 * SAMPLE_RATE], np.zeros(4 * SAMPLE_RATE, np.float32), h)
+    aec.enabled = False
+    part = speech[4 * SAMPLE_RATE:6 * SAMPLE_RATE]
+    mic, out = run(aec, part, np.zeros_like(part), h)
+    np.testing.assert_array_equal(mic, out)
+    aec.enabled = True
+    part = speech[6 * SAMPLE_RATE:]
+    mic, out = run(aec, part, np.zeros_like(part), h)
+    assert erle_db(mic[2 * SAMPLE_RATE:], out[2 * SAMPLE_RATE:]) >= 25.0

@@ -65,7 +65,7 @@ class EchoCanceller:
         self.apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True,
                                              noise_suppression=noise_suppression)
         self.noise_suppression = noise_suppression
-        self.enabled = enabled
+        self._enabled = enabled
         self.output_latency_s = output_latency_s
         self.input_latency_s = input_latency_s
         self._lock = threading.Lock()
@@ -79,6 +79,19 @@ class EchoCanceller:
         self._offset: int | None = None  # far index - microphone index of the same moment
         self._cost_ns = 0
         self.chunks = 0  # microphone chunks processed (for tests and stats)
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        """Switched back on, the linear filter starts over: the speaker's stream it kept has a
+        gap where the canceller was off (AEC3 re-converges by itself)."""
+        if on and not self._enabled and self.linear is not None:
+            self._anchor = self._offset = None
+            self.linear.reset()
+        self._enabled = on
 
     # ------------------------------------------------------------------ reference
     def far(self, pcm: np.ndarray | None, room: int, t_play_ns: int) -> None:
