@@ -61,6 +61,16 @@ def run(aec: EchoCanceller, far: np.ndarray, near: np.ndarray, h: np.ndarray,
     return mic[:n], np.concatenate(out)
 
 
+def _user_talks(speech: np.ndarray, start: int = 4 * SAMPLE_RATE):
+    """The user's voice (0.6 peak) from `start` on -- by default once the canceller has
+    converged on the echo alone: (near signal, start, its length)."""
+    voice = read_wav(SECOND_TALKER).astype(np.float32)
+    near = np.zeros_like(speech)
+    n = min(len(voice), len(speech) - start)
+    near[start:start + n] = 0.6 * voice[:n] / np.abs(voice).max()
+    return near, start, n
+
+
 @pytest.fixture(scope="module")
 def speech():
     pcm = read_wav(SPEECH_WAV).astype(np.float32)
@@ -87,11 +97,7 @@ def test_near_speech_survives_double_talk(speech, rt_s):
     0.94 / 0.96 (raw microphone, echo included: 0.74 / 0.95); WebRTC's AEC3 alone, which turns
     the user down while both talk, 0.78 / 0.87 -- the linear filter in front of it is what
     keeps the user.  Echo reduction before the user speaks: 28 dB (AEC3 alone 40-53 dB)."""
-    near_voice = read_wav(SECOND_TALKER).astype(np.float32)
-    near = np.zeros_like(speech)
-    start = 4 * SAMPLE_RATE  # once the canceller has converged on the echo alone
-    n = min(len(near_voice), len(speech) - start)
-    near[start:start + n] = 0.6 * near_voice[:n] / np.abs(near_voice).max()
+    near, start, n = _user_talks(speech)
     h = room(delay_s=0.03, rt_s=rt_s, gain=0.25)
     talk = slice(start + SAMPLE_RATE, start + n)
     got = {}
@@ -140,11 +146,7 @@ def test_a_device_that_reports_too_much_latency_is_still_cancelled(speech):
     40 ms past where they say: a speaker reporting 30 ms more latency than it has (the echo
     comes earlier than the stamps say) still has its echo cancelled and the user kept
     (measured: kept 0.93, 30 dB; reported right: 0.94, 28 dB)."""
-    near_voice = read_wav(SECOND_TALKER).astype(np.float32)
-    near = np.zeros_like(speech)
-    start = 4 * SAMPLE_RATE
-    n = min(len(near_voice), len(speech) - start)
-    near[start:start + n] = 0.6 * near_voice[:n] / np.abs(near_voice).max()
+    near, start, n = _user_talks(speech)
     aec = EchoCanceller(output_latency_s=lambda: 0.03)
     mic, out = run(aec, speech, near, room(delay_s=0.03, rt_s=0.05, gain=0.25))
     talk = slice(start + SAMPLE_RATE, start + n)

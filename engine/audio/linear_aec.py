@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.audio import SAMPLE_RATE
+
 BLOCK = 960  # 40 ms at 24 kHz: the halves of a frame that early encode hands over
 PARTS = 7  # x 40 ms = 280 ms of room response
 FORGET = 0.9995  # the state's forgetting factor (tracks a changing room)
@@ -38,7 +40,7 @@ SMOOTH = 0.5  # smoothing of the error power (the observation noise: the user, w
 
 
 class LinearEchoFilter:
-    def __init__(self, *, parts: int = PARTS, history_s: float = 2.0, rate: int = 24000):
+    def __init__(self, *, parts: int = PARTS, history_s: float = 2.0):
         self.parts = parts
         bins = BLOCK + 1
         self.w = np.zeros((parts, bins), np.complex64)  # the filter, newest partition first
@@ -49,7 +51,7 @@ class LinearEchoFilter:
         self._prev = np.zeros(BLOCK, np.float32)  # the previous far block (overlap-save)
         self._frame = np.zeros(2 * BLOCK, np.float32)  # an overlap-save frame, reused
         self._next: int | None = None  # far_index expected for the next block
-        self._ring = np.zeros(int(history_s * rate), np.float32)
+        self._ring = np.zeros(int(history_s * SAMPLE_RATE), np.float32)
         self.far_count = 0  # far samples appended so far
         self.resets = 0  # times the far/microphone alignment moved (for tests and stats)
 

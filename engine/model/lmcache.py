@@ -68,6 +68,8 @@ KV_BLOCK = 256  # capacity rounded up to this: MLX's CUDA cuDNN decode path want
 UNGENERATED = -2  # LmGen.ungenerated_token
 # The modes whose LM layers run moshi_mlx's own attention on StaticKVCaches.
 STATIC_CACHE_MODES = ("prealloc", "onesync", "hybrid", "layered")
+# The modes whose step after the LM's layers is the compiled `_tail`.
+TAIL_MODES = ("hybrid", "layered")
 
 # Host round trips per step (after the first max_delay steps), counted in the source:
 # moshi_mlx 0.3.0 LmGen._step: 16 `if (audio_token == -2).any()` + 1 text check; its
@@ -321,7 +323,7 @@ class PreparedLM:
                                    outputs=[self._state, rs])(self._fixed_forward)
             else:
                 self._fn = self._fixed_forward
-        if mode in ("hybrid", "layered"):
+        if mode in TAIL_MODES:
             rs = mx.random.state
             self._fn = partial(mx.compile, inputs=[rs], outputs=[rs])(self._tail)
         self._layer_fns = []
@@ -354,7 +356,7 @@ class PreparedLM:
         vec = self._tokens.inputs(other)
         if self.mode == "onesync":
             out = self._sample_step(mx.array(vec))
-        elif self.mode in ("hybrid", "layered"):
+        elif self.mode in TAIL_MODES:
             out = self._hybrid_step(mx.array(vec))
         else:
             pos = mx.array([self._tokens.step_idx], dtype=mx.int32)
@@ -400,7 +402,7 @@ class PreparedLM:
         ids[0] = self.cfg.text_out_vocab_size
         if self.mode in ("fixed", "compiled"):
             return self._fn(mx.array(ids), mx.array([self.step_idx], dtype=mx.int32))
-        if self.mode in ("hybrid", "layered"):
+        if self.mode in TAIL_MODES:
             return self._hybrid_step(mx.array(ids))
         return self._sample_step(mx.array(ids))
 
@@ -470,7 +472,7 @@ class PreparedLM:
             c.self_attn.offset = off
         ids = np.full(1 + self.cfg.audio_codebooks, self.cfg.audio_padding_token, np.int32)
         ids[0] = self.cfg.text_out_vocab_size
-        step = self._hybrid_step if self.mode in ("hybrid", "layered") else self._sample_step
+        step = self._hybrid_step if self.mode in TAIL_MODES else self._sample_step
         self._to_host(step(mx.array(ids)))
 
     def _embed(self, ids):
