@@ -112,6 +112,36 @@ def test_near_speech_survives_double_talk(speech, rt_s):
     assert erle >= 25.0, got
 
 
+def test_one_call_of_several_chunks_is_several_calls_of_one(speech):
+    """The canceller hands AEC3 each device block in one call (LiveKit's binding runs the 10 ms
+    chunks of a longer frame in turn): the same samples, bit for bit, as one call per chunk."""
+    from livekit import rtc
+
+    chunk = SAMPLE_RATE // 100
+    echo = np.convolve(speech, room(gain=0.25))[: 4 * SAMPLE_RATE]
+    far16 = (speech[: 4 * SAMPLE_RATE] * 32767).astype(np.int16)
+    mic16 = (echo * 32767).astype(np.int16)
+
+    def cleaned(per_call: int) -> np.ndarray:
+        apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
+        out = []
+        for i in range(0, len(far16), FRAME):
+            for side, x in ((apm.process_reverse_stream, far16), (apm.process_stream, mic16)):
+                if side == apm.process_stream:
+                    apm.set_stream_delay_ms(40)
+                for j in range(i, i + FRAME, per_call * chunk):
+                    data = bytearray(x[j:j + per_call * chunk].tobytes())
+                    side(rtc.AudioFrame(data, SAMPLE_RATE, 1, per_call * chunk))
+                    if side == apm.process_stream:
+                        out.append(np.frombuffer(data, np.int16))
+        return np.concatenate(out)
+
+    one = cleaned(1)
+    assert erle_db(mic16[SAMPLE_RATE:].astype(float), one[SAMPLE_RATE:].astype(float)) > 10
+    np.testing.assert_array_equal(cleaned(4), one)
+    np.testing.assert_array_equal(cleaned(8), one)
+
+
 def test_off_passes_the_microphone_through_untouched(speech):
     aec = EchoCanceller(enabled=False)
     mic, out = run(aec, speech[: 2 * SAMPLE_RATE], np.zeros(2 * SAMPLE_RATE, np.float32), room())

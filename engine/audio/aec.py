@@ -3,7 +3,9 @@
 With laptop speakers instead of headphones the microphone hears Moshi, and Moshi answers its
 own voice.  `EchoCanceller` runs WebRTC's audio processing module (AEC3, the echo canceller
 browsers use, with an optional noise suppressor) through the LiveKit SDK's maintained binding
-(`livekit.rtc.AudioProcessingModule`), at 24 kHz in the 10 ms chunks it works in:
+(`livekit.rtc.AudioProcessingModule`), at 24 kHz.  AEC3 works in 10 ms chunks; the binding
+takes any whole number of them in one call and runs them in turn (the same samples as one call
+per chunk: tests/test_aec.py), so each block a device hands over is one call, not 2-8:
 
 * `far(pcm, room, t_play_ns)` is given what the speaker really plays, as the sink's callback
   hands it to the device (a frame, a trimmed frame, or `room` samples of silence) and when
@@ -73,7 +75,7 @@ class EchoCanceller:
         self._render_ms = 0.0  # when the last reference chunk plays, after it was analysed
         self._head: np.ndarray | None = None  # the processed first half of the frame under way
         self.linear = LinearEchoFilter() if linear else None
-        self._far_chunk, self._near_chunk = self._chunk(), self._chunk()
+        self._frames: dict[tuple[str, int], tuple] = {}  # reused AudioFrames: (side, chunks)
         self._anchor: tuple[int, int] | None = None  # (far index, when it is heard, ns)
         self._mic_count = 0  # microphone samples cleaned so far
         self._offset: int | None = None  # far index - microphone index of the same moment
@@ -111,9 +113,8 @@ class EchoCanceller:
         waited = time.monotonic_ns()
         with self._lock:
             waited = time.monotonic_ns() - waited  # (the other thread's work, not this call's)
-            for i in range(n):
-                self.apm.process_reverse_stream(
-                    self._fill(self._far_chunk, buf[i * CHUNK:(i + 1) * CHUNK]))
+            if n:
+                self.apm.process_reverse_stream(self._fill("far", buf[:n * CHUNK]))
         self._far = buf[n * CHUNK:].copy()
         # (t_render - t_analyze): the block starts playing at t_play, plus the device's own
         # latency; it was analysed now
@@ -154,9 +155,10 @@ class EchoCanceller:
             waited = time.monotonic_ns() - waited
             delay = self._render_ms + max(0.0, capture_ms)
             self.apm.set_stream_delay_ms(int(min(MAX_DELAY_MS, round(delay))))
-            for i in range(n):
-                self.apm.process_stream(self._fill(self._near_chunk, x[i * CHUNK:(i + 1) * CHUNK]))
-                out[i * CHUNK:(i + 1) * CHUNK] = self._near_chunk[1] / 32767.0
+            if n:
+                frame = self._fill("near", x[:n * CHUNK])
+                self.apm.process_stream(frame)
+                np.multiply(self._frames["near", n][1], 1.0 / 32767.0, out=out[:n * CHUNK])
         self.chunks += n
         self._cost_ns += time.monotonic_ns() - t0 - waited
         return out
@@ -183,14 +185,14 @@ class EchoCanceller:
         ns, self._cost_ns = self._cost_ns, 0
         return ns / 1e6
 
-    def _chunk(self):
-        """A 10 ms AudioFrame and an int16 view of its samples: reused for every chunk of one
-        direction (AEC3 works on it in place)."""
-        data = bytearray(2 * CHUNK)
-        return self._rtc.AudioFrame(data, SAMPLE_RATE, 1, CHUNK), np.frombuffer(data, np.int16)
-
-    @staticmethod
-    def _fill(chunk, pcm: np.ndarray):
-        frame, samples = chunk
-        samples[:] = np.clip(pcm * 32767.0, -32768, 32767)
+    def _fill(self, side: str, pcm: np.ndarray):
+        """`pcm` (whole 10 ms chunks) as int16 in the AudioFrame of its side and size: one per
+        (side, size), made once and reused (AEC3 works on it in place)."""
+        key = (side, pcm.size // CHUNK)
+        if key not in self._frames:
+            data = bytearray(2 * pcm.size)
+            self._frames[key] = (self._rtc.AudioFrame(data, SAMPLE_RATE, 1, pcm.size),
+                                 np.frombuffer(data, np.int16))
+        frame, samples = self._frames[key]
+        np.clip(pcm * 32767.0, -32768, 32767, out=samples, casting="unsafe")
         return frame

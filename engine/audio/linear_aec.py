@@ -73,8 +73,11 @@ class LinearEchoFilter:
         out = np.zeros(BLOCK, np.float32)
         n = len(self._ring)
         lo, hi = max(index, self.far_count - n, 0), min(index + BLOCK, self.far_count)
-        if hi > lo:
-            out[lo - index:hi - index] = self._ring[np.arange(lo, hi) % n]
+        if hi > lo:  # (at most two runs of the ring: before and after its wrap)
+            a = lo % n
+            first = min(hi - lo, n - a)
+            out[lo - index:lo - index + first] = self._ring[a:a + first]
+            out[lo - index + first:hi - index] = self._ring[:hi - lo - first]
         return out
 
     # ------------------------------------------------------------------ microphone
@@ -100,7 +103,7 @@ class LinearEchoFilter:
         self.x2[0] += spec.imag * spec.imag
         if not self.x2.any():  # nothing played lately: nothing to subtract or learn
             return d
-        y = np.fft.irfft(np.einsum("pk,pk->k", self.w, self.x), 2 * BLOCK)[BLOCK:]
+        y = np.fft.irfft((self.w * self.x).sum(0), 2 * BLOCK)[BLOCK:]
         e = d - y.astype(np.float32)
         self._frame[:BLOCK] = 0.0
         self._frame[BLOCK:] = e
@@ -108,16 +111,17 @@ class LinearEchoFilter:
         self.noise *= SMOOTH
         self.noise += (1 - SMOOTH) * (err.real * err.real + err.imag * err.imag)
         # Kalman gain per partition and bin (the 2: an overlap-save frame is two blocks)
-        den = np.einsum("pk,pk->k", self.x2, self.p)
+        den = (self.x2 * self.p).sum(0)
         den += 2.0 * self.noise + 1e-10
         mu = self.p / den
         gain = np.conj(self.x)
         gain *= mu
         gain *= err
         gx = mu * self.x2  # (gain x, before the error: p |x|^2 / den)
-        g = np.fft.irfft(gain, 2 * BLOCK, axis=1)
-        g[:, BLOCK:] = 0.0  # a linear, not a circular, convolution
-        self.w += np.fft.rfft(g, axis=1)
+        # the update's impulse responses, their second halves dropped (zero-padded): a linear,
+        # not a circular, convolution
+        g = np.fft.irfft(gain, 2 * BLOCK, axis=1)[:, :BLOCK]
+        self.w += np.fft.rfft(g, 2 * BLOCK, axis=1)
         self.p *= 1.0 - 0.5 * gx
         self.p *= FORGET ** 2
         self.p += (1 - FORGET ** 2) * (self.w.real ** 2 + self.w.imag ** 2)
