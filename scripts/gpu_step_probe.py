@@ -25,7 +25,12 @@ by `+`).
 `PROBE_PACE_MS=80` starts its steps on an 80 ms clock, as a conversation does (idle gaps
 between steps), instead of back to back: `hybrid@PROBE_PACE_MS=80`; with `PROBE_SPIN=1` the
 gaps are spent spinning on the clock instead of sleeping (is the slowdown the idle CPU's?):
-`layered@PROBE_PACE_MS=80+PROBE_SPIN=1`.
+`layered@PROBE_PACE_MS=80+PROBE_SPIN=1`.  More settings of a variant's process:
+`PROBE_PIN=2-5` pins it (and every thread MLX starts) to those CPUs; `PROBE_CONTEXT=2600`
+runs that many untimed steps first, so the timed ones read a long context;
+`PROBE_EVAL_EVERY=8` sets engine.model.lmcache.EVAL_EVERY_LAYERS; `PROBE_SPLIT=1` adds a
+pass of 100 steps (hybrid, layered) that times, per step, building its graph in Python,
+handing it to MLX (async_eval) and waiting for its tokens.
 """
 
 from __future__ import annotations
@@ -226,6 +231,9 @@ def print_run(r: dict) -> None:
               f"p50 {st['p50']} p90 {st['p90']} p99 {st['p99']} max {st['max']} ms; "
               f">2xp50 {st['over_2x_p50']}, >100ms {st['over_100ms']}; slowest "
               + " ".join(f"#{i}:{t}" for i, t in st["slowest"][:6]), flush=True)
+        if "split" in p:
+            print("      split p50 (max): " + ", ".join(
+                f"{k} {v['p50']} ({v['max']})" for k, v in p["split"].items()), flush=True)
     for ln in r.get("stderr_thrashing", []):
         print(f"   stderr: {ln}", flush=True)
 
@@ -284,12 +292,26 @@ def count_ops(stepper) -> dict:
     return {"total": total, "compute": compute, "top": labels.most_common(12)}
 
 
+def _cpus(spec: str) -> set[int]:
+    """"2-5,8" -> {2, 3, 4, 5, 8}"""
+    out: set[int] = set()
+    for part in filter(None, spec.split(",")):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 def child(args) -> int:
+    if os.environ.get("PROBE_PIN"):  # before MLX starts its threads: they inherit it
+        os.sched_setaffinity(0, _cpus(os.environ["PROBE_PIN"]))
     import mlx.core as mx
     import numpy as np
 
     from engine.model import fullsize, lmcache
     from engine.model.worker import Stepper, warm
+
+    if os.environ.get("PROBE_EVAL_EVERY"):
+        lmcache.EVAL_EVERY_LAYERS = int(os.environ["PROBE_EVAL_EVERY"])
 
     mode = args.child
     config = args.config
@@ -347,6 +369,40 @@ def child(args) -> int:
                         "wall_s": round(time.perf_counter() - t_pass, 3),
                         "text_head": texts[:8]})
 
+    def split_pass(k: int, n: int) -> None:
+        """Build / hand over / wait, per step (the tail modes' step, as LmSteps.step runs it)."""
+        lm = stepper.lm
+        build, submit, wait = [], [], []
+        tick = time.perf_counter()
+        for i in range(n):
+            if pace_s:
+                tick += pace_s
+                time.sleep(max(0.0, tick - time.perf_counter()))
+            if lm.step_idx >= max_steps - 1:
+                stepper.reset()
+            other = np.array([(i * 37 + j * 11) % card for j in range(n_other)], np.uint32)
+            a = time.perf_counter()
+            out = lm._hybrid_step(mx.array(lm._tokens.inputs(other)))
+            b = time.perf_counter()
+            mx.async_eval(out)
+            c = time.perf_counter()
+            host = np.array(out)
+            d = time.perf_counter()
+            lm._tokens.record(int(host[0]), host[1:])
+            build.append((b - a) * 1e3)
+            submit.append((c - b) * 1e3)
+            wait.append((d - c) * 1e3)
+        emit("pass", **{"pass": k, "steps": n, "segments": [], "pace_ms": pace_s * 1000.0,
+                        "stats": stats([x + y + z for x, y, z in zip(build, submit, wait)]),
+                        "split": {"build": stats(build), "submit": stats(submit),
+                                  "wait": stats(wait)}})
+
+    context = int(os.environ.get("PROBE_CONTEXT") or 0)
+    if context:
+        codes = np.zeros((n_other, 1), np.uint32)
+        for _ in range(context):
+            stepper.step(codes)
+        emit("info", context=stepper.lm.step_idx)
     mx.random.seed(1234)
     run_pass(1, args.steps)
     if args.second_pass:
@@ -355,6 +411,9 @@ def child(args) -> int:
     if args.segment_steps:
         stepper.reset()
         run_pass(3, args.segment_steps)
+    if os.environ.get("PROBE_SPLIT") == "1" and stepper.lm.mode in lmcache.TAIL_MODES:
+        stepper.reset()
+        split_pass(4, 100)
     try:
         peak = mx.get_peak_memory() / 2**30
     except AttributeError:  # older MLX

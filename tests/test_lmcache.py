@@ -108,6 +108,14 @@ def test_same_tokens_as_stock_and_caches_never_move(model, stock_run, mode):
         assert seen[t] == prepared, f"{mode}: cache buffers changed by step {t}"
 
 
+def test_layers_handed_over_early_give_the_same_tokens(model, stock_run, monkeypatch):
+    """layered with lmcache.EVAL_EVERY_LAYERS: the GPU gets each layer as soon as it is built
+    (mx.async_eval); the tokens are stock's, step for step."""
+    monkeypatch.setattr(lmcache, "EVAL_EVERY_LAYERS", 1)
+    tokens, _seen, lm = _run(model, "layered", probe_at=())
+    assert lm.mode == "layered" and tokens == stock_run[0]
+
+
 @pytest.mark.parametrize("mode", ["stock"] + FAST_MODES)
 def test_reset_starts_a_conversation_like_a_fresh_model(model, mode):
     # Stale cache contents past the new position must not leak into a new segment.
@@ -194,7 +202,8 @@ def test_gpu_probe_runs_on_the_demo_model(tmp_path):
     out = tmp_path / "probe.json"
     r = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gpu_step_probe.py"), "--demo",
-         "--variants", "stock,compiled,layered@PROBE_PACE_MS=40", "--steps", "12",
+         "--variants", "stock,compiled,layered@PROBE_PACE_MS=40+PROBE_SPLIT=1+PROBE_CONTEXT=3",
+         "--steps", "12",
          "--second-pass", "4",
          "--segment-steps", "0", "--max-steps", "10", "--json", str(out)],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
@@ -202,17 +211,23 @@ def test_gpu_probe_runs_on_the_demo_model(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(out.read_text())
     runs = {x["variant"]: x for x in report["runs"]}
-    assert set(runs) == {"stock", "compiled", "layered@PROBE_PACE_MS=40"}
+    paced_name = "layered@PROBE_PACE_MS=40+PROBE_SPLIT=1+PROBE_CONTEXT=3"
+    assert set(runs) == {"stock", "compiled", paced_name}
     for name, run in runs.items():
         p1 = run["passes"][0]
-        assert p1["steps"] == 12 and len(p1["times_ms"]) == 12 and p1["segments"] == [9]
+        assert p1["steps"] == 12 and len(p1["times_ms"]) == 12 and p1["segments"] == [9 - run.get("context", 0)]
         assert p1["stats"]["p50"] > 0 and run["lm_mode"] == name.partition("@")[0]
         assert run["ops"]["compute"] > 0 and run["stderr_thrashing"] == []
     assert runs["compiled"]["passes"][0]["host_syncs"] == 12
     assert runs["compiled"]["ops"]["compute"] < runs["stock"]["ops"]["compute"]
     # a paced variant starts its steps on the clock: 12 steps take at least 11 periods
-    paced = runs["layered@PROBE_PACE_MS=40"]
-    assert paced["env"] == {"PROBE_PACE_MS": "40"} and paced["passes"][0]["pace_ms"] == 40.0
+    paced = runs[paced_name]
+    assert paced["env"]["PROBE_PACE_MS"] == "40" and paced["passes"][0]["pace_ms"] == 40.0
     assert paced["passes"][0]["wall_s"] >= 11 * 0.040
     assert runs["stock"]["passes"][0]["pace_ms"] == 0.0
+    # PROBE_CONTEXT: untimed steps first; PROBE_SPLIT: a pass timing build / hand-over / wait
+    assert paced["context"] == 3
+    split = paced["passes"][-1]
+    assert split["pass"] == 4 and split["stats"]["n"] == 100
+    assert all(split["split"][k]["n"] == 100 for k in ("build", "submit", "wait"))
     assert "summary" in r.stdout

@@ -70,6 +70,9 @@ UNGENERATED = -2  # LmGen.ungenerated_token
 STATIC_CACHE_MODES = ("prealloc", "onesync", "hybrid", "layered")
 # The modes whose step after the LM's layers is the compiled `_tail`.
 TAIL_MODES = ("hybrid", "layered")
+# layered: hand the GPU the layers built so far every this many layers (mx.async_eval), so that
+# it runs them while Python builds the rest; 0: the whole step at once, when its tokens are read.
+EVAL_EVERY_LAYERS = 0
 
 # Host round trips per step (after the first max_delay steps), counted in the source:
 # moshi_mlx 0.3.0 LmGen._step: 16 `if (audio_token == -2).any()` + 1 text check; its
@@ -494,11 +497,15 @@ class PreparedLM:
         xs = self._embed(ids)
         caches = [c.self_attn for c in m.transformer_cache]
         pos = mx.array([caches[0].offset], dtype=mx.int32)
-        for layer, cache, (before, after) in zip(m.transformer.layers, caches, self._layer_fns):
+        every = EVAL_EVERY_LAYERS
+        for i, (layer, cache, (before, after)) in enumerate(
+                zip(m.transformer.layers, caches, self._layer_fns)):
             q, k, v = before(xs, pos)
             k, v = cache.update_and_fetch(k, v)
             o = mx.fast.scaled_dot_product_attention(q, k, v, scale=layer.self_attn.scale)
             xs = after(xs, o)
+            if every and (i + 1) % every == 0:  # the GPU starts on these layers meanwhile
+                mx.async_eval(xs)
         return self._fn(m.out_norm(xs))
 
     def _fixed_forward(self, ids, pos):
