@@ -23,6 +23,13 @@ run() {  # run NAME ARGS...: one bench, its log and JSON
   echo "   exit $? ($(date +%T))"
   grep -iE "thrash" "$out/$name.log" && echo "   ^ cache thrashing in $name"
 }
+# The step on an 80 ms clock, as in a session: before this project's CUDA settings (layered as
+# one graph, MLX's 20 operations per CUDA graph), with them, and with MLX's own attention kernel.
+echo "== probe ($(date +%T))"
+python3 scripts/gpu_step_probe.py --quant q4 --steps 200 --second-pass 0 --json "$out/probe.json" \
+  --variants "layered@PROBE_PACE_MS=80+PROBE_EVAL_EVERY=0+MLX_MAX_OPS_PER_BUFFER=20,layered@PROBE_PACE_MS=80+PROBE_SPLIT=1,layered@PROBE_PACE_MS=80+MLX_CUDA_USE_CUDNN_SDPA=0" \
+  >"$out/probe.log" 2>&1
+echo "   exit $? ($(date +%T))"
 # The step alone (the default mode: layered on CUDA), writing the q4 weights for the launch below.
 run step-q4 bench step --random -q 4 --steps 300 --save-weights "$q4file"
 # The headline: q4, MLX codec, a session long enough for two segments (3000 steps = 4 min).

@@ -304,6 +304,9 @@ def _cpus(spec: str) -> set[int]:
 def child(args) -> int:
     if os.environ.get("PROBE_PIN"):  # before MLX starts its threads: they inherit it
         os.sched_setaffinity(0, _cpus(os.environ["PROBE_PIN"]))
+    from engine.model.lmcache import tune_mlx_env
+
+    tune_mlx_env()  # the server's MLX settings (a variant's own settings win)
     import mlx.core as mx
     import numpy as np
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -122,6 +123,27 @@ def _reinit_portaudio() -> None:
         raise JackUnavailable("this PortAudio has no JACK host API")
 
 
+def _realtime_allowed() -> bool:
+    """Whether this process may schedule a thread in real time (SCHED_RR), as jackd's
+    realtime mode needs: root usually may, but not in a container without CAP_SYS_NICE, where
+    a realtime jackd starts and its clients then abort.  Tried on a throwaway thread."""
+    if not hasattr(os, "sched_setscheduler"):
+        return False
+    ok = []
+
+    def attempt():
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))  # this thread only
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join()
+    return bool(ok)
+
+
 def start(log_dir: Path, period: int = JACK_PERIOD, rate: int = JACK_RATE) -> JackServer:
     """Start a private JACK dummy server (`rate` Hz, `period`-frame periods: 24 kHz and 80 ms
     unless told otherwise), export its name in
@@ -141,7 +163,7 @@ def start(log_dir: Path, period: int = JACK_PERIOD, rate: int = JACK_RATE) -> Ja
     os.environ["JACK_NO_START_SERVER"] = "1"  # libjack must never spawn a server of its own
     os.environ["JACK_NO_AUDIO_RESERVATION"] = "1"  # no D-Bus device reservation
     cmd = [jackd, "-n", name]
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
+    if not _realtime_allowed():
         cmd.append("--no-realtime")
     cmd += ["-d", "dummy", "-r", str(rate), "-p", str(period)]
     log_path = Path(log_dir) / "jackd.log"

@@ -198,6 +198,20 @@ def test_mlx_kernel_cache_leaves_tmp(tmp_path, monkeypatch):
     assert lmcache.persist_jit_cache(mine) is None and mine["MLX_PTX_CACHE_DIR"] == "/somewhere"
 
 
+def test_mlx_settings_reach_the_model_server(tmp_path, monkeypatch):
+    """On Linux the CUDA graph size is set for this process and the model server it spawns
+    (what the user set is kept); on macOS (Metal has its own default) it is left alone."""
+    monkeypatch.setenv("MOSHI_TUI_CACHE", str(tmp_path))
+    monkeypatch.setattr(sys, "platform", "linux")
+    env = {}
+    assert lmcache.tune_mlx_env(env)["MLX_MAX_OPS_PER_BUFFER"] == "100" == env["MLX_MAX_OPS_PER_BUFFER"]
+    mine = {"MLX_MAX_OPS_PER_BUFFER": "30"}
+    assert "MLX_MAX_OPS_PER_BUFFER" not in lmcache.tune_mlx_env(mine)
+    assert mine["MLX_MAX_OPS_PER_BUFFER"] == "30"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert "MLX_MAX_OPS_PER_BUFFER" not in lmcache.tune_mlx_env({})
+
+
 def test_gpu_probe_runs_on_the_demo_model(tmp_path):
     out = tmp_path / "probe.json"
     r = subprocess.run(

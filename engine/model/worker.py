@@ -129,11 +129,11 @@ def _child_setup(conn):
 
 def _load_and_warm(resolved, options: dict, send):
     """Load the LM exactly as every session does, then warm it: (stepper, load_ms, warm_ms)."""
-    from engine.model.lmcache import lm_mode_from, persist_jit_cache
+    from engine.model.lmcache import lm_mode_from, tune_mlx_env
     from engine.model.load import load_lm
 
     mode = lm_mode_from(options)
-    persist_jit_cache()  # before MLX's first kernel compile
+    tune_mlx_env()  # before MLX's first kernel
     t0 = time.perf_counter()
     model, cfg = load_lm(resolved, progress=lambda s: send(Progress(s)))
     load_ms = (time.perf_counter() - t0) * 1000.0

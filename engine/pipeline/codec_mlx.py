@@ -525,9 +525,9 @@ class MlxMimiCodec:
                  device: str | None = None, cache: str = "bounded", exact_gelu: bool = True,
                  split_steps: bool = True, context: int | None = None, slack: int = 64,
                  load_timeout_s: float = 300.0):
-        from engine.model.lmcache import persist_jit_cache
+        from engine.model.lmcache import tune_mlx_env
 
-        persist_jit_cache()  # MLX's CUDA kernels compiled once, kept beside the models
+        tune_mlx_env()  # MLX's CUDA kernels compiled once, kept beside the models
         self.mimi_path = str(mimi_path)
         self.num_codebooks = num_codebooks
         opts = dict(dtype=dtype, device=device, cache=cache, exact_gelu=exact_gelu,

@@ -111,5 +111,6 @@ def machine_info() -> dict:
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "mlx_device": _mlx_device(),
+        "mlx_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")},
         "versions": vers,
     }
