@@ -8,8 +8,8 @@ same through a room simulated in software.
 
 Measured here (12 s passes, a shared 2-core machine): AEC off 0.0 dB; AEC on 43.4 dB over 2-6 s
 (AEC3 alone 44.6), every 0.5 s window with echo >= 25 dB from 2.0 s on; near speech kept 0.917
-(AEC3 alone 0.691, raw microphone 0.707); canceller p50 2.0-3.1 ms per frame (AEC3 alone 1.4-1.8); the
-test takes ~45 s."""
+(AEC3 alone 0.691, raw microphone 0.707); canceller p50 2.0-3.1 ms per frame (AEC3 alone
+1.4-1.8); the test takes ~45 s."""
 
 from __future__ import annotations
 
