@@ -125,15 +125,16 @@ def test_one_call_of_several_chunks_is_several_calls_of_one(speech):
     def cleaned(per_call: int) -> np.ndarray:
         apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
         out = []
+        n = per_call * chunk
         for i in range(0, len(far16), FRAME):
-            for side, x in ((apm.process_reverse_stream, far16), (apm.process_stream, mic16)):
-                if side == apm.process_stream:
-                    apm.set_stream_delay_ms(40)
-                for j in range(i, i + FRAME, per_call * chunk):
-                    data = bytearray(x[j:j + per_call * chunk].tobytes())
-                    side(rtc.AudioFrame(data, SAMPLE_RATE, 1, per_call * chunk))
-                    if side == apm.process_stream:
-                        out.append(np.frombuffer(data, np.int16))
+            for j in range(i, i + FRAME, n):  # the speaker's frame first ...
+                apm.process_reverse_stream(
+                    rtc.AudioFrame(bytearray(far16[j:j + n].tobytes()), SAMPLE_RATE, 1, n))
+            apm.set_stream_delay_ms(40)
+            for j in range(i, i + FRAME, n):  # ... then the microphone's, cleaned in place
+                data = bytearray(mic16[j:j + n].tobytes())
+                apm.process_stream(rtc.AudioFrame(data, SAMPLE_RATE, 1, n))
+                out.append(np.frombuffer(data, np.int16))
         return np.concatenate(out)
 
     one = cleaned(1)

@@ -114,7 +114,7 @@ class EchoCanceller:
         with self._lock:
             waited = time.monotonic_ns() - waited  # (the other thread's work, not this call's)
             if n:
-                self.apm.process_reverse_stream(self._fill("far", buf[:n * CHUNK]))
+                self.apm.process_reverse_stream(self._fill("far", buf[:n * CHUNK])[0])
         self._far = buf[n * CHUNK:].copy()
         # (t_render - t_analyze): the block starts playing at t_play, plus the device's own
         # latency; it was analysed now
@@ -156,9 +156,9 @@ class EchoCanceller:
             delay = self._render_ms + max(0.0, capture_ms)
             self.apm.set_stream_delay_ms(int(min(MAX_DELAY_MS, round(delay))))
             if n:
-                frame = self._fill("near", x[:n * CHUNK])
-                self.apm.process_stream(frame)
-                np.multiply(self._frames["near", n][1], 1.0 / 32767.0, out=out[:n * CHUNK])
+                frame, samples = self._fill("near", x[:n * CHUNK])
+                self.apm.process_stream(frame)  # (in place)
+                np.multiply(samples, 1.0 / 32767.0, out=out[:n * CHUNK])
         self.chunks += n
         self._cost_ns += time.monotonic_ns() - t0 - waited
         return out
@@ -186,8 +186,8 @@ class EchoCanceller:
         return ns / 1e6
 
     def _fill(self, side: str, pcm: np.ndarray):
-        """`pcm` (whole 10 ms chunks) as int16 in the AudioFrame of its side and size: one per
-        (side, size), made once and reused (AEC3 works on it in place)."""
+        """`pcm` (whole 10 ms chunks) as int16 in the AudioFrame of its side and size, made once
+        per (side, size) and reused: (the frame, an int16 view of its samples)."""
         key = (side, pcm.size // CHUNK)
         if key not in self._frames:
             data = bytearray(2 * pcm.size)
@@ -195,4 +195,4 @@ class EchoCanceller:
                                  np.frombuffer(data, np.int16))
         frame, samples = self._frames[key]
         np.clip(pcm * 32767.0, -32768, 32767, out=samples, casting="unsafe")
-        return frame
+        return frame, samples
