@@ -91,6 +91,24 @@ def test_transcript_and_stages(headless_run):
     assert sum("processing p50" in line for line in r.stdout.splitlines()) >= 5
 
 
+def test_slowest_frames_and_the_collectors(headless_run):
+    """stats.json names the session's slowest frames with their stages, and shows that the
+    model process collects garbage only between steps (its automatic collection is off)."""
+    _, _, stats, _ = headless_run
+    slow = stats["slowest_frames"]
+    assert len(slow) == 12
+    procs = [f["processing"] for f in slow]
+    assert procs == sorted(procs, reverse=True)
+    assert procs[0] == pytest.approx(stats["stages_ms"]["processing"]["max"], abs=1e-3)
+    for f in slow:
+        parts = f["encode"] + f["uplink"] + f["queue"] + f["model"] + f["decode"]
+        assert parts == pytest.approx(f["processing"], abs=0.01), f
+        assert 0 <= f["t_s"] <= stats["duration_s"]
+    server, client = stats["gc"]["server"], stats["gc"]["client"]
+    assert server["automatic"] is False and client["automatic"] is True
+    assert server["frozen_objects"] > 1000 and client["frozen_objects"] > 1000
+
+
 def test_trace_frames_aligned_by_step(headless_run):
     _, _, stats, trace = headless_run
     ev = json.loads(trace.read_text())["traceEvents"]

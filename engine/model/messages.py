@@ -76,10 +76,12 @@ class Segment(NamedTuple):
 
 
 class Memory(NamedTuple):
-    """What MLX holds in the model process (bytes), sent every few seconds of steps."""
+    """What MLX holds in the model process (bytes), sent every few seconds of steps, with its
+    garbage collector's figures so far (engine.telemetry.gcwatch.GcWatch.summary)."""
 
     step: int
     active_bytes: int
+    gc: dict | None = None
 
 
 class BenchDone(NamedTuple):

@@ -28,6 +28,7 @@ from engine.model.messages import (
     Stop,
 )
 from engine.model.sampling import Sampling
+from engine.telemetry.gcwatch import GcWatch, IdleCollector, settle
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -169,6 +170,10 @@ def model_main(conn, resolved, options: dict) -> None:
             delay = 0.0
         import mlx.core as mx
 
+        # The collector walks only what the conversation allocates, and only between steps.
+        frozen = settle()
+        watch = GcWatch().install()
+        collector = IdleCollector()
         send(Ready({
             "load_ms": round(load_ms, 1),
             "warmup_ms": round(warm_ms, 1),
@@ -178,6 +183,7 @@ def model_main(conn, resolved, options: dict) -> None:
             "sampling_text": stepper.sampling.describe(),
             "mlx_device": str(mx.default_device()),
             "pid": os.getpid(),
+            "gc_frozen_objects": frozen,
         }))
     except MoshiTuiError as e:
         send(Failed(str(e), e.exit_code))
@@ -207,7 +213,8 @@ def model_main(conn, resolved, options: dict) -> None:
                 send(Segment(step))
             send(Result(msg.frame_id, step, text_token, audio, t_in, t0, t1))
             if step % MEMORY_EVERY_STEPS == 0:
-                send(Memory(step, mlx_active_bytes()))
+                send(Memory(step, mlx_active_bytes(), watch.summary()))
+            collector.idle()  # (the next frame is ~60 ms away)
         elif isinstance(msg, Reset):
             stepper.reset()
         elif isinstance(msg, Configure):

@@ -239,7 +239,7 @@ class ClientPipeline:
             if isinstance(msg, Result):
                 self._on_result(msg)
             elif isinstance(msg, Memory):
-                obs.model_memory(msg.step, msg.active_bytes / 2**20)
+                obs.model_memory(msg.step, msg.active_bytes / 2**20, msg.gc)
             elif isinstance(msg, Segment):
                 obs.segment_started(msg.step, time.monotonic_ns())
             elif isinstance(msg, Failed):

@@ -121,6 +121,16 @@ class ConversationSession(ProcessFigures):
     def _run(self) -> None:
         raise NotImplementedError
 
+    def _watch_gc(self) -> None:
+        """Going live: the objects loading left behind (codec, modules) are exempted from later
+        collections, so the collector's pauses stay short; each pause is timed (stats.json
+        "gc")."""
+        from engine.telemetry.gcwatch import GcWatch, settle
+
+        if self.tel.gc_watch is None:
+            settle()
+            self.tel.gc_watch = GcWatch().install()
+
     def _new_recorder(self) -> None:
         if self.folder is not None and self.recorder is None:
             from engine.files.recorder import SessionRecorder
@@ -169,6 +179,8 @@ class ConversationSession(ProcessFigures):
             self._stopped = True
         self._stop_req.set()
         self._cpu_end()
+        if self.tel.gc_watch is not None:
+            self.tel.gc_watch.uninstall()
         return True
 
     def _close_files(self) -> None:

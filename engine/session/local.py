@@ -125,6 +125,7 @@ class Session(ConversationSession):
         if restart:
             self._restarting = False  # the running source and sink feed the new pipeline now
         else:
+            self._watch_gc()
             self._cpu_start()
             self.sink.start(self._pull)
             tel.note_endpoints(self.source, self.sink)

@@ -10,6 +10,7 @@ status printer) call `snapshot()`, which copies bounded windows and never blocks
 
 from __future__ import annotations
 
+import heapq
 import time
 from array import array
 from collections import deque
@@ -21,6 +22,7 @@ from engine.audio import rms
 from engine.telemetry.stages import ALL_STAGES, QUEUES, FrameRecord, percentiles
 
 WINDOW = 250  # frames in the rolling windows (20 s)
+SLOWEST = 12  # the slowest frames of a session kept whole, with their stages (stats.json)
 
 
 @dataclass
@@ -117,6 +119,9 @@ class Telemetry:
         self.playout_all = array("d")
         self.segment_times: list[float] = []  # seconds since the first capture, per new segment
         self.queue_samples: deque = deque()  # (t_ns, depths) per frame, with keep_records
+        self.gc: dict[str, dict] = {}  # the model process's garbage collector ("server")
+        self.gc_watch = None  # engine.telemetry.gcwatch.GcWatch of this process, once live
+        self.slowest: list = []  # min-heap of (processing_ms, frame, its stages): SLOWEST kept
 
     # --- writers (called from audio callbacks and loops; never block) ---
     def set_state(self, state: str, detail: str = "") -> None:
@@ -195,9 +200,25 @@ class Telemetry:
         if self.t_first_out is None:
             self.t_first_out = rec.t_dec
         self.frames_processed += 1
-        for name, ms in rec.stages_ms().items():
+        stages = rec.stages_ms()
+        for name, ms in stages.items():
             if name != "playback":
                 self.add_stage(name, ms)
+        proc = stages.get("processing")
+        if proc is not None and (len(self.slowest) < SLOWEST or proc > self.slowest[0][0]):
+            t_s = (rec.t_cap - (self.t_start or rec.t_cap)) / 1e9
+            entry = (proc, rec.frame, rec.step, t_s, stages)
+            if len(self.slowest) < SLOWEST:
+                heapq.heappush(self.slowest, entry)
+            else:
+                heapq.heapreplace(self.slowest, entry)
+
+    def slowest_frames(self) -> list[dict]:
+        """The session's slowest frames (capture -> decoded PCM), slowest first, each with when
+        it was captured and what each stage took: where a rare late frame lost its time."""
+        return [{"frame": frame, "step": step, "t_s": round(t_s, 3),
+                 **{k: round(v, 3) for k, v in stages.items() if k != "playback"}}
+                for _, frame, step, t_s, stages in sorted(self.slowest, reverse=True)]
 
     def frame_played(self, rec: FrameRecord) -> None:
         self.frames_played += 1
@@ -296,8 +317,10 @@ class Telemetry:
     def abandoned(self, rec: FrameRecord) -> None:
         self._fold_server_stages(rec)
 
-    def model_memory(self, step: int, mb: float) -> None:
+    def model_memory(self, step: int, mb: float, gc: dict | None = None) -> None:
         self.info["server_mlx_active_mb"] = round(mb, 1)
+        if gc is not None:
+            self.gc["server"] = gc
 
     def warning(self, text: str) -> None:
         self.warn(text)

@@ -327,6 +327,7 @@ class RemoteSession(ConversationSession):
     def _go_live(self) -> None:
         tel = self.tel
         self._new_recorder()
+        self._watch_gc()
         self._cpu_start()
         self.sink.start(self.pull)
         tel.note_endpoints(self.source, self.sink)
