@@ -7,6 +7,10 @@
 # Each command writes OUT_DIR/<name>.json (the bench's --json) and OUT_DIR/<name>.log.
 # Run it with `moshi-tui` on the PATH, or MOSHI_TUI="python3 -m tui.cli" from the project root.
 # The q4 weights (4.8 GB) go to $MOSHI_TUI_WEIGHTS_DIR (default /tmp/moshi-tui-weights).
+# GPU_BENCH_PARTS=name,name,... runs only those parts, in this order (a machine lent for a few
+# minutes at a time): probe step-q4 pipeline-q4-mlx pipeline-q4-disk pipeline-q4-rustymimi
+# pipeline-q8-mlx pipeline-bf16-mlx compare-official pipeline-q4-mlx-compiled codec-mlx
+# codec-rustymimi (pipeline-q4-disk and compare-official need the weights step-q4 writes).
 set -u
 out=${1:?usage: gpu_bench.sh OUT_DIR [SESSION_SECONDS] [SIDE_SECONDS]}
 secs=${2:-300}
@@ -16,8 +20,11 @@ mt=${MOSHI_TUI:-moshi-tui}
 weights=${MOSHI_TUI_WEIGHTS_DIR:-/tmp/moshi-tui-weights}
 mkdir -p "$weights"
 q4file=$weights/model.q4.safetensors
+parts=${GPU_BENCH_PARTS:-all}
+want() { [ "$parts" = all ] || [[ ",$parts," == *",$1,"* ]]; }
 run() {  # run NAME ARGS...: one bench, its log and JSON
   local name=$1; shift
+  want "$name" || return 0
   echo "== $name: $mt $* ($(date +%T))"
   $mt "$@" --json "$out/$name.json" >"$out/$name.log" 2>&1
   echo "   exit $? ($(date +%T))"
@@ -25,15 +32,19 @@ run() {  # run NAME ARGS...: one bench, its log and JSON
 }
 # The step on an 80 ms clock, as in a session: before this project's CUDA settings (layered as
 # one graph, MLX's 20 operations per CUDA graph), with them, and with MLX's own attention kernel.
+if want probe; then
 echo "== probe ($(date +%T))"
 python3 scripts/gpu_step_probe.py --quant q4 --steps 200 --second-pass 0 --json "$out/probe.json" \
   --variants "layered@PROBE_PACE_MS=80+PROBE_EVAL_EVERY=0+MLX_MAX_OPS_PER_BUFFER=20,layered@PROBE_PACE_MS=80+PROBE_SPLIT=1,layered@PROBE_PACE_MS=80+MLX_CUDA_USE_CUDNN_SDPA=0" \
   >"$out/probe.log" 2>&1
 echo "   exit $? ($(date +%T))"
+fi
 # The step alone (the default mode: layered on CUDA), writing the q4 weights for the launch below.
 run step-q4 bench step --random -q 4 --steps 300 --save-weights "$q4file"
 # The headline: q4, MLX codec, a session long enough for two segments (3000 steps = 4 min).
-run pipeline-q4-mlx bench pipeline --random -q 4 --codec mlx --seconds "$secs"
+# (with its Perfetto trace: every frame's stages, to see where a late frame lost its time)
+run pipeline-q4-mlx bench pipeline --random -q 4 --codec mlx --seconds "$secs" \
+  --trace "$out/pipeline-q4-mlx.trace.json"
 # Launch to first frame with the weights on disk (the demo's Mimi, the 32k tokenizer).
 read -r mimi tok < <(python3 -c 'from engine.model import demo, fullsize
 print(demo.ensure_demo().mimi, fullsize.ensure_text_tokenizer(32000))')
@@ -44,7 +55,7 @@ run pipeline-q4-rustymimi bench pipeline --random -q 4 --codec rustymimi --secon
 run pipeline-q8-mlx bench pipeline --random -q 8 --codec mlx --seconds "$side"
 run pipeline-bf16-mlx bench pipeline --random --codec mlx --seconds "$side"
 # Kyutai's local.py and moshi-tui on the same weights, through a 20 ms JACK dummy card.
-if command -v jackd >/dev/null; then
+if want compare-official && command -v jackd >/dev/null; then
   echo "== compare-official ($(date +%T))"
   python3 scripts/compare_official.py --seconds "$side" --rounds 1 --period 480 \
     --moshi-weight "$q4file" --mimi-weight "$mimi" --tokenizer "$tok" -q 4 \
