@@ -60,7 +60,8 @@ def test_the_microphone_hears_the_room(bench):
     (measured 160 ms behind the room's timeline, counted from the first frame recorded), the
     room heard exactly what the speaker played, the echo is well above silence (measured
     -20.6 dBFS over the far-only part), and with AEC off the cleaned signal is the microphone
-    (0 dB): the measurement sees the echo."""
+    (0 dB): the measurement sees the echo.  A pass the JACK graph glitched in (an xrun on a
+    loaded host) is run again by the script; the pass kept is sample-exact."""
     for p in (bench["off"], bench["aec3"], bench["on"]):
         assert p["loopback_max_error"] < 1e-6, bench["printed"]
         assert p["room_heard_far_max_error"] < 1e-6, bench["printed"]
