@@ -4,48 +4,12 @@ Frames are captured every 80 ms and ready `processing` ms later; the speaker ask
 frame when it reaches it, or, while it waits, once per 20 ms block (like the file and null
 sinks)."""
 
-from collections import deque
-
 import numpy as np
 
-from engine.pipeline.playout import Playout, trimmed
+from engine.pipeline.playout import replay as simulate
+from engine.pipeline.playout import trimmed
 
 MS = 1_000_000
-
-
-def simulate(processing_ms, block_ms=20.0, phase_ms=0.0, **kw):
-    p = Playout(**kw)
-    ready = [(k * 80.0 + pr, k * 80.0) for k, pr in enumerate(processing_ms)]
-    q: deque = deque()
-    i = 0
-    t = phase_ms
-    out = {"delays": [], "times": [], "underruns": 0, "drops": 0, "trims": 0, "gaps": []}
-    gap_from = None
-    while t < len(processing_ms) * 80.0:
-        while i < len(ready) and ready[i][0] <= t:
-            p.observe(int(ready[i][0] * MS), int((ready[i][0] - ready[i][1]) * MS))
-            q.append(ready[i][1])
-            i += 1
-        head = int((t - q[0]) * MS) if q else None
-        drop, trim, play, underrun = p.decide(head, len(q), int(t * MS))
-        for _ in range(drop):
-            q.popleft()
-        out["drops"] += drop
-        out["underruns"] += underrun
-        if underrun:
-            gap_from = t
-        if play:
-            if gap_from is not None:
-                out["gaps"].append(t - gap_from)
-                gap_from = None
-            cap = q.popleft()
-            out["delays"].append(t - cap)
-            out["times"].append(t)
-            out["trims"] += bool(trim)
-            t += 80.0 - trim / MS
-        else:
-            t = ((t - phase_ms) // block_ms + 1) * block_ms + phase_ms  # silence to the block end
-    return out
 
 
 def test_steady_machine_ends_just_in_time():

@@ -247,3 +247,28 @@ def test_loads_in_perfetto_trace_processor(traced):
     n_x = sum(1 for e in data["traceEvents"] if e["ph"] == "X")
     assert not dropped, [(r.name, r.value) for r in dropped]
     assert n == n_x
+
+
+def test_playout_replay_reads_the_sessions_frames(traced):
+    """scripts/playout_replay.py replays a trace's frames through the jitter buffer: the
+    processing times it reads are the session's processing stage (count, p50 and max as in
+    stats.json), and it prints the default policy beside the one asked for."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import playout_replay
+    finally:
+        sys.path.pop(0)
+    stats, path = traced[1], traced[2]
+    proc = playout_replay.processing_ms(path)
+    st = stats["stages_ms"]["processing"]
+    assert len(proc) == st["n"]
+    assert round(float(np.median(proc)), 3) == pytest.approx(st["p50"], abs=2e-3)
+    assert round(max(proc), 3) == pytest.approx(st["max"], abs=2e-3)
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "playout_replay.py"), str(path),
+                        "--policy", "min_margin_ms=0"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split()[0] for line in r.stdout.splitlines()[2:]]
+    assert rows == ["default", "min_margin_ms=0"], r.stdout

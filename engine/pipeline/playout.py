@@ -23,7 +23,7 @@ class Playout:
     margin that keeps underruns rare.  The margin never goes below 15 ms: with none, every
     frame slower than the slowest of the window is an underrun (on an H200, five in a 5-minute
     session whose frames took 36 ms at p50 and 66 at most); replayed through this policy, that
-    session's frame times give one underrun with a 15 ms floor, and a lower mic-to-speaker p50
+    session's frame times (scripts/playout_replay.py) give one underrun with a 15 ms floor, and a lower mic-to-speaker p50
     than without it (the underruns a floor avoids each raise the margin by 20 ms).
 
     Playback starts at the speaker block nearest the moment the first frame's delay reaches the
@@ -124,4 +124,46 @@ def trimmed(pcm: np.ndarray, trim_ns: int) -> np.ndarray:
     n = min(len(pcm) - len(FADE), trim_ns * SAMPLE_RATE // 1_000_000_000)
     out = np.array(pcm[n:], dtype=np.float32)
     out[: len(FADE)] *= FADE
+    return out
+
+
+def replay(processing_ms, block_ms: float = 20.0, phase_ms: float = 0.0, **policy) -> dict:
+    """A session's frames through a Playout(**policy) on a simulated speaker, without clocks:
+    frame k is captured at k × 80 ms and ready `processing_ms[k]` later; the speaker asks for
+    the next frame when it reaches it or, while it waits, once per `block_ms` (like the file
+    and null sinks).  Returns each played frame's delay and time (ms), and the underruns,
+    drops, trims and silent gaps (ms) — what a policy would have done with a recorded session
+    (scripts/playout_replay.py reads one from a --trace file)."""
+    ms = 1_000_000
+    p = Playout(**policy)
+    ready = [(k * 80.0 + pr, k * 80.0) for k, pr in enumerate(processing_ms)]
+    q: deque = deque()
+    i = 0
+    t = phase_ms
+    out = {"delays": [], "times": [], "underruns": 0, "drops": 0, "trims": 0, "gaps": []}
+    gap_from = None
+    while t < len(ready) * 80.0:
+        while i < len(ready) and ready[i][0] <= t:
+            p.observe(int(ready[i][0] * ms), int((ready[i][0] - ready[i][1]) * ms))
+            q.append(ready[i][1])
+            i += 1
+        head = int((t - q[0]) * ms) if q else None
+        drop, trim, play, underrun = p.decide(head, len(q), int(t * ms))
+        for _ in range(drop):
+            q.popleft()
+        out["drops"] += drop
+        out["underruns"] += underrun
+        if underrun:
+            gap_from = t
+        if play:
+            if gap_from is not None:
+                out["gaps"].append(t - gap_from)
+                gap_from = None
+            cap = q.popleft()
+            out["delays"].append(t - cap)
+            out["times"].append(t)
+            out["trims"] += bool(trim)
+            t += 80.0 - trim / ms
+        else:
+            t = ((t - phase_ms) // block_ms + 1) * block_ms + phase_ms  # silence to the block end
     return out
