@@ -21,10 +21,11 @@ class Playout:
     `min_margin_ms`, and grows by 20 ms (up to `max_margin_ms`) at each underrun, which also
     doubles the wait before the next shrink (up to a minute): a jittery machine settles on a
     margin that keeps underruns rare.  The margin never goes below 15 ms: with none, every
-    frame slower than the slowest of the window is an underrun (on an H200, five in a 5-minute
-    session whose frames took 36 ms at p50 and 66 at most); replayed through this policy, that
-    session's frame times (scripts/playout_replay.py) give one underrun with a 15 ms floor, and a lower mic-to-speaker p50
-    than without it (the underruns a floor avoids each raise the margin by 20 ms).
+    frame slower than the slowest of the window is an underrun (on an H200, five in each of two
+    5-minute sessions whose frames took 32-36 ms at p50 and 66 at most).  Replayed through this
+    policy (scripts/playout_replay.py), one such session's frame times give 1 underrun instead
+    of 5 and a lower mic-to-speaker p50 (58.6 against 60.0 ms: each underrun avoided would
+    have raised the margin by 20 ms); a session run with the floor had 3.
 
     Playback starts at the speaker block nearest the moment the first frame's delay reaches the
     aim.  A frame that is not ready
