@@ -623,7 +623,7 @@ def report(opts: dict, res: list[dict], setup: dict) -> str:
         f"(room xruns: {setup['xruns']}; AEC3 chunks processed: {on['chunks']}"
         + "".join(f"; {d['pass']} attempt {d['attempt']} discarded: "
                   + ", ".join(f"{k} {v}" for k, v in d.items() if k not in ("pass", "attempt"))
-                  for d in setup.get("discarded", ())) + ")",
+                  for d in setup["discarded"]) + ")",
     ])
 
 
@@ -683,8 +683,8 @@ def main(argv=None) -> int:
                 if None in devices:
                     raise RuntimeError(f"no JACK devices in PortAudio (input, output: {devices})")
                 room = Room(server.name, h, near)
-                setup = {"jack_setup_s": round(server.setup_s, 2), "period": room.period}
-                setup["discarded"] = []
+                setup = {"jack_setup_s": round(server.setup_s, 2), "period": room.period,
+                         "discarded": []}
                 for mode, label in PASSES:
                     passes.append(_clean_pass(server, room, devices, far, mode, label,
                                               args.seconds, len(passes) + 1, setup["discarded"]))
