@@ -28,9 +28,15 @@ gaps are spent spinning on the clock instead of sleeping (is the slowdown the id
 `layered@PROBE_PACE_MS=80+PROBE_SPIN=1`.  More settings of a variant's process:
 `PROBE_PIN=2-5` pins it (and every thread MLX starts) to those CPUs; `PROBE_CONTEXT=2600`
 runs that many untimed steps first, so the timed ones read a long context;
-`PROBE_EVAL_EVERY=8` sets engine.model.lmcache.EVAL_EVERY_LAYERS; `PROBE_SPLIT=1` adds a
+`PROBE_EVAL_EVERY=8` sets engine.model.lmcache.EVAL_EVERY_LAYERS, `PROBE_LEAN=0` its
+LEAN_GRAPH; `PROBE_SPLIT=1` adds a
 pass of 100 steps (hybrid, layered) that times, per step, building its graph in Python,
 handing it to MLX (async_eval) and waiting for its tokens.
+`PROBE_CODEC=process` (or `thread`) runs the client's GPU codec beside the steps, on a session's
+schedule: before each step the rest of a frame is encoded (the step waits for its codes), after
+it the step's codes are decoded, and 40 ms after the encode the next frame's head goes in --
+MLX's Mimi (engine.pipeline.codec_mlx, the Mimi weights at `PROBE_CODEC_MIMI`) in a process of
+its own, as in a session (two CUDA contexts), or in a thread of the probe's (one context).
 """
 
 from __future__ import annotations
@@ -281,7 +287,13 @@ def count_ops(stepper) -> dict:
 
     import mlx.core as mx
 
-    out = stepper.lm.lazy_step()
+    from engine.model import lmcache
+
+    every, lmcache.EVAL_EVERY_LAYERS = lmcache.EVAL_EVERY_LAYERS, 0  # the whole step's graph
+    try:
+        out = stepper.lm.lazy_step()
+    finally:
+        lmcache.EVAL_EVERY_LAYERS = every
     buf = io.StringIO()
     mx.export_to_dot(buf, out)
     mx.eval(out)
@@ -301,6 +313,69 @@ def _cpus(spec: str) -> set[int]:
     return out
 
 
+def _codec_companion(conn, mimi_path: str) -> None:
+    """The client's codec work on a session's schedule, driven by the probe (see the docstring):
+    "E" -> encode a frame's rest, answer "ok"; "D" -> decode the step's codes, then the next
+    frame's head 40 ms after the encode began; "stop" -> close."""
+    import numpy as np
+
+    from engine.bench.measure import speech_frames
+    from engine.pipeline.codec_mlx import STEP, MlxMimiCodec
+
+    codec = MlxMimiCodec(mimi_path)
+    codec.warm()
+    pcm = speech_frames(50)
+
+    def wait(getter):
+        while True:
+            out = getter()
+            if out is not None:
+                return out
+            time.sleep(0.0002)
+
+    k, codes, t_enc = 0, None, 0.0
+    codec.encode(pcm[0][:STEP])
+    conn.send("ready")
+    while True:
+        msg = conn.recv()
+        if msg == "E":
+            t_enc = time.perf_counter()
+            codec.encode(pcm[k % len(pcm)][STEP:])
+            codes = wait(codec.get_encoded)
+            conn.send("ok")
+        elif msg == "D":
+            codec.decode(np.asarray(codes).reshape(-1)[:8].reshape(1, 8))
+            wait(codec.get_decoded)
+            k += 1
+            time.sleep(max(0.0, t_enc + 0.040 - time.perf_counter()))
+            codec.encode(pcm[k % len(pcm)][:STEP])
+            codec.run_in_worker(lambda s: None)
+        else:
+            codec.close()
+            conn.send("closed")
+            return
+
+
+def _start_companion(kind: str):
+    """A connection to a codec companion (`kind` process or thread), once it is ready."""
+    import multiprocessing as mp
+    import threading
+
+    path = os.environ.get("PROBE_CODEC_MIMI") or ""
+    if not Path(path).is_file():
+        raise SystemExit(f"PROBE_CODEC_MIMI={path!r}: no such Mimi weights file")
+    if kind == "thread":
+        a, b = mp.Pipe()
+        threading.Thread(target=_codec_companion, args=(b, path), daemon=True).start()
+    else:
+        a, b = mp.get_context("spawn").Pipe()
+        mp.get_context("spawn").Process(target=_codec_companion, args=(b, path),
+                                        daemon=True).start()
+    if a.recv() != "ready":
+        raise SystemExit("the codec companion did not start")
+    return a
+
+
 def child(args) -> int:
     if os.environ.get("PROBE_PIN"):  # before MLX starts its threads: they inherit it
         os.sched_setaffinity(0, _cpus(os.environ["PROBE_PIN"]))
@@ -315,6 +390,8 @@ def child(args) -> int:
 
     if os.environ.get("PROBE_EVAL_EVERY"):
         lmcache.EVAL_EVERY_LAYERS = int(os.environ["PROBE_EVAL_EVERY"])
+    if os.environ.get("PROBE_LEAN"):
+        lmcache.LEAN_GRAPH = os.environ["PROBE_LEAN"] == "1"
 
     mode = args.child
     config = args.config
@@ -342,6 +419,10 @@ def child(args) -> int:
 
     pace_s = float(os.environ.get("PROBE_PACE_MS") or 0) / 1000.0
     spin = os.environ.get("PROBE_SPIN") == "1"
+    companion = None
+    if os.environ.get("PROBE_CODEC"):
+        companion = _start_companion(os.environ["PROBE_CODEC"])
+        emit("info", codec=os.environ["PROBE_CODEC"])
 
     def run_pass(k: int, n: int) -> None:
         nonlocal step_no
@@ -359,9 +440,14 @@ def child(args) -> int:
             codes = np.array([[(step_no * 37 + j * 11) % card] for j in range(n_other)],
                              dtype=np.uint32)
             step_no += 1
+            if companion is not None:
+                companion.send("E")
+                companion.recv()
             a = time.perf_counter()
             text, _audio, segment = stepper.step(codes)
             times.append((time.perf_counter() - a) * 1000.0)
+            if companion is not None:
+                companion.send("D")
             texts.append(text)
             if segment:
                 segments.append(i)
@@ -417,6 +503,9 @@ def child(args) -> int:
     if os.environ.get("PROBE_SPLIT") == "1" and stepper.lm.mode in lmcache.TAIL_MODES:
         stepper.reset()
         split_pass(4, 100)
+    if companion is not None:
+        companion.send("stop")
+        companion.recv()
     try:
         peak = mx.get_peak_memory() / 2**30
     except AttributeError:  # older MLX

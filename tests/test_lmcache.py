@@ -116,6 +116,43 @@ def test_layers_handed_over_early_give_the_same_tokens(model, stock_run, monkeyp
     assert lm.mode == "layered" and tokens == stock_run[0]
 
 
+def _graph_ops(lm) -> int:
+    """Operations in one step's whole graph (MLX's export_to_dot), the step then undone."""
+    import io
+    import re
+
+    import mlx.core as mx
+
+    buf = io.StringIO()
+    out = lm.lazy_step()
+    mx.export_to_dot(buf, out)
+    mx.eval(out)
+    lm.reset()
+    return len(re.findall(r'shape=rectangle', buf.getvalue()))
+
+
+@pytest.mark.parametrize("mode", ["layered", "compiled"])
+def test_the_lean_graph_gives_the_same_tokens_with_fewer_operations(demo_files, mode,
+                                                                    monkeypatch):
+    """q4 (quantized embedding tables, joined into one): lmcache.LEAN_GRAPH changes how many
+    operations MLX evaluates per step, never a token."""
+    from engine.model.load import load_lm
+    from engine.model.worker import Stepper
+
+    lm_q4, _cfg = load_lm(ResolvedModel(
+        lm_config=json.loads(demo_files.lm_config.read_text()), moshi_weight=demo_files.moshi_q4,
+        mimi_weight=demo_files.mimi, tokenizer=demo_files.tokenizer, quantize_runtime=None,
+        label="test q4"))
+    monkeypatch.setattr(lmcache, "EVAL_EVERY_LAYERS", 0)
+    runs, ops = {}, {}
+    for lean in (False, True):
+        monkeypatch.setattr(lmcache, "LEAN_GRAPH", lean)
+        ops[lean] = _graph_ops(Stepper(lm_q4, MAX_STEPS, mode).lm)
+        runs[lean] = _run(lm_q4, mode, steps=40)[0]
+    assert runs[True] == runs[False]
+    assert ops[True] < 0.85 * ops[False], ops
+
+
 @pytest.mark.parametrize("mode", ["stock"] + FAST_MODES)
 def test_reset_starts_a_conversation_like_a_fresh_model(model, mode):
     # Stale cache contents past the new position must not leak into a new segment.

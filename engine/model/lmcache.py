@@ -76,6 +76,12 @@ TAIL_MODES = ("hybrid", "layered")
 # ~3 ms of Python building its graph, ~9 ms of MLX launching it and < 1 ms more of GPU; every
 # 4 layers, p50 16.1 -> 11.1 ms.
 EVAL_EVERY_LAYERS = 4
+# Fewer operations per step for MLX to evaluate on the host (the step is host-bound on a GPU):
+# the codebooks' embeddings as one joined table, a one-position layer's queries, keys and
+# values by a reshape instead of transposes, the depformer's keys and values joined together,
+# the gating's halves by one split.  Same values (tested); False: the graph as moshi_mlx builds
+# it (for comparisons: scripts/gpu_step_probe.py `PROBE_LEAN=0`).
+LEAN_GRAPH = True
 # MLX's CUDA backend records this many operations into one CUDA graph before it launches it
 # (its default: 20); fewer, larger graphs cost the host less per step (H200, same probe: step
 # p50 16.1 -> 13.4 ms, max 29.0 -> 21.7 ms; 250: no better).  Set unless the user set it.
@@ -354,11 +360,15 @@ class PreparedLM:
         if mode in TAIL_MODES:
             rs = mx.random.state
             self._fn = partial(mx.compile, inputs=[rs], outputs=[rs])(self._tail)
+        self._audio_table = None
+        if LEAN_GRAPH and mode not in ("stock", "prealloc", "onesync"):
+            self._audio_table = _joined_table(model.audio_embs)
         self._layer_fns = []
         if mode == "layered":
             self._layer_fns = [(mx.compile(partial(_qkv, layer)),
                                 mx.compile(partial(_after_attention, layer)))
                                for layer in model.transformer.layers]
+            self._embed = mx.compile(self._embed)  # (the 17 embeddings' sum: one kernel)
 
     # ---------------------------------------------------------------- public
 
@@ -507,6 +517,12 @@ class PreparedLM:
         """The LM's input for token ids (1 + n_q,): the text and codebook embeddings summed."""
         m = self.model
         xs = m.text_emb(ids[0:1].reshape(1, 1))
+        if self._audio_table is not None:  # one lookup for every codebook, then the same sum
+            table, offsets = self._audio_table
+            rows = table(ids[1:] + offsets)
+            for i in range(len(m.audio_embs)):
+                xs = xs + rows[i]
+            return xs
         for i, emb in enumerate(m.audio_embs):
             xs = xs + emb(ids[1 + i : 2 + i].reshape(1, 1)).transpose(1, 0, 2)
         return xs
@@ -581,26 +597,81 @@ class PreparedLM:
 
         attn = layer.self_attn
         t = xs.shape[1]
-        q, k, v = _qkv(layer, xs, si)
-        ks.append(k)
-        vs.append(v)
-        kk = ks[0] if si == 0 else mx.concatenate(ks, axis=2)
-        vv = vs[0] if si == 0 else mx.concatenate(vs, axis=2)
-        k_len = kk.shape[2]
-        target = t + min(attn.cfg.context, k_len - t)
-        if target < k_len:
-            kk, vv = kk[:, :, k_len - target :], vv[:, :, k_len - target :]
+        if LEAN_GRAPH and t == 1 and attn.rope is None:  # keys and values joined together
+            qkv = _qkv_heads_first(layer, xs)
+            q = qkv[:, 0]
+            ks.append(qkv[:, 1:])
+            kv = ks[0] if si == 0 else mx.concatenate(ks, axis=3)
+            k_len = kv.shape[3]
+            target = t + min(attn.cfg.context, k_len - t)
+            if target < k_len:
+                kv = kv[:, :, :, k_len - target :]
+            kk, vv = kv[:, 0], kv[:, 1]
+        else:
+            q, k, v = _qkv(layer, xs, si)
+            ks.append(k)
+            vs.append(v)
+            kk = ks[0] if si == 0 else mx.concatenate(ks, axis=2)
+            vv = vs[0] if si == 0 else mx.concatenate(vs, axis=2)
+            k_len = kk.shape[2]
+            target = t + min(attn.cfg.context, k_len - t)
+            if target < k_len:
+                kk, vv = kk[:, :, k_len - target :], vv[:, :, k_len - target :]
         o = mx.fast.scaled_dot_product_attention(q, kk, vv, scale=attn.scale)
         return _after_attention(layer, xs, o)
+
+
+def _joined_table(embs):
+    """The codebooks' embeddings as one table (their rows one after the other) and each
+    codebook's first row, so that one lookup embeds every codebook's token: (module, offsets),
+    or None when the tables differ in kind or shape.  A lookup in each of 16 tables costs
+    ~60 operations per step for MLX to launch (a quantized table's lookup is a few gathers and
+    a dequantization), the joined one a handful; the memory is the tables' once more (q4 Moshi:
+    ~75 MB)."""
+    import copy
+
+    import mlx.core as mx
+
+    first = embs[0]
+    keys = [k for k in ("weight", "scales", "biases") if k in first]
+    if "weight" not in keys or not all(
+            type(e) is type(first) and all(k in e and e[k].shape == first[k].shape for k in keys)
+            and getattr(e, "group_size", None) == getattr(first, "group_size", None)
+            and getattr(e, "bits", None) == getattr(first, "bits", None) for e in embs):
+        return None
+    joined = copy.copy(first)
+    for k in keys:
+        setattr(joined, k, mx.concatenate([e[k] for e in embs], axis=0))
+    rows = first["weight"].shape[0]
+    offsets = mx.arange(len(embs), dtype=mx.int32) * rows
+    mx.eval([joined[k] for k in keys], offsets)
+    return joined, offsets
 
 
 def _after_attention(layer, xs, o):
     """The rest of a transformer layer after its attention `o` (heads first): the output
     projection, the residual, the feed-forward and its residual."""
     b, t, hd = xs.shape
-    o = layer.self_attn.out_proj(o.transpose(0, 2, 1, 3).reshape(b, t, hd))
+    # (one position: heads-first and positions-first are the same memory, a reshape suffices)
+    if LEAN_GRAPH and t == 1:
+        o = o.reshape(b, t, hd)
+    else:
+        o = o.transpose(0, 2, 1, 3).reshape(b, t, hd)
+    o = layer.self_attn.out_proj(o)
     xs = xs + layer.layer_scale_1(o)
-    return xs + layer.layer_scale_2(layer.gating(layer.norm2(xs)))
+    return xs + layer.layer_scale_2(_feed_forward(layer.gating, layer.norm2(xs)))
+
+
+def _feed_forward(gating, xs):
+    """moshi_mlx's MlpGating with one split where it takes two strided halves (fewer views for
+    MLX to evaluate, the same values); any other feed-forward as it is."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    if not LEAN_GRAPH or type(gating).__name__ != "MlpGating":
+        return gating(xs)
+    a, g = mx.split(gating.linear_in(xs), 2, axis=-1)
+    return gating.linear_out(nn.silu(a) * g)
 
 
 def _qkv(layer, xs, offset):
@@ -608,12 +679,28 @@ def _qkv(layer, xs, offset):
     position `offset` when the layer uses RoPE."""
     attn = layer.self_attn
     b, t, _ = xs.shape
-    qkv = attn.in_proj(layer.norm1(xs)).reshape(b, t, 3, attn.cfg.num_heads, attn.cfg.head_dim)
-    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    if LEAN_GRAPH and t == 1:
+        qkv = _qkv_heads_first(layer, xs)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+    else:
+        qkv = attn.in_proj(layer.norm1(xs)).reshape(b, t, 3, attn.cfg.num_heads,
+                                                    attn.cfg.head_dim)
+        q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
     if attn.rope is not None:
         q = attn.rope(q, offset=offset)
         k = attn.rope(k, offset=offset)
     return q, k, v
+
+
+def _qkv_heads_first(layer, xs):
+    """For one position (`xs` (b, 1, dim)): the queries, keys and values as one (b, 3, heads,
+    1, head_dim) array.  With one position, the projection's (b, 1, 3, heads, head_dim) is that
+    array's memory already: a reshape, where the general case needs a transpose per tensor
+    (every view is a node MLX evaluates on the host, and the step is host-bound on a GPU)."""
+    attn = layer.self_attn
+    b = xs.shape[0]
+    return attn.in_proj(layer.norm1(xs)).reshape(b, 3, attn.cfg.num_heads, 1,
+                                                 attn.cfg.head_dim)
 
 
 def lm_mode_from(options: dict | None = None) -> str:
