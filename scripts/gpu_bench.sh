@@ -30,14 +30,30 @@ run() {  # run NAME ARGS...: one bench, its log and JSON
   echo "   exit $? ($(date +%T))"
   grep -iE "thrash" "$out/$name.log" && echo "   ^ cache thrashing in $name"
 }
-# The step on an 80 ms clock, as in a session: before this project's CUDA settings (layered as
-# one graph, MLX's 20 operations per CUDA graph), with them, and with MLX's own attention kernel.
+# The step: back to back with moshi_mlx's graph and with the lean one (lmcache.LEAN_GRAPH), then
+# both on an 80 ms clock with the client's GPU codec beside them in its own process, as in a
+# session; then the lean one so again under CUDA's MPS (one GPU context for both processes).
 if want probe; then
 echo "== probe ($(date +%T))"
-python3 scripts/gpu_step_probe.py --quant q4 --steps 200 --second-pass 0 --json "$out/probe.json" \
-  --variants "layered@PROBE_PACE_MS=80+PROBE_EVAL_EVERY=0+MLX_MAX_OPS_PER_BUFFER=20,layered@PROBE_PACE_MS=80+PROBE_SPLIT=1,layered@PROBE_PACE_MS=80+MLX_CUDA_USE_CUDNN_SDPA=0" \
+PROBE_CODEC_MIMI=$(python3 -c 'from engine.model import demo; print(demo.ensure_demo().mimi)') \
+python3 scripts/gpu_step_probe.py --quant q4 --steps 300 --second-pass 0 --json "$out/probe.json" \
+  --variants "layered@PROBE_LEAN=0,layered,layered@PROBE_PACE_MS=80+PROBE_CODEC=process+PROBE_LEAN=0,layered@PROBE_PACE_MS=80+PROBE_CODEC=process" \
   >"$out/probe.log" 2>&1
 echo "   exit $? ($(date +%T))"
+if command -v nvidia-cuda-mps-control >/dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d; then
+    echo "== probe-mps ($(date +%T))"
+    PROBE_CODEC_MIMI=$(python3 -c 'from engine.model import demo; print(demo.ensure_demo().mimi)') \
+    python3 scripts/gpu_step_probe.py --quant q4 --steps 300 --second-pass 0 \
+      --json "$out/probe-mps.json" --variants "layered@PROBE_PACE_MS=80+PROBE_CODEC=process" \
+      >"$out/probe-mps.log" 2>&1
+    echo "   exit $? ($(date +%T))"
+    echo quit | nvidia-cuda-mps-control
+  fi
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+fi
 fi
 # The step alone (the default mode: layered on CUDA), writing the q4 weights for the launch below.
 run step-q4 bench step --random -q 4 --steps 300 --save-weights "$q4file"
