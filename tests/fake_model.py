@@ -12,8 +12,8 @@ from engine.model.messages import Frame, Reset, Result
 
 class FakeServer(threading.Thread):
     """The model process's side of the pipe: records the codes, answers each frame after
-    `delay_s` with a step that has no audio (so nothing is decoded), or with `audio` codes,
-    and the text token `text_token(step)`."""
+    `delay_s` with a step that has no audio (so nothing is decoded), or with `audio` codes
+    (or `audio(step)`: codes or None), and the text token `text_token(step)`."""
 
     def __init__(self, conn, delay_s: float = 0.0, audio=None, text_token=lambda step: 0):
         super().__init__(daemon=True)
@@ -41,5 +41,6 @@ class FakeServer(threading.Thread):
             self.segment_of[fid] = self.resets
             time.sleep(self.delay_s)
             t = time.monotonic_ns()
-            self.conn.send(Result(fid, step, self.text_token(step), self.audio, t, t, t))
+            audio = self.audio(step) if callable(self.audio) else self.audio
+            self.conn.send(Result(fid, step, self.text_token(step), audio, t, t, t))
             step += 1

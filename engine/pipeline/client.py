@@ -128,6 +128,9 @@ class ClientPipeline:
         if trim:
             pcm = trimmed(pcm, trim)
             self.obs.trimmed(rec)
+        if rec.silent:  # (its frame was counted as a delay step)
+            self.obs.silence(len(pcm), t_play, False)
+            return pcm
         rec.t_play = t_play
         aim = self.playout.aim_ns
         self.obs.played(rec, pcm, aim / 1e6 if aim is not None else None)
@@ -261,6 +264,14 @@ class ClientPipeline:
             obs.text_token(piece, msg.text_token, msg.step, msg.t_step1)
         if msg.audio is None:
             obs.delay_step(rec)
+            if self.playout.playing:
+                # A new segment's first step (the codebook delays): the model has no audio for
+                # this frame.  The speaker plays its 80 ms as silence at the frame's time, in
+                # order with the frames around it: a planned gap, not an underrun (which would
+                # also raise the jitter buffer's margin for nothing).
+                rec.silent = True
+                self._dec_pending.append(rec)
+                self._dec_ev.set()
         elif len(self._dec_pending) >= self.codec_max:
             # The decoder is behind: skip this frame rather than queue stale audio.
             obs.dropped(rec, "decode", "output dropped: decoder behind real time")
@@ -290,6 +301,10 @@ class ClientPipeline:
                 self._dec_ev.clear()
                 continue
             rec = self._dec_pending[0]
+            if rec.silent:  # nothing to decode: its silence goes out in its turn
+                self._dec_pending.popleft()
+                self.output_q.append((rec, np.zeros(FRAME, np.float32)))
+                continue
             pcm = self.dec.wait(rec.t_dec0, self.stop_ev)
             if pcm is None:
                 return
@@ -347,7 +362,8 @@ class ClientPipeline:
         # Frames the model stepped but the session ended before decoding: their stages up to
         # the model still count (the trace shows them too).
         for rec in list(self._dec_pending):
-            self.obs.abandoned(rec)
+            if not rec.silent:
+                self.obs.abandoned(rec)
         for codec in (self.codec, self._next_codec):
             if codec is not None:
                 codec.close()

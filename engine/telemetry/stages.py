@@ -65,6 +65,7 @@ class FrameRecord:
     t_dec: int = 0
     t_play: int = 0
     has_audio: bool = False
+    silent: bool = False  # a step without audio in mid-conversation: played as silence, on time
 
     def stages_ms(self) -> dict[str, float]:
         out = {}
