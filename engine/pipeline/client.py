@@ -301,22 +301,24 @@ class ClientPipeline:
                 self._dec_ev.clear()
                 continue
             rec = self._dec_pending[0]
+            # (each frame leaves _dec_pending only once it is in the output queue: idle()
+            # never sees a frame in neither)
             if rec.silent:  # nothing to decode: its silence goes out in its turn
-                self._dec_pending.popleft()
                 self.output_q.append((rec, np.zeros(FRAME, np.float32)))
+                self._dec_pending.popleft()
                 continue
             pcm = self.dec.wait(rec.t_dec0, self.stop_ev)
             if pcm is None:
                 return
             rec.t_dec = time.monotonic_ns()
-            self._dec_pending.popleft()
-            if self._dec_pending:
-                nxt = self._dec_pending[0]
-                nxt.t_dec0 = max(nxt.t_dec0, rec.t_dec)
             pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
             if rec.t_cap:
                 self.playout.observe(rec.t_dec, rec.t_dec - rec.t_cap)
             self.output_q.append((rec, pcm))
+            self._dec_pending.popleft()
+            if self._dec_pending:
+                nxt = self._dec_pending[0]
+                nxt.t_dec0 = max(nxt.t_dec0, rec.t_dec)
             self.obs.pcm_ready(rec, pcm)
             while len(self.output_q) > self.output_max:
                 self.obs.dropped(self.output_q.popleft()[0], "output")
