@@ -602,10 +602,7 @@ class PreparedLM:
             q = qkv[:, 0]
             ks.append(qkv[:, 1:])
             kv = ks[0] if si == 0 else mx.concatenate(ks, axis=3)
-            k_len = kv.shape[3]
-            target = t + min(attn.cfg.context, k_len - t)
-            if target < k_len:
-                kv = kv[:, :, :, k_len - target :]
+            kv = _in_context(kv, 3, t, attn.cfg.context)
             kk, vv = kv[:, 0], kv[:, 1]
         else:
             q, k, v = _qkv(layer, xs, si)
@@ -613,12 +610,20 @@ class PreparedLM:
             vs.append(v)
             kk = ks[0] if si == 0 else mx.concatenate(ks, axis=2)
             vv = vs[0] if si == 0 else mx.concatenate(vs, axis=2)
-            k_len = kk.shape[2]
-            target = t + min(attn.cfg.context, k_len - t)
-            if target < k_len:
-                kk, vv = kk[:, :, k_len - target :], vv[:, :, k_len - target :]
+            kk = _in_context(kk, 2, t, attn.cfg.context)
+            vv = _in_context(vv, 2, t, attn.cfg.context)
         o = mx.fast.scaled_dot_product_attention(q, kk, vv, scale=attn.scale)
         return _after_attention(layer, xs, o)
+
+
+def _in_context(x, axis: int, t: int, context: int):
+    """Keys or values `x` cut to the last `t + context` positions along `axis` (the `t` new
+    ones and the attention's context before them)."""
+    k_len = x.shape[axis]
+    target = t + min(context, k_len - t)
+    if target >= k_len:
+        return x
+    return x[(slice(None),) * axis + (slice(k_len - target, None),)]
 
 
 def _joined_table(embs):
