@@ -135,8 +135,24 @@ def _descendants(pid):
         return []
 
 
+def _exited(proc):
+    """True once the process has ended: gone, or a zombie its new parent has not reaped yet
+    (a container's first process often never reaps the children it inherits)."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _wait_gone(procs, timeout):
-    gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    """The processes still running after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive:
+        alive = [p for p in alive if not _exited(p)]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     return alive
 
 
@@ -279,7 +295,7 @@ def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path, demo):
     if demo == "hibiki":  # the Hibiki-shaped demo: a translation, said on screen and in stats
         assert stats["model"]["mode"] == "translation" and "translation" in text
     assert children, "the app started no model server?"
-    gone, alive = psutil.wait_procs(list(children), timeout=10)
+    alive = _wait_gone(list(children), timeout=10)
     assert not alive, alive
 
 
@@ -327,5 +343,5 @@ def test_sigterm_quits_the_app_even_when_its_terminal_stopped_reading(demo_env, 
     assert stats["end_reason"] == "stopped" and stats["frames"]["captured"] > 50
     assert (folder / "transcript.md").exists()
     assert children
-    _, alive = psutil.wait_procs(list(children), timeout=10)
+    alive = _wait_gone(list(children), timeout=10)
     assert not alive, alive
