@@ -13,11 +13,13 @@ from engine.model.messages import Frame, Reset, Result
 class FakeServer(threading.Thread):
     """The model process's side of the pipe: records the codes, answers each frame after
     `delay_s` with a step that has no audio (so nothing is decoded), or with `audio` codes
-    (or `audio(step)`: codes or None), and the text token `text_token(step)`."""
+    (or `audio(step)`: codes or None), and the text token `text_token(step)`; step `step`
+    takes `step_s(step)` seconds of model time."""
 
-    def __init__(self, conn, delay_s: float = 0.0, audio=None, text_token=lambda step: 0):
+    def __init__(self, conn, delay_s: float = 0.0, audio=None, text_token=lambda step: 0,
+                 step_s=lambda step: 0.0):
         super().__init__(daemon=True)
-        self.conn, self.delay_s = conn, delay_s
+        self.conn, self.delay_s, self.step_s = conn, delay_s, step_s
         self.audio, self.text_token = audio, text_token
         self.codes: dict[int, np.ndarray] = {}
         self.order: list[int] = []
@@ -41,6 +43,8 @@ class FakeServer(threading.Thread):
             self.segment_of[fid] = self.resets
             time.sleep(self.delay_s)
             t = time.monotonic_ns()
+            time.sleep(self.step_s(step))  # (stamped as the model step's own time)
             audio = self.audio(step) if callable(self.audio) else self.audio
-            self.conn.send(Result(fid, step, self.text_token(step), audio, t, t, t))
+            self.conn.send(Result(fid, step, self.text_token(step), audio, t, t,
+                                  time.monotonic_ns()))
             step += 1

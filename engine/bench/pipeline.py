@@ -86,6 +86,13 @@ def frame_breakdown(records) -> dict:
     return out
 
 
+def _count(names) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n in names:
+        out[n] = out.get(n, 0) + 1
+    return out
+
+
 def _growth(series: list[float]) -> dict | None:
     if not series:
         return None
@@ -137,6 +144,7 @@ def run_pipeline(
     from engine.audio.devices import open_sink, open_source
     from engine.session.config import SessionConfig
     from engine.session.local import Session
+    from engine.telemetry.collect import underrun_text
     from engine.telemetry.stats import build_stats, status_line
 
     resolved = resolve(mopts, progress=lambda s: _say(progress, f"model: {s}"))
@@ -162,6 +170,7 @@ def run_pipeline(
     try:
         session.start()
         next_sample = next_status = None
+        told = 0
         while not session.wait(0.1):
             now = time.monotonic()
             if not session.live.is_set():
@@ -178,6 +187,10 @@ def run_pipeline(
             if now >= next_status:
                 next_status += STATUS_EVERY_S
                 _say(progress, status_line(session.snapshot()))
+            explained = session.tel.underruns_explained
+            while told < len(explained):  # each as it happens: a run cut short keeps them
+                _say(progress, underrun_text(explained[told]))
+                told += 1
     finally:
         session.stop()
 
@@ -245,6 +258,9 @@ def run_pipeline(
         "device_output_latency_ms": out_lat,
         "playback_with_device_p50_ms": None if play_p50 is None else round(play_p50 + out_lat, 3),
         "underruns": c.get("underruns", 0),
+        # what made each underrun's frame late: the stage that took longer than usual
+        "underrun_stages": _count("drops" if e.get("dropped_before") else (e["stage"] or "none")
+                                  for e in tel.underruns_explained),
         "drops": {k: c.get(k, 0) for k in ("drops_input", "drops_decode", "drops_output")},
         "startup_ms": stats["startup"]["launch_to_first_frame_ms"],
         "first_live_frame_processing_ms": None if first_proc is None else round(first_proc, 3),

@@ -23,6 +23,9 @@ from engine.telemetry.stages import ALL_STAGES, QUEUES, FrameRecord, percentiles
 
 WINDOW = 250  # frames in the rolling windows (20 s)
 SLOWEST = 12  # the slowest frames of a session kept whole, with their stages (stats.json)
+EXPLAINED = 200  # underruns explained (stats.json), the first of a session
+# the stages a frame passes before its PCM is ready, in order (processing = their sum)
+PATH_STAGES = ("encode", "uplink", "queue", "model", "decode")
 
 
 @dataclass
@@ -114,6 +117,9 @@ class Telemetry:
         self.done_frames: deque[FrameRecord] = deque()  # completed records, for the trace
         self.keep_records = False
         self.underrun_times: list[float] = []  # seconds since the first capture (first 1000)
+        self.underruns_explained: list[dict] = []  # what made each underrun's frame late
+        self._underrun_pending: tuple[int, float | None] | None = None  # (t_ns, aim ms)
+        self._drops_at_play = 0  # frames dropped before the last frame played
         # The delay the jitter buffer aimed at (capture -> speaker), per played frame
         self.playout_hist: deque = deque(maxlen=window)
         self.playout_all = array("d")
@@ -173,6 +179,38 @@ class Telemetry:
     def underrun_at(self, t_ns: int) -> None:
         if len(self.underrun_times) < 1000:
             self.underrun_times.append(round((t_ns - (self.t_start or t_ns)) / 1e9, 3))
+        if self._underrun_pending is None:  # (the frame played next is the one that was late)
+            aim = self.playout_hist[-1] if self.playout_hist else None
+            self._underrun_pending = (t_ns, aim)
+
+    def _drops(self) -> int:
+        c = self.counters
+        return c["drops_input"] + c["drops_decode"] + c["drops_output"]
+
+    def _explain_underrun(self, rec: FrameRecord) -> None:
+        """The speaker ran dry, and `rec` is the frame it played next: which of its stages took
+        longer than usual (their medians over the recent window), as a warning and in stats."""
+        t_ns, aim = self._underrun_pending
+        self._underrun_pending = None
+        if len(self.underruns_explained) >= EXPLAINED:
+            return
+        stages = rec.stages_ms()
+        usual = {n: float(np.median(self.stage_hist[n])) for n in PATH_STAGES + ("processing",)
+                 if self.stage_hist[n]}
+        excess = {n: stages[n] - usual[n] for n in PATH_STAGES if n in stages and n in usual}
+        worst = max(excess, key=excess.get) if excess else None
+        if worst is not None and excess[worst] < 5.0:
+            worst = None  # no stage stood out: the frame was as fast as usual, the aim too tight
+        proc = stages.get("processing")
+        entry = {"t_s": round((t_ns - (self.t_start or t_ns)) / 1e9, 3), "frame": rec.frame,
+                 "step": rec.step, "processing_ms": None if proc is None else round(proc, 1),
+                 "aim_ms": None if aim is None else round(aim, 1), "stage": worst,
+                 "stages_ms": {n: round(v, 1) for n, v in stages.items()
+                               if n in PATH_STAGES},
+                 "usual_ms": {n: round(v, 1) for n, v in usual.items()},
+                 "dropped_before": self._drops() - self._drops_at_play}
+        self.underruns_explained.append(entry)
+        self.warn(underrun_text(entry))
 
     def playout_aim(self, ms: float) -> None:
         """A frame was played under a jitter buffer aiming at `ms` of mic-to-speaker delay."""
@@ -222,6 +260,9 @@ class Telemetry:
 
     def frame_played(self, rec: FrameRecord) -> None:
         self.frames_played += 1
+        if self._underrun_pending is not None:
+            self._explain_underrun(rec)
+        self._drops_at_play = self._drops()
         if rec.t_play and rec.t_cap:
             self.add_stage("playback", (rec.t_play - rec.t_cap) / 1e6)
         self.frames.pop(rec.frame, None)
@@ -390,3 +431,18 @@ class Telemetry:
         if self.t_first_out is None:
             return None
         return (self.t_first_out - self.t_launch) / 1e6
+
+
+def underrun_text(e: dict) -> str:
+    """One line for an explained underrun (engine.telemetry.collect.Telemetry)."""
+    ready = "" if e["processing_ms"] is None else f" was ready {e['processing_ms']:.0f} ms after capture"
+    aim = "" if e["aim_ms"] is None else f" (the jitter buffer's aim: {e['aim_ms']:.0f} ms)"
+    if e.get("dropped_before"):
+        n = e["dropped_before"]
+        why = f"{n} frame{'s' if n != 1 else ''} before it dropped (see the drops)"
+    elif e["stage"] is None:
+        why = "no stage slower than usual: the jitter buffer's margin was too small"
+    else:
+        why = (f"{e['stage']} took {e['stages_ms'][e['stage']]:.0f} ms, usually "
+               f"{e['usual_ms'][e['stage']]:.0f}")
+    return f"underrun at {e['t_s']:.1f} s: frame {e['frame']}{ready}{aim}: {why}"

@@ -60,6 +60,7 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
         "stages_ms": tel.stage_stats(full=True),
         "counters": snap.counters,
         "underrun_times_s": list(tel.underrun_times),
+        "underruns_explained": list(tel.underruns_explained),
         "slowest_frames": tel.slowest_frames(),
         "gc": {**({"client": tel.gc_watch.summary()} if tel.gc_watch is not None else {}),
                **tel.gc},
