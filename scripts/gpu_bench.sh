@@ -26,7 +26,10 @@ run() {  # run NAME ARGS...: one bench, its log and JSON
   local name=$1; shift
   want "$name" || return 0
   echo "== $name: $mt $* ($(date +%T))"
-  $mt "$@" --json "$out/$name.json" >"$out/$name.log" 2>&1
+  # (GPU_BENCH_LIMIT=SECONDS: a part still running then is stopped by SIGTERM, which a
+  # session bench answers by reporting what it measured so far: a lease running out keeps it)
+  ${GPU_BENCH_LIMIT:+timeout --kill-after=30 "$GPU_BENCH_LIMIT"} \
+    $mt "$@" --json "$out/$name.json" >"$out/$name.log" 2>&1
   echo "   exit $? ($(date +%T))"
   grep -iE "thrash" "$out/$name.log" && echo "   ^ cache thrashing in $name"
 }

@@ -4,8 +4,11 @@ limits (the machine is shared: only relations that hold by construction are asse
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -218,6 +221,35 @@ def test_pipeline_verdicts_and_table(pipeline_run):
         assert any(line.split()[:1] == [name] for line in out.splitlines()), name
     assert "compute floor" in out and "pipeline overhead" in out and "plumbing" in out
     assert "mic-to-speaker p50" in out and "diagnosis:" in out
+    assert json.loads(trace.read_text())["traceEvents"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_pipeline_stopped_early_still_reports_what_it_measured(demo_env, tmp_path, sig):
+    """A time limit (SIGTERM) or Ctrl+C during the session ends it early: the table, the JSON
+    and the trace of what was measured are still written, and the exit status says so (130)."""
+    out, trace = tmp_path / "p.json", tmp_path / "t.json"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "bench", "pipeline", "--demo", "--seconds", "600",
+         "--floor-steps", "5", "--floor-frames", "3", "--json", str(out), "--trace", str(trace)],
+        cwd=ROOT, env=demo_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        for line in p.stdout:  # until frames flow through the session
+            m = re.search(r"frames\s+(\d+)", line)
+            if (m and int(m.group(1)) > 0) or time.monotonic() > deadline:
+                break
+        p.send_signal(sig)
+        rest, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, rest[-2000:]
+    assert "Traceback" not in rest
+    assert "(interrupted)" in rest and "compute floor" in rest
+    data = json.loads(out.read_text())
+    assert data["summary"]["interrupted"] is True
+    assert 0 < data["session"]["duration_s"] < 600 and data["session"]["frames"]["processed"] > 0
     assert json.loads(trace.read_text())["traceEvents"]
 
 

@@ -9,6 +9,8 @@ chosen here: a WAV input (by default the bundled speech) is looped so `--seconds
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from typing import Callable
 
@@ -167,11 +169,20 @@ def run_pipeline(
     session.tel.info.update(input=source.label, output=sink.label)
     samples: list[dict] = []
     _say(progress, f"session: {seconds:g} s, input {source.label}, output {sink.label}")
+    # Ctrl+C or SIGTERM (a time limit) ends the session early; what it measured is reported
+    interrupted = threading.Event()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, lambda *_: interrupted.set())
     try:
         session.start()
         next_sample = next_status = None
         told = 0
         while not session.wait(0.1):
+            if interrupted.is_set():
+                _say(progress, "interrupted: stopping the session, reporting what it measured")
+                break
             now = time.monotonic()
             if not session.live.is_set():
                 continue
@@ -193,6 +204,8 @@ def run_pipeline(
                 told += 1
     finally:
         session.stop()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
     tel = session.tel
     stats = build_stats(tel, options={"seconds": seconds, "input": source.label,
@@ -239,6 +252,7 @@ def run_pipeline(
     if codec_cpu is not None and step_p50 is not None and step.get("cpu_percent") is not None:
         demand = round((codec_cpu + step_p50 * step["cpu_percent"] / 100.0) / FRAME_MS, 2)
     summary = {
+        "interrupted": interrupted.is_set(),
         "cpu_demand_cores": demand,
         "cpus": os.cpu_count(),
         "early_encode_share": early_share,

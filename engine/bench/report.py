@@ -108,7 +108,8 @@ def format_pipeline(r: dict) -> str:
     s = r["summary"]
     st = r["session"]["stages_ms"]
     fl = r["floor"]
-    lines = [f"bench pipeline: {r['model']}, {fmt(r['session']['duration_s'])} s live, "
+    lines = [f"bench pipeline: {r['model']}, {fmt(r['session']['duration_s'])} s live"
+             f"{' (interrupted)' if s.get('interrupted') else ''}, "
              f"input {r['session']['audio']['input']}, output {r['session']['audio']['output']}"]
     rows = [pct_row(name, st.get(name)) for name in STAGE_ROWS]
     rows += [pct_row(f"({name})", r["frame_breakdown_ms"].get(name)) for name in BREAKDOWN_ROWS]
@@ -146,7 +147,9 @@ def format_pipeline(r: dict) -> str:
          f"{fmt(s['device_output_latency_ms'])} ms = {fmt(s['playback_with_device_p50_ms'])} ms)"],
         ["underruns / drops (input, decode, output)",
          f"{s['underruns']} / {s['drops']['drops_input']}, {s['drops']['drops_decode']}, "
-         f"{s['drops']['drops_output']}"],
+         f"{s['drops']['drops_output']}"
+         + (f"  (waiting on: {', '.join(f'{k} {n}' for k, n in s['underrun_stages'].items())})"
+            if s.get("underrun_stages") else "")],
         ["startup (session start to first frame)", f"{fmt(s['startup_ms'])} ms"],
         ["first live frame processing",
          f"{fmt(s['first_live_frame_processing_ms'])} ms  (first capture to first output "

@@ -109,6 +109,8 @@ def _report_session(args, out: dict, r: dict, text: str) -> int:
     if r["error"]:
         print(f"moshi-tui: error: {r['error']}", file=sys.stderr)
         return r["exit_code"] or 1
+    if r.get("summary", {}).get("interrupted"):
+        return 130  # (its figures printed and written all the same)
     return 0
 
 
