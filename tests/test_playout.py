@@ -17,9 +17,9 @@ def test_steady_machine_ends_just_in_time():
     assert r["underruns"] == 0 and r["drops"] == 0
     assert 130 <= r["delays"][0] <= 150  # at first 40 ms of margin: jitter unknown
     late = r["delays"][-100:]
-    # then the slowest frame plus the 20 ms floor (a trim stops within 5 ms of its aim)
-    assert max(late) - min(late) < 1 and 115 <= late[0] <= 120
-    assert r["trims"] >= 2  # it came down by trimming 10 ms at a time, no frame lost
+    # then the slowest frame plus the 30 ms floor (a trim stops within 5 ms of its aim)
+    assert max(late) - min(late) < 1 and 125 <= late[0] <= 130
+    assert r["trims"] >= 1  # it came down from 40 ms of margin to 30 by a trim, no frame lost
 
 
 def test_a_late_frame_costs_a_short_gap_then_the_delay_comes_back():
@@ -30,7 +30,7 @@ def test_a_late_frame_costs_a_short_gap_then_the_delay_comes_back():
     assert r["gaps"] and r["gaps"][0] <= 100  # silence until it is ready (+ margin), in blocks
     i = next(k for k, t in enumerate(r["times"]) if t > 40.5e3)
     assert r["delays"][i] >= 170  # the frames after it keep the longer delay...
-    assert max(r["delays"][-20:]) <= 125  # ...until it leaves the 20 s window
+    assert max(r["delays"][-20:]) <= 135  # ...until it leaves the 20 s window
 
 
 def test_a_frame_a_little_slower_than_any_before_plays_in_time():
@@ -48,14 +48,14 @@ def test_jitter_within_the_window_causes_no_more_than_one_underrun():
     proc = list(rng.uniform(90.0, 160.0, 900))
     r = simulate(proc)
     assert r["underruns"] <= 1
-    assert np.median(r["delays"][450:]) < 185  # ~ the slowest frame of the window
+    assert np.median(r["delays"][450:]) < 195  # ~ the slowest frame of the window + 30
 
 
 def test_a_backlog_is_dropped_when_the_machine_gets_faster():
     proc = [300.0] * 150 + [100.0] * 500
     r = simulate(proc)
     assert r["drops"] >= 1 and r["underruns"] == 0
-    assert max(r["delays"][-20:]) <= 125
+    assert max(r["delays"][-20:]) <= 135
 
 
 def test_a_stall_costs_a_gap_and_drops_not_lasting_latency():
@@ -65,8 +65,10 @@ def test_a_stall_costs_a_gap_and_drops_not_lasting_latency():
     r = simulate(proc)
     assert r["drops"] >= 2  # the backlog the stall left is cut...
     i = next(k for k, t in enumerate(r["times"]) if t > 42e3)
-    assert max(r["delays"][i:]) <= 100 + 240 + 100  # ...to at most median + 240 ms + margin
-    assert max(r["delays"][-20:]) <= 125
+    # ...to at most median + 240 ms + the largest margin + the 2 frames kept before dropping
+    assert max(r["delays"][i:]) <= 100 + 240 + 80 + 160
+    assert max(r["delays"][i + 40:]) < max(r["delays"][i:i + 10])  # and on its way down
+    assert max(r["delays"][-20:]) <= 135
 
 
 def test_a_trimmed_frame_is_shorter_and_fades_in():

@@ -20,13 +20,14 @@ class Playout:
     starts at `start_margin_ms`, shrinks by 10 ms every `decay_s` without an underrun down to
     `min_margin_ms`, and grows by 20 ms (up to `max_margin_ms`) at each underrun, which also
     doubles the wait before the next shrink (up to a minute): a jittery machine settles on a
-    margin that keeps underruns rare.  The margin never goes below 20 ms: with none, every
+    margin that keeps underruns rare.  The margin never goes below 30 ms: with none, every
     frame slower than the slowest of the window is an underrun (on an H200, five in each of two
-    5-minute sessions whose frames took 32-36 ms at p50 and 66 at most).  Replayed through this
-    policy (scripts/playout_replay.py), one such session's frame times give 1 underrun instead
-    of 5 with a 15 ms floor, and a lower mic-to-speaker p50 (58.6 against 60.0 ms: each
-    underrun avoided would have raised the margin by 20 ms); a session run with that floor had
-    3, whose frames replay to 1 underrun with 15 ms and none with 20 ms (p50 62.9 -> 71.8).
+    5-minute sessions whose frames took 32-36 ms at p50 and 66 at most), and playback may start half a
+    speaker block (10 ms) before the aim.  Replayed through this policy
+    (scripts/playout_replay.py), two such sessions' frame times give: the first (run with a
+    15 ms floor) 1 underrun with 15 ms and none with 20; the second (run with 20 ms) 1 with 15,
+    20 or 25 ms and none with 30, for 10 ms more mic-to-speaker delay (p50 54.6 -> 64.6 ms
+    replayed, against a budget of 80).  A gap in the speech is heard; 10 ms of delay are not.
 
     Playback starts at the speaker block nearest the moment the first frame's delay reaches the
     aim.  A frame that is not ready
@@ -40,7 +41,7 @@ class Playout:
     Thread-safe: `observe` runs in the decoder loop, `decide` in the audio callback.
     """
 
-    def __init__(self, window_s: float = 20.0, min_margin_ms: float = 20.0,
+    def __init__(self, window_s: float = 20.0, min_margin_ms: float = 30.0,
                  max_margin_ms: float = 80.0, start_margin_ms: float = 40.0, decay_s: float = 5.0,
                  trim_ms: float = 10.0, trim_every: int = 4, max_hold_ms: float = 240.0):
         self.window_ns = int(window_s * 1e9)
