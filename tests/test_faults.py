@@ -251,9 +251,12 @@ def test_memory_stays_flat_across_segments(demo_env, tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads(js.read_text())
     assert s["totals"]["counters"]["segments"] >= 3
-    rss = [m["rss_mb"]["client"] for m in s["minutes"]]
+    rss = [m["rss_min_mb"]["client"] for m in s["minutes"]]
+    assert all(m["rss_min_mb"]["client"] <= m["rss_mb"]["client"] for m in s["minutes"])
+    rss[0] = s["minutes"][0]["rss_mb"]["client"]  # (the first minute's end: start-up done)
     # without the allocator fix: +330 MB per segment; the codec's own KV cache grows by
-    # ~128 KB per frame (~10 MB here), and two codecs coexist briefly at each boundary
+    # ~128 KB per frame (~10 MB here).  Each minute's lowest RSS: two codecs coexist briefly at
+    # each boundary, and on a slow host a last sample can fall there (CI once saw +303 MB)
     assert max(rss[1:]) - rss[0] < 150, rss
 
 
