@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from engine.audio import HEAD
 from engine.model.messages import Frame, Reset, Result
 
 
@@ -48,3 +49,20 @@ class FakeServer(threading.Thread):
             self.conn.send(Result(fid, step, self.text_token(step), audio, t, t,
                                   time.monotonic_ns()))
             step += 1
+
+
+def offer_frame(pipe, pcm) -> int:
+    """Hand `pcm` (one frame) to a client pipeline as a device source does: its first 40 ms
+    early, then the whole frame; its capture time."""
+    t_cap = time.monotonic_ns()
+    pipe.on_head(pcm[:HEAD].copy(), t_cap - 40_000_000)
+    pipe.on_frame(pcm.copy(), t_cap)
+    return t_cap
+
+
+def wait_handled(pipe, server: FakeServer, i: int, timeout_s: float = 20.0) -> None:
+    """Until frame `i` went through the stand-in server and the pipeline holds nothing."""
+    deadline = time.monotonic() + timeout_s
+    while (len(server.order) <= i or not pipe.idle()) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(server.order) == i + 1 and pipe.idle(), f"frame {i} not handled"

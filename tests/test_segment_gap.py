@@ -12,16 +12,15 @@ underrun, whatever the host's speed."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 
 import numpy as np
 
-from engine.audio import FRAME, HEAD
+from engine.audio import FRAME
 from engine.bench.measure import speech_frames
 from engine.pipeline.client import ClientPipeline
 from engine.pipeline.codec import open_codec
 from engine.telemetry.collect import Telemetry
-from tests.fake_model import FakeServer
+from tests.fake_model import FakeServer, offer_frame, wait_handled
 
 pytest_plugins = ["conftest_models"]
 
@@ -41,13 +40,8 @@ def test_a_segment_start_plays_as_silence_on_time_not_as_an_underrun(demo_files)
     played = []
     try:
         for i, f in enumerate(frames):
-            t_cap = time.monotonic_ns()
-            pipe.on_head(f[:HEAD].copy(), t_cap - 40_000_000)
-            pipe.on_frame(f.copy(), t_cap)
-            deadline = time.monotonic() + 20
-            while (len(server.order) <= i or not pipe.idle()) and time.monotonic() < deadline:
-                time.sleep(0.005)
-            assert len(server.order) == i + 1 and pipe.idle(), f"frame {i} not handled"
+            t_cap = offer_frame(pipe, f)
+            wait_handled(pipe, server, i)
             played.append(pipe.pull(t_cap + int(LATE_S * 1e9)))
     finally:
         pipe.stop()

@@ -11,13 +11,12 @@ import time
 
 import numpy as np
 
-from engine.audio import HEAD
 from engine.bench.measure import speech_frames
 from engine.pipeline.client import ClientPipeline
 from engine.pipeline.codec import open_codec
 from engine.telemetry.collect import Telemetry
 from engine.telemetry.stats import build_stats
-from tests.fake_model import FakeServer
+from tests.fake_model import FakeServer, offer_frame, wait_handled
 
 pytest_plugins = ["conftest_models"]
 
@@ -38,17 +37,13 @@ def test_an_underrun_names_the_stage_its_frame_lost_its_time_in(demo_files):
     pipe.start()
     try:
         for i, f in enumerate(frames):
-            t_cap = time.monotonic_ns()
-            pipe.on_head(f[:HEAD].copy(), t_cap - 40_000_000)
-            pipe.on_frame(f.copy(), t_cap)
-            deadline = time.monotonic() + 20
+            t_cap = offer_frame(pipe, f)
             if i == SLOW:  # the speaker wants audio while the model is still on this frame
+                deadline = time.monotonic() + 20
                 while len(server.order) <= i and time.monotonic() < deadline:
                     time.sleep(0.005)
                 assert pipe.pull(time.monotonic_ns()) is None
-            while (len(server.order) <= i or not pipe.idle()) and time.monotonic() < deadline:
-                time.sleep(0.005)
-            assert len(server.order) == i + 1 and pipe.idle(), f"frame {i} not handled"
+            wait_handled(pipe, server, i)
             assert pipe.pull(t_cap + int(LATE_S * 1e9)) is not None
     finally:
         pipe.stop()
