@@ -56,5 +56,6 @@ def test_an_underrun_names_the_stage_its_frame_lost_its_time_in(demo_files):
     assert e["processing_ms"] >= e["stages_ms"]["model"]
     # the user sees it as one line, and stats.json keeps it
     line = tel.warnings[-1]
-    assert line.startswith(f"underrun at {e['t_s']:.1f} s: frame {SLOW} ") and "model took" in line
+    assert line.startswith(f"underrun at {e['t_s']:.1f} s: frame {SLOW} (due ") and "model took" in line
+    assert e["due_ms"] < e["processing_ms"]  # it was wanted before it was ready
     assert build_stats(tel)["underruns_explained"] == [e]

@@ -273,7 +273,7 @@ def run_pipeline(
         "playback_with_device_p50_ms": None if play_p50 is None else round(play_p50 + out_lat, 3),
         "underruns": c.get("underruns", 0),
         # what made each underrun's frame late: the stage that took longer than usual
-        "underrun_stages": _count("drops" if e.get("dropped_before") else (e["stage"] or "none")
+        "underrun_stages": _count(e["stage"] or ("drops" if e.get("dropped_before") else "none")
                                   for e in tel.underruns_explained),
         "drops": {k: c.get(k, 0) for k in ("drops_input", "drops_decode", "drops_output")},
         "startup_ms": stats["startup"]["launch_to_first_frame_ms"],

@@ -202,8 +202,11 @@ class Telemetry:
         if worst is not None and excess[worst] < 5.0:
             worst = None  # no stage stood out: the frame was as fast as usual, the aim too tight
         proc = stages.get("processing")
+        # (when, after its capture, the speaker wanted it: the delay it was playing at)
+        due = (t_ns - rec.t_cap) / 1e6 if rec.t_cap else None
         entry = {"t_s": round((t_ns - (self.t_start or t_ns)) / 1e9, 3), "frame": rec.frame,
                  "step": rec.step, "processing_ms": None if proc is None else round(proc, 1),
+                 "due_ms": None if due is None else round(due, 1),
                  "aim_ms": None if aim is None else round(aim, 1), "stage": worst,
                  "stages_ms": {n: round(v, 1) for n, v in stages.items()
                                if n in PATH_STAGES},
@@ -435,14 +438,23 @@ class Telemetry:
 
 def underrun_text(e: dict) -> str:
     """One line for an explained underrun (engine.telemetry.collect.Telemetry)."""
-    ready = "" if e["processing_ms"] is None else f" was ready {e['processing_ms']:.0f} ms after capture"
-    aim = "" if e["aim_ms"] is None else f" (the jitter buffer's aim: {e['aim_ms']:.0f} ms)"
+    when = []
+    if e["due_ms"] is not None:
+        when.append(f"due {e['due_ms']:.0f} ms after capture")
+    if e["processing_ms"] is not None:
+        when.append(f"ready at {e['processing_ms']:.0f} ms")
+    why = []
     if e.get("dropped_before"):
         n = e["dropped_before"]
-        why = f"{n} frame{'s' if n != 1 else ''} before it dropped (see the drops)"
-    elif e["stage"] is None:
-        why = "no stage slower than usual: the jitter buffer's margin was too small"
-    else:
-        why = (f"{e['stage']} took {e['stages_ms'][e['stage']]:.0f} ms, usually "
-               f"{e['usual_ms'][e['stage']]:.0f}")
-    return f"underrun at {e['t_s']:.1f} s: frame {e['frame']}{ready}{aim}: {why}"
+        why.append(f"{n} frame{'s' if n != 1 else ''} dropped before it (the pipeline was behind)")
+    if e["stage"] is not None:
+        why.append(f"{e['stage']} took {e['stages_ms'][e['stage']]:.0f} ms, usually "
+                   f"{e['usual_ms'][e['stage']]:.0f}")
+    elif not why:
+        usual = e["usual_ms"].get("processing")
+        why.append("no stage slower than usual"
+                   + ("" if usual is None else f" (processing usually {usual:.0f} ms)")
+                   + ": the speaker's delay was too short for it")
+    why = "; ".join(why)
+    return (f"underrun at {e['t_s']:.1f} s: frame {e['frame']}"
+            + (f" ({', '.join(when)})" if when else "") + f": {why}")
