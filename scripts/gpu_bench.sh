@@ -3,7 +3,8 @@
 #   scripts/gpu_bench.sh OUT_DIR [SESSION_SECONDS] [SIDE_SECONDS]
 # Full-size Moshi v0.1 with random weights (--random), the MLX codec and rustymimi, q4/q8/bf16,
 # the weights written to disk and launched from there, and Kyutai's local.py side by side when
-# jackd is on the PATH (scripts/gpu_audio_stage.sh brings it to a machine without a registry).
+# jackd is on the PATH (scripts/gpu_audio_fetch.sh here, then scripts/gpu_audio_stage.sh there,
+# bring it to a machine without a registry).
 # Each command writes OUT_DIR/<name>.json (the bench's --json) and OUT_DIR/<name>.log.
 # Run it with `moshi-tui` on the PATH, or MOSHI_TUI="python3 -m tui.cli" from the project root.
 # The q4 weights (4.8 GB) go to $MOSHI_TUI_WEIGHTS_DIR (default /tmp/moshi-tui-weights).
