@@ -195,8 +195,9 @@ class Telemetry:
         if len(self.underruns_explained) >= EXPLAINED:
             return
         stages = rec.stages_ms()
-        usual = {n: float(np.median(self.stage_hist[n])) for n in PATH_STAGES + ("processing",)
-                 if self.stage_hist[n]}
+        # (in the speaker's callback: a copy of each window, which the decoder loop appends to)
+        hist = {n: list(self.stage_hist[n]) for n in PATH_STAGES + ("processing",)}
+        usual = {n: float(np.median(v)) for n, v in hist.items() if v}
         excess = {n: stages[n] - usual[n] for n in PATH_STAGES if n in stages and n in usual}
         worst = max(excess, key=excess.get) if excess else None
         if worst is not None and excess[worst] < 5.0:
