@@ -53,3 +53,30 @@ def test_a_segment_start_plays_as_silence_on_time_not_as_an_underrun(demo_files)
     assert all(p is not None and len(p) >= FRAME // 2 for p in played[1:])
     assert not np.any(played[6])  # the segment start: silence, in its place
     assert all(np.any(p) for k, p in enumerate(played[1:], 1) if k != 6)  # the rest: speech
+
+
+def test_a_result_being_placed_keeps_the_pipeline_busy(demo_files):
+    """Between the model's answer and its place in the decoder's queue the frame is still in
+    flight: idle() (how a file session knows it has drained) must not say otherwise there.
+    It did, for a moment, and a test that pulled its audio then found nothing (CI, loaded)."""
+    seen = []
+
+    class Watch(Telemetry):
+        def stepped(self, rec):  # (called while the result is being placed)
+            seen.append(pipe.idle())
+            super().stepped(rec)
+
+    client, server_end = mp.Pipe()
+    server = FakeServer(server_end, audio=np.zeros((1, 8), np.uint32))
+    server.start()
+    pipe = ClientPipeline(open_codec(str(demo_files.mimi)), client, None, Watch())
+    pipe.start()
+    try:
+        for i, f in enumerate(speech_frames(3)):
+            offer_frame(pipe, f)
+            wait_handled(pipe, server, i)
+    finally:
+        pipe.stop()
+        server.stop.set()
+        server.join(2)
+    assert len(seen) == 3 and not any(seen), seen

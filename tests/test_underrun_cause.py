@@ -44,7 +44,7 @@ def test_an_underrun_names_the_stage_its_frame_lost_its_time_in(demo_files):
                     time.sleep(0.005)
                 assert pipe.pull(time.monotonic_ns()) is None
             wait_handled(pipe, server, i)
-            assert pipe.pull(t_cap + int(LATE_S * 1e9)) is not None
+            assert pipe.pull(t_cap + int(LATE_S * 1e9)) is not None, (i, dict(tel.counters))
     finally:
         pipe.stop()
         server.stop.set()

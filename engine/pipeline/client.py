@@ -251,8 +251,15 @@ class ClientPipeline:
                 return
 
     def _on_result(self, msg: Result) -> None:
+        try:
+            self._place_result(msg)
+        finally:
+            # (counted back only once the frame is placed -- pending decode, retired or
+            # dropped -- so that idle() never sees it out of flight and not yet pending)
+            self._returned += 1
+
+    def _place_result(self, msg: Result) -> None:
         obs = self.obs
-        self._returned += 1
         if self.segments is not None and self.segments.decoder_switch_due(msg.frame_id):
             self._switch_decoder(msg.step)
         rec = self._inflight.pop(msg.frame_id, None) or FrameRecord(frame=msg.frame_id)
