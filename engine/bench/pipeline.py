@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from typing import Callable
 
 from engine.audio import FRAME_MS
@@ -85,13 +86,6 @@ def frame_breakdown(records) -> dict:
         "encode_service": round(sum(parts["encode_service"]) / 1000.0, 3),
         "decode_service": round(sum(parts["decode_service"]) / 1000.0, 3),
     }
-    return out
-
-
-def _count(names) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for n in names:
-        out[n] = out.get(n, 0) + 1
     return out
 
 
@@ -273,8 +267,9 @@ def run_pipeline(
         "playback_with_device_p50_ms": None if play_p50 is None else round(play_p50 + out_lat, 3),
         "underruns": c.get("underruns", 0),
         # what made each underrun's frame late: the stage that took longer than usual
-        "underrun_stages": _count(e["stage"] or ("drops" if e.get("dropped_before") else "none")
-                                  for e in tel.underruns_explained),
+        "underrun_stages": dict(Counter(
+            e["stage"] or ("drops" if e.get("dropped_before") else "none")
+            for e in tel.underruns_explained)),
         "drops": {k: c.get(k, 0) for k in ("drops_input", "drops_decode", "drops_output")},
         "startup_ms": stats["startup"]["launch_to_first_frame_ms"],
         "first_live_frame_processing_ms": None if first_proc is None else round(first_proc, 3),

@@ -82,18 +82,18 @@ def run_soak(mopts: ModelOptions, *, minutes: float, input_spec: str | None = No
     finally:
         session.stop()
     snap = session.snapshot()
-    # (the first minute's last sample: its start-up allocations made, against the others' lowest)
-    rss = [r["rss_mb" if i == 0 else "rss_min_mb"].get("client") for i, r in enumerate(rows)
-           if r["rss_min_mb"].get("client")]
-    srss = [r["rss_mb" if i == 0 else "rss_min_mb"].get("server") for i, r in enumerate(rows)
-            if r["rss_min_mb"].get("server")]
+    def floors(proc: str) -> list[float]:
+        # (the first minute's last sample, its start-up allocations made; the others' lowest)
+        return [r["rss_mb" if i == 0 else "rss_min_mb"][proc] for i, r in enumerate(rows)
+                if r["rss_min_mb"].get(proc)]
+
     return {
         "model": tel.info.get("model"),
         "minutes": rows,
         "totals": {"counters": snap.counters, "frames_processed": snap.frames_processed,
                    "duration_s": round(snap.elapsed_s, 1)},
         "rss_growth_percent": {
-            "client": _growth(rss), "server": _growth(srss),
+            "client": _growth(floors("client")), "server": _growth(floors("server")),
         },
         "error": snap.error,
         "exit_code": session.exit_code,
