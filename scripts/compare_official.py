@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
+from engine.bench.codec_mlx import as_floor
 from engine.bench.report import table
 from engine.files.outputs import write_json_atomic
 from engine.model.demo import ensure_demo
@@ -50,10 +51,14 @@ def measure_floor(env: dict, work: Path, steps: int, frames: int,
     step_json, codec_json = work / "step.json", work / "codec.json"
     subprocess.run([*CLI, "bench", "step", *model, "--steps", str(steps), "--json", str(step_json)],
                    cwd=ROOT, env=env, check=True, capture_output=True)
-    subprocess.run([*CLI, "bench", "codec", *model, "--frames", str(frames), "--json", str(codec_json)],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+    codec_json.unlink(missing_ok=True)
+    r = subprocess.run([*CLI, "bench", "codec", *model, "--frames", str(frames), "--json",
+                        str(codec_json)], cwd=ROOT, env=env, capture_output=True)
+    if r.returncode != 0 and not codec_json.exists():
+        raise subprocess.CalledProcessError(r.returncode, r.args, r.stdout, r.stderr)
     step = json.loads(step_json.read_text())["result"]["step_ms"]["p50"]
-    codec = json.loads(codec_json.read_text())["result"]["stream"]
+    codec = json.loads(codec_json.read_text())["result"]
+    codec = codec["stream"] if "stream" in codec else as_floor(codec)["stream"]  # (MLX's Mimi)
     enc, dec = codec["encode_ms"]["p50"], codec["decode_ms"]["p50"]
     rest = codec["encode_rest_ms"]["p50"]  # what early encode leaves once a frame is complete
     return {"encode_ms": enc, "step_ms": step, "decode_ms": dec, "floor_ms": enc + step + dec,
@@ -83,7 +88,9 @@ def _wait_file(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 def run_official(jack, model: list[str], seconds: float, env: dict, work: Path) -> dict:
     """Kyutai's local.py on `model`: [DEMO_DIR] or ["--files", MOSHI, MIMI, TOKENIZER, BITS?]."""
     rec_path = work / "official.json"
-    env = dict(env, OFFICIAL_PROBE_OUT=str(rec_path))
+    env = dict(env, OFFICIAL_PROBE_OUT=str(rec_path),
+               OFFICIAL_PROBE_INPUT=str(jackdummy.device_index("input")),
+               OFFICIAL_PROBE_OUTPUT=str(jackdummy.device_index("output")))
     with open(work / "official.log", "w") as log:
         p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "official_probe.py"),
                               *model], cwd=work, env=env, stdout=log,

@@ -8,9 +8,9 @@
 # into DEST_DIR (default /tmp/audio), not into /: the libraries the machine already has are
 # dropped from the copy so that its own stay in use; the wheels go into SITE_DIR (default
 # /tmp/site).  Then `. DEST_DIR/env.sh` puts jackd on the PATH, the libraries on
-# LD_LIBRARY_PATH and JACK_DRIVER_DIR on the unpacked drivers, and a sitecustomize.py on
-# PYTHONPATH makes ctypes.util.find_library (how sounddevice and JACK-Client find PortAudio
-# and libjack) look in LD_LIBRARY_PATH first.
+# LD_LIBRARY_PATH, JACK_DRIVER_DIR on the unpacked drivers and ALSA_CONFIG_PATH on ALSA's
+# configuration, and a sitecustomize.py on PYTHONPATH makes ctypes.util.find_library (how
+# sounddevice and JACK-Client find PortAudio and libjack) look in LD_LIBRARY_PATH first.
 set -euo pipefail
 src=${1:?usage: gpu_audio_stage.sh SRC_DIR [DEST_DIR] [SITE_DIR]}
 dest=${2:-/tmp/audio}
@@ -53,4 +53,10 @@ export LD_LIBRARY_PATH="$libdirs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 export JACK_DRIVER_DIR="$dest/root/usr/lib/x86_64-linux-gnu/jack"
 export PYTHONPATH="$dest/shim:$site\${PYTHONPATH:+:\$PYTHONPATH}"
 EOF
+# ALSA's configuration (libasound2-data) is unpacked, not in /usr/share/alsa where alsa-lib
+# looks; without it PortAudio's ALSA device scan fails an assertion and aborts the process at
+# `import sounddevice` (seen on the GPU machine)
+if [ -f "$dest/root/usr/share/alsa/alsa.conf" ]; then
+  echo "export ALSA_CONFIG_PATH=\"$dest/root/usr/share/alsa/alsa.conf\"" >>"$dest/env.sh"
+fi
 echo "audio staged in $dest (. $dest/env.sh): $(ls "$dest/root/usr/bin" | tr '\n' ' ')"

@@ -113,7 +113,7 @@ def _input_stream(*args, callback, **kwargs):
         REC["live"] = True
         REC["warm_enc"] = len(REC["enc"])
         REC["warm_dec"] = len(REC["dec"])
-    return _sd.InputStream(*args, callback=cb, **kwargs)
+    return _sd.InputStream(*args, callback=cb, **_device("input", kwargs))
 
 
 def _output_stream(*args, callback, **kwargs):
@@ -121,7 +121,17 @@ def _output_stream(*args, callback, **kwargs):
         REC["out_callbacks"] += 1
         callback(outdata, frames, t, status)
 
-    return _sd.OutputStream(*args, callback=cb, **kwargs)
+    return _sd.OutputStream(*args, callback=cb, **_device("output", kwargs))
+
+
+def _device(kind: str, kwargs: dict) -> dict:
+    """local.py opens the default devices; the same JACK devices as moshi-tui's run instead
+    (OFFICIAL_PROBE_INPUT / _OUTPUT, PortAudio indices), where PortAudio's default is another
+    host API (ALSA, where the machine has its configuration)."""
+    index = os.environ.get(f"OFFICIAL_PROBE_{kind.upper()}")
+    if index is not None and kwargs.get("device") is None:
+        kwargs = dict(kwargs, device=int(index))
+    return kwargs
 
 
 class _OutputQueue(_queue.Queue):
