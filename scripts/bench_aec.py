@@ -389,6 +389,8 @@ def run_pass(server, room: Room, devices: tuple[int, int], far: np.ndarray, mode
         blocks = [(k - mic_start, *rest) for k, *rest in blocks if k >= mic_start]
     return {"aec": aec_on, "mic": mic, "cleaned": cleaned, "costs": costs, "blocks": blocks,
             "pulls": pulls, "start_fed": st["start_fed"], "chunks": aec.chunks,
+            "linear_resets": aec.linear.resets if aec.linear is not None else None,
+            "linear_replays": aec.linear.replays if aec.linear is not None else None,
             "sink_latency_s": sink.latency_s, "source_latency_s": source.latency_s,
             "underflows": sink.underflows, "overflows": source.overflows,
             "room": {k: getattr(room, k)[:room.n].copy() for k in ("heard", "echo", "emitted")},
@@ -527,6 +529,8 @@ def measure(p: dict, far: np.ndarray, near: np.ndarray, near_at: float) -> dict:
         "kept_raw": _r(kept_raw, 3),
         "cost_ms": percentiles(costs) if p["aec"] else percentiles([]),
         "chunks": p["chunks"],
+        "linear_resets": p["linear_resets"],  # (the far/mic alignment moved: it started over)
+        "linear_replays": p["linear_replays"],
         "frames": len(costs),
         "far_only_s": [far_only[0], far_only[1]],
         "talk_s": [round(talk[0], 2), round(talk[1], 2)],

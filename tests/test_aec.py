@@ -188,8 +188,9 @@ def test_a_device_that_reports_too_much_latency_is_still_cancelled(speech):
 
 def test_switched_off_and_on_it_cancels_again(speech):
     """The key that toggles echo cancellation: off, the microphone passes untouched; back on,
-    the canceller (its linear filter started over: the speaker's stream it kept has a gap)
-    removes the echo again within its usual 2 s."""
+    the canceller (its linear filter aligned anew, the speaker's stream it kept has a gap, the
+    room it learned kept) removes the echo again at once: 36 dB over the 0.5-2 s after it
+    (measured; 16 dB when the filter forgot the room there), 39-42 dB from 2 s."""
     aec = EchoCanceller()
     h = room(gain=0.25)
     run(aec, speech[: 4 * SAMPLE_RATE], np.zeros(4 * SAMPLE_RATE, np.float32), h)
@@ -200,4 +201,6 @@ def test_switched_off_and_on_it_cancels_again(speech):
     aec.enabled = True
     part = speech[6 * SAMPLE_RATE:]
     mic, out = run(aec, part, np.zeros_like(part), h)
+    assert erle_db(mic[SAMPLE_RATE // 2:2 * SAMPLE_RATE], out[SAMPLE_RATE // 2:2 * SAMPLE_RATE]) >= 28.0
     assert erle_db(mic[2 * SAMPLE_RATE:], out[2 * SAMPLE_RATE:]) >= 25.0
+    assert aec.linear.resets == 0  # (a new alignment, not a moved one)

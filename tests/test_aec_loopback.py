@@ -75,25 +75,26 @@ def test_the_microphone_hears_the_room(bench):
 
 
 def test_echo_is_cancelled_once_converged(bench):
-    """>= 25 dB less echo over the far-only part after the first 2 s (measured 44 dB; the
-    offline simulation of this room 36 dB), and in the 0.5 s windows with echo from 2 s on
-    (measured 37-66 dB; the 1.5-2 s window, 19 dB, is where AEC3 is still converging, offline
-    too; a pause in the far speech at 5-5.5 s leaves the room's tail alone there, 30-44 dB)."""
+    """>= 25 dB less echo over the far-only part after the first 2 s (measured 38-42 dB in 6
+    runs of 7, 32 in one), and in every 0.5 s window with echo from 0-1 s on in 6 runs of 7
+    (the linear filter replaying its first blocks: without, the 1.5-2 s window was 19-22 dB,
+    where the filter was still converging), 2 s in one: the floor is the target, converged by
+    2 s.  (A pause in the far speech at 5-5.5 s leaves the room's tail alone there.)"""
     on = bench["on"]
     assert on["erle_db"] >= 25.0, bench["printed"]
     after = [w["erle_db"] for w in on["erle_windows"] if w["t_s"] >= 2.0 and not w["quiet"]]
     assert len(after) >= 5 and statistics.median(after) >= 25.0, bench["printed"]
-    assert on["converged_s"] is not None and on["converged_s"] <= 3.0, bench["printed"]
+    assert on["converged_s"] is not None and on["converged_s"] <= 2.0, bench["printed"]
 
 
 def test_near_speech_survives_double_talk(bench):
     """While both talk (from 1 s after the user starts), the cleaned signal still carries the
-    user: the magnitude-spectrum correlation with the clean voice measured 0.91-0.92 (the raw
+    user: the magnitude-spectrum correlation with the clean voice measured 0.94-0.98 (the raw
     microphone's, echo included, 0.71-0.73), where AEC3 alone, which turns the user down while
     both talk, keeps 0.67-0.69: the linear filter in front of it is what keeps the user.  The
     floors keep that with a margin for slower hosts, and the user is not muted."""
     on, aec3 = bench["on"], bench["aec3"]
-    assert on["kept"] >= 0.85, bench["printed"]
+    assert on["kept"] >= 0.9, bench["printed"]
     assert on["kept"] >= aec3["kept"] + 0.1, bench["printed"]
     assert on["kept"] >= on["kept_raw"] + 0.1, bench["printed"]
     assert on["cleaned_talk_dbfs"] > on["near_talk_dbfs"] - 6.0, bench["printed"]
@@ -101,7 +102,7 @@ def test_near_speech_survives_double_talk(bench):
 
 def test_the_cancellers_cost_was_measured(bench):
     """cost_ms() once per captured frame (reference and microphone processing), reported, not
-    asserted (measured p50 2.8-3.5 ms with the linear filter, 1.9-2.3 ms for AEC3 alone in the
+    asserted (measured p50 2.6-2.9 ms with the linear filter, 1.6-1.8 ms for AEC3 alone in the
     same runs)."""
     on = bench["on"]
     assert on["cost_ms"]["n"] >= 0.9 * SECONDS / 0.08, on["cost_ms"]

@@ -19,12 +19,12 @@ In front of AEC3, `engine.audio.linear_aec.LinearEchoFilter` subtracts most of t
 turns the user down while both talk, has little left to do.  It reads the two streams aligned
 by sample: the far sample a microphone sample heard is found from the stamps (the speaker's
 play times plus its latency, the microphone's capture times minus its latency) once, and again
-only if that estimate moves by more than 20 ms (a device restarted, the canceller switched back
+only if that estimate moves by more than 40 ms (a device restarted, the canceller switched back
 on).  The delay between the two (render + capture buffering) is also told to AEC3 every frame
-from the stamps; AEC3 estimates it too.  `enabled` can be flipped at any time (the canceller
-re-converges within ~1 s after it is turned back on); `cost_ms()` is the processing time since
-the last call, for the latency panel's "aec" row.  The canceller is used from the two audio
-callback threads; one lock keeps its calls apart.
+from the stamps; AEC3 estimates it too.  `enabled` can be flipped at any time (turned back
+on, it cancels again at once: the room the linear filter learned is kept); `cost_ms()` is the
+processing time since the last call, for the latency panel's "aec" row.  The canceller is used
+from the two audio callback threads; one lock keeps its calls apart.
 """
 
 from __future__ import annotations
@@ -88,11 +88,11 @@ class EchoCanceller:
 
     @enabled.setter
     def enabled(self, on: bool) -> None:
-        """Switched back on, the linear filter starts over: the speaker's stream it kept has a
-        gap where the canceller was off (AEC3 re-converges by itself)."""
+        """Switched back on, the linear filter aligns the two streams anew (the speaker's
+        stream it kept has a gap where the canceller was off) and keeps the room it learned."""
         if on and not self._enabled and self.linear is not None:
             self._anchor = self._offset = None
-            self.linear.reset()
+            self.linear.reanchor()
         self._enabled = on
 
     # ------------------------------------------------------------------ reference
