@@ -16,7 +16,8 @@ frequency-domain adaptive Kalman filter, in the multi-partition form of Kuech et
 the filter's uncertainty; its step is that uncertainty over the error's power, so it converges
 fast at first (an NLMS filter of this length took ~4-5 s on speech to 15 dB, this one 1.5-3 s,
 1-1.5 s with the replays below), and slows down by itself while the user talks (the user's
-voice is in the error: the step shrinks instead of the filter wandering off).  It only subtracts: no gain, no gate.
+voice is in the error: the step shrinks instead of the filter wandering off).  It only
+subtracts: no gain, no gate.
 
 A new filter also learns again from the blocks it has just seen: for its first 2 s of far
 sound (`COLD_BLOCKS`), after each block it replays `REPLAY` of the last second's blocks
@@ -76,7 +77,7 @@ class LinearEchoFilter:
         self._ring = np.zeros(int(history_s * SAMPLE_RATE), np.float32)
         self.far_count = 0  # far samples appended so far
         self.resets = 0  # times the far/microphone alignment moved (for tests and stats)
-        self._heard = 0  # blocks with far sound since the filter started (or was reset)
+        self._heard = 0  # blocks with far sound since it started (replays end at COLD_BLOCKS)
         self._history: deque = deque(maxlen=REPLAY_KEEP)  # (far spectra, powers, microphone)
         self._cursor = 0  # the next block of the history to replay
         self.replays = 0  # blocks replayed so far (for tests)
