@@ -12,7 +12,7 @@ from engine.audio.linear_aec import BLOCK, COLD_BLOCKS, REPLAY, LinearEchoFilter
 from engine.audio.wavio import read_wav
 from engine.bench.aec import erle_db, speech_kept
 from tests.conftest import SPEECH_WAV
-from tests.test_aec import SECOND_TALKER, room
+from tests.test_aec import SECOND_TALKER, _user_talks, room
 
 SR = SAMPLE_RATE
 
@@ -104,11 +104,7 @@ def test_replays_while_the_user_talks_keep_the_user(signals):
     block's own error power (the user's voice in it) slows its step as the live one was, so the
     voice still comes out as it went in (0.989 measured; 0.973 without replays)."""
     far, echo, _near, _start = signals
-    voice = read_wav(SECOND_TALKER).astype(np.float32)
-    near = np.zeros_like(far)
-    st = SR // 2
-    n = min(len(voice), len(far) - st)
-    near[st:st + n] = 0.6 * voice[:n] / np.abs(voice).max()
+    near, st, _n = _user_talks(far, SR // 2)
     f = LinearEchoFilter()
     out = _run(f, far, echo + near)
     assert f.replays > 0
