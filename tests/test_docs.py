@@ -246,3 +246,14 @@ def test_the_checker_catches_stale_names(tmp_path):
            "def f():\n    'engine/alloc.py'\n")
     found = stale_names(docstrings_and_comments(src), tmp_path, names)
     assert sorted(found) == ["engine.diagnose", "engine.stats", "engine/alloc.py"]
+
+
+def test_readme_is_for_users():
+    # Issue 26's README: at most 250 lines, and the two commands first, as .ci/run runs them.
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    first_block = text.split("```")[1]
+    assert "./scripts/setup.sh && .venv/bin/moshi-tui --demo" in first_block
+    assert ".venv/bin/python -m pytest -q" in first_block
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "./scripts/setup.sh" in ci and ".venv/bin/python -m pytest -q" in ci
