@@ -1,15 +1,15 @@
 """Codec segments: every so many frames, a fresh codec and a fresh LM state.
 
 rustymimi's streaming codec stops for good after 4096 frames and its KV caches grow with every
-frame until then; the LM has a fixed number of steps.  So every `frames` frames the
-pipeline starts a new segment: a fresh codec, loaded and warmed in the background beforehand,
-and a `Reset` of the LM.  The encoder switches first, at a frame boundary (never at a frame
+frame until then; the LM has a fixed number of steps.  So every `frames` frames the pipeline
+starts a new segment: a fresh codec, loaded and warmed in the background beforehand, and a
+`Reset` of the LM.  The encoder switches first, at a frame boundary (never at a frame
 whose first half is already in the old encoder), once every frame of the old segment has left
 the old encoder; the decoder switches when the first result of the new segment comes back,
 once the old decoder has drained.  At most two codecs are alive at a time.
 
 `codec_segments` is the rule for when a pipeline gets them: with rustymimi, every
-`min(max_steps - 2, CODEC_SEGMENT_FRAMES)` frames.
+`min(max_steps - 2, CODEC_SEGMENT_FRAMES)` frames (8 at least).
 """
 
 from __future__ import annotations
