@@ -448,7 +448,7 @@ def run_app(args, cfg) -> int:
     """`moshi-tui` without --headless: validate, run the app, then say where the files are."""
     import tempfile
 
-    from engine.session.config import open_session
+    from engine.session.factory import open_session
 
     check_writable(getattr(args, "stats_json", None), "stats to")
     check_writable(getattr(args, "trace", None), "trace to")

@@ -8,7 +8,7 @@ import threading
 import time
 
 from engine.files.outputs import check_writable, write_json_atomic, write_outputs
-from engine.session.config import open_session
+from engine.session.factory import open_session
 from engine.telemetry.diagnose import Diagnoser, verdict_line
 from engine.telemetry.stats import build_stats, status_line
 
