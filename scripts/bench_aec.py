@@ -1,7 +1,7 @@
 """Echo cancellation through real sound-device callbacks: the speaker looped into the microphone
 through a simulated room on a private JACK dummy sound card, with and without AEC.
 
-    .venv/bin/python scripts/bench_aec.py [--seconds 14] [--room living|pure] [--json PATH]
+    .venv/bin/python -m scripts.bench_aec [--seconds 14] [--room living|pure] [--json PATH]
 
 The sink (engine.audio.portaudio.DeviceSink, 20 ms blocks) plays the far speech (it stands for
 Moshi: engine/audio/data/speech.wav, looped, or --far WAV); the source (DeviceSource, 40 ms heads
@@ -52,17 +52,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
+from engine.audio import FRAME, HEAD, SAMPLE_RATE
+from engine.bench.aec import align, erle_db, speech_kept
+from engine.bench.report import fmt, table
+from engine.telemetry.stages import percentiles
+from scripts import jackdummy
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from engine.audio import FRAME, HEAD, SAMPLE_RATE  # noqa: E402
-from engine.bench.aec import align, erle_db, speech_kept  # noqa: E402
-from engine.bench.report import fmt, table  # noqa: E402
-from engine.telemetry.stages import percentiles  # noqa: E402
-from tests import jackdummy  # noqa: E402
 
 SR = SAMPLE_RATE
 SPEECH = ROOT / "engine" / "audio" / "data" / "speech.wav"

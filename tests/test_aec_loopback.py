@@ -1,4 +1,4 @@
-"""Echo cancellation through real sound-device callbacks: scripts/bench_aec.py plays the far
+"""Echo cancellation through real sound-device callbacks: scripts.bench_aec plays the far
 speech through a DeviceSink into a simulated room (a JACK client on a private dummy card with
 20 ms periods: a living room's response, 30 ms direct path and 50 ms decay, the echo about as
 loud as the user) and back into a DeviceSource, the user talking from 6 s on; with AEC off,
@@ -21,10 +21,9 @@ import sys
 
 import pytest
 
-from tests import jackdummy
+from scripts import jackdummy
 from tests.conftest import ROOT, require
 
-SCRIPT = ROOT / "scripts" / "bench_aec.py"
 SECONDS = 12
 
 
@@ -34,8 +33,9 @@ def bench(tmp_path_factory):
     server)."""
     out = tmp_path_factory.mktemp("bench_aec") / "aec.json"
     env = {k: v for k, v in os.environ.items() if k not in jackdummy.ENV_KEYS}
-    p = subprocess.Popen([sys.executable, str(SCRIPT), "--seconds", str(SECONDS), "--json", str(out)],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-m", "scripts.bench_aec", "--seconds", str(SECONDS),
+                          "--json", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = p.communicate(timeout=180)
     except subprocess.TimeoutExpired:
