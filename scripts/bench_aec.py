@@ -12,7 +12,7 @@ script is the room: PortAudio's output port feeds its input, its output feeds Po
 (nothing else does: no direct loopback), and each period it convolves what the speaker plays
 with a room response (FFT overlap-add) and adds the user, the second talker
 (tests/data/second_talker.wav at a 0.6 peak, from --near-at seconds on).  The default room is
-tests/test_aec.room()'s living room (30 ms direct path, 50 ms decay) at --gain 0.25, the echo
+room_response()'s living room (30 ms direct path, 50 ms decay) at --gain 0.25, the echo
 (~ -21 dBFS) about as loud as the user; `--room pure` is its direct path alone.  The room's
 timeline starts at the first sound the speaker plays (room sample i is far sample i); it
 records what it heard, the echo it made, the near speech it added and what it emitted.
@@ -99,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--delay-ms", type=float, default=30.0, help="the direct path (default 30 ms)")
     ap.add_argument("--gain", type=float, default=0.25,
                     help="the room response's peak, the direct path's gain (default 0.25: the "
-                         "echo about as loud as the user; tests/test_aec.room()'s 0.5 makes it "
+                         "echo about as loud as the user; room_response()'s 0.5 makes it "
                          "6 dB louder, with peaks past full scale)")
     ap.add_argument("--near-gain", type=float, default=0.6,
                     help="the second talker's peak level (default 0.6)")
@@ -140,22 +140,30 @@ def load_wav(path: Path) -> np.ndarray:
     return x
 
 
-def impulse_response(kind: str, delay_s: float, gain: float, rt_s: float = 0.05,
-                     seed: int = 1) -> np.ndarray:
-    """The speaker-to-microphone response: tests/test_aec.room() for "living" (a direct path
-    after `delay_s`, then a tail decaying with time constant `rt_s`), its direct path alone
-    for "pure"."""
+def room_response(delay_s: float = 0.03, rt_s: float = 0.05, gain: float = 0.5,
+                  seed: int = 1) -> np.ndarray:
+    """The simulated room (this bench's, and tests/test_aec.py's in software): a
+    speaker-to-microphone impulse response, a direct path after `delay_s`, then a reverberant
+    tail decaying with time constant `rt_s` (50 ms: a reverberation time of ~0.35 s, a living
+    room), scaled to a peak of `gain`."""
     d = int(delay_s * SR)
-    if kind == "pure":
-        h = np.zeros(d + 1, np.float32)
-        h[d] = gain
-        return h
     rng = np.random.default_rng(seed)
     n = int((delay_s + 5 * rt_s) * SR)
     h = rng.normal(0, 1, n) * np.exp(-np.arange(n) / (rt_s * SR)) * 0.3
     h[:d] = 0
     h[d] = 1.0
     return (gain * h / np.abs(h).max()).astype(np.float32)
+
+
+def impulse_response(kind: str, delay_s: float, gain: float) -> np.ndarray:
+    """The speaker-to-microphone response: room_response() for "living", its direct path alone
+    for "pure"."""
+    if kind == "pure":
+        d = int(delay_s * SR)
+        h = np.zeros(d + 1, np.float32)
+        h[d] = gain
+        return h
+    return room_response(delay_s, gain=gain)
 
 
 # ---------------------------------------------------------------------------------- the room
