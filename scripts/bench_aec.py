@@ -17,9 +17,9 @@ room_response()'s living room (30 ms direct path, 50 ms decay) at --gain 0.25, t
 timeline starts at the first sound the speaker plays (room sample i is far sample i); it
 records what it heard, the echo it made, the near speech it added and what it emitted.
 
-Three passes of the same scenario: AEC off; WebRTC's AEC3 alone (`EchoCanceller(linear=False)`,
-what the app did before its linear filter); AEC on as the app runs it (the linear filter, then
-AEC3), each with a fresh canceller.  Figures per pass:
+Three passes of the same scenario: AEC off; WebRTC's AEC3 alone (`EchoCanceller(linear=False)`);
+AEC on as the app runs it (the linear filter, then AEC3), each with a fresh canceller.  Figures
+per pass:
 
 * echo reduction (ERLE): microphone vs cleaned power over the far-only part after its first
   2 s, and per 0.5 s window from the start: convergence is the time from which every window
