@@ -77,7 +77,7 @@ run pipeline-bf16-mlx bench pipeline --random --codec mlx --seconds "$side"
 # Kyutai's local.py and moshi-tui on the same weights, through a 20 ms JACK dummy card.
 if want compare-official && command -v jackd >/dev/null; then
   echo "== compare-official ($(date +%T))"
-  python3 scripts/compare_official.py --seconds "$side" --rounds 1 --period 480 \
+  python3 -m scripts.compare_official --seconds "$side" --rounds 1 --period 480 \
     --moshi-weight "$q4file" --mimi-weight "$mimi" --tokenizer "$tok" -q 4 \
     --work "$out/compare" --json "$out/compare.json" >"$out/compare.log" 2>&1
   echo "   exit $? ($(date +%T))"

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Screenshots of the real app running the demo model on the bundled speech WAV.
 
-    python scripts/screenshots.py [--out screenshots] [--seconds 9]
+    python -m scripts.screenshots [--out screenshots] [--seconds 9]
 
 Drives `tui.app.MoshiApp` on a real `engine.session.local.Session` (`--demo`, input = WAV,
 output = null) with Textual's `run_test`, and saves what the app shows with `save_screenshot`:
@@ -22,9 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 WIDE = (140, 42)
 SMALL = (80, 24)
 

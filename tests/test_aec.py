@@ -13,23 +13,12 @@ from engine.audio import FRAME, HEAD, SAMPLE_RATE
 from engine.audio.aec import EchoCanceller
 from engine.audio.wavio import read_wav
 from engine.bench.aec import erle_db, speech_kept
+from scripts.bench_aec import room_response as room  # the loopback bench's simulated room
 from tests.conftest import ROOT, SPEECH_WAV
 
 SECOND_TALKER = ROOT / "tests" / "data" / "second_talker.wav"
 
 BLOCK = 480  # the speaker's 20 ms blocks
-
-
-def room(delay_s: float = 0.03, rt_s: float = 0.05, gain: float = 0.5, seed: int = 1):
-    """A speaker-to-microphone impulse response: a direct path after `delay_s`, then a
-    reverberant tail decaying with time constant `rt_s` (50 ms: a reverberation time of
-    ~0.35 s, a living room)."""
-    rng = np.random.default_rng(seed)
-    n = int((delay_s + 5 * rt_s) * SAMPLE_RATE)
-    h = rng.normal(0, 1, n) * np.exp(-np.arange(n) / (rt_s * SAMPLE_RATE)) * 0.3
-    h[: int(delay_s * SAMPLE_RATE)] = 0
-    h[int(delay_s * SAMPLE_RATE)] = 1.0
-    return (gain * h / np.abs(h).max()).astype(np.float32)
 
 
 def run(aec: EchoCanceller, far: np.ndarray, near: np.ndarray, h: np.ndarray,

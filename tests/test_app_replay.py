@@ -1,4 +1,4 @@
-"""The app on a recorded telemetry feed (tui.replay): keys, panels, transcript, badges, export, quit.
+"""The app on a recorded telemetry feed (tests.replay): keys, panels, transcript, badges, export, quit.
 
 Fast and deterministic: the feed advances one tick per snapshot read, the app's own timer is
 slowed to never fire, and the clock is a variable the tests move.
@@ -14,7 +14,7 @@ from textual.widgets import Input, RichLog
 
 from engine.telemetry.collect import Token
 from tui.app import MoshiApp
-from tui.replay import ReplaySession
+from tests.replay import ReplaySession
 from tui.screens.error import ErrorScreen
 from tui.screens.export import ExportScreen
 from tui.screens.help import HelpScreen

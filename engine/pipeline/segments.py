@@ -48,7 +48,7 @@ class Segments:
 
     def before_encode(self, frame: int, switch: bool, drain: Callable[[], None]
                       ) -> StreamingCodec | None:
-        """In the send loop, before `frame` is encoded: preload the next codec when the boundary
+        """In the encode loop, before `frame` is encoded: preload the next codec when the boundary
         nears; at the boundary (`switch`: not a frame whose first half is in the old encoder),
         `drain()` the old encoder and return the new codec for the encoder to use."""
         # (never more than two codecs alive: wait until the decoder has left the old one)

@@ -3,7 +3,7 @@
 `ReplaySession` drives a real `engine.telemetry.collect.Telemetry` through loading, warm-up and a live
 conversation on a fake clock: every `snapshot()` call advances it by one UI tick (125 ms), so
 what the app shows depends only on how many ticks it has read -- never on wall-clock time.
-Snapshot tests use it with a frozen app clock; `python -m tui.replay` previews the app with no model.
+Snapshot tests use it with a frozen app clock; `python -m tests.replay` previews the app with no model.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def main() -> None:  # pragma: no cover - manual preview
     import tempfile
     from pathlib import Path
 
-    from .app import MoshiApp
+    from tui.app import MoshiApp
 
     app = MoshiApp(session_factory=lambda: ReplaySession(live_seconds=60.0),
                    session_dir=Path(tempfile.mkdtemp(prefix="moshi-tui-replay-")))
