@@ -95,7 +95,7 @@ def test_a_build_has_exactly_the_tensors_of_kyutais_files(demo_files, quant, nam
 def test_a_small_build_materialises_saves_and_loads(demo_files, tmp_path):
     import mlx.core as mx
 
-    from engine.model.lmcache import prepare_lm
+    from engine.model.graph.lm_step import prepare_lm
     from engine.model.load import load_lm
 
     path = tmp_path / "model.q4.safetensors"

@@ -79,7 +79,7 @@ class ModelOptions:
     random: bool = False  # real-size Moshi (or --lm-config) with random weights, built in memory
     save_weights: Path | str | None = None  # with `random`: also write them there
     codec: str = "auto"  # the client's Mimi backend (engine.pipeline.codec.choose_codec)
-    lm_step: str = "auto"  # how the model process steps the LM (engine.model.lmcache modes)
+    lm_step: str = "auto"  # how the model process steps the LM (engine.model.graph.lm_step.MODES)
 
 
 @dataclass(frozen=True)
