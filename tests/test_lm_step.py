@@ -123,6 +123,23 @@ def test_layers_handed_over_early_give_the_same_tokens(model, stock_run, monkeyp
     assert lm.mode == "layered" and tokens == stock_run[0]
 
 
+def test_q4_steps_give_the_same_tokens_as_stock(demo_files):
+    """q4 (quantized embedding tables, which layered joins into one): each mode's tokens are
+    stock's, step for step."""
+    from engine.model.load import load_lm
+
+    lm_q4, _cfg = load_lm(ResolvedModel(
+        lm_config=json.loads(demo_files.lm_config.read_text()), moshi_weight=demo_files.moshi_q4,
+        mimi_weight=demo_files.mimi, tokenizer=demo_files.tokenizer, quantize_runtime=None,
+        label="test q4"))
+    stock = _run(lm_q4, "stock", steps=40)[0]
+    for mode in FAST_MODES:
+        tokens, _seen, lm = _run(lm_q4, mode, steps=40)
+        assert lm.mode == mode and tokens == stock, mode
+        if mode == "layered":
+            assert lm._audio_table is not None  # the joined table did the lookups
+
+
 @pytest.mark.parametrize("mode", ["stock"] + FAST_MODES)
 def test_reset_starts_a_conversation_like_a_fresh_model(model, mode):
     # Stale cache contents past the new position must not leak into a new segment.
