@@ -91,7 +91,7 @@ class TestRules:
                         server_lm_mode="onesync")
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
         assert "try --lm-step layered (the fastest step on CUDA" in m.text
-        from engine.model.lmcache import CUDA_MODE
+        from engine.model.graph.lm_step import CUDA_MODE
         assert dg.CUDA_FASTEST_STEP == CUDA_MODE
 
     def test_model_headroom(self, form):

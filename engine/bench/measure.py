@@ -259,19 +259,12 @@ def run_codec(mimi_weight: Path | str, frames: int = 100, *, wav: Path | str | N
 
 
 def run_codec_isolated(mimi_weight: Path | str, frames: int = 100, *,
-                       wav: Path | str | None = None, progress: Progress | None = None,
-                       backend: str = "rustymimi") -> dict:
-    """`run_codec` (or, with backend "mlx", MLX's Mimi) in a spawned process: the Mimi
-    instances (~400 MB each) never inflate the memory figures of the session that
-    `bench pipeline` runs afterwards in this process."""
+                       wav: Path | str | None = None, progress: Progress | None = None) -> dict:
+    """`run_codec` in a spawned process: the Mimi instances (~400 MB each) never inflate the
+    memory figures of the session that `bench pipeline` runs afterwards in this process
+    (MLX's Mimi: engine.bench.codec_mlx.run_codec_mlx_isolated)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    if backend == "mlx":
-        from engine.bench.codec_mlx import as_floor, run_codec_mlx
-
-        _say(progress, f"codec: MLX's Mimi, {frames} frames (separate process)")
-        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
-            return as_floor(ex.submit(run_codec_mlx, str(mimi_weight), frames).result())
     _say(progress, f"codec: Tokenizer and StreamTokenizer, {frames} frames, interleaved "
                    "(separate process)")
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:

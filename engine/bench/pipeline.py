@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Callable
 
 from engine.audio import FRAME_MS
+from engine.bench.codec_mlx import run_codec_mlx_isolated
 from engine.bench.measure import run_codec_isolated, run_step
 from engine.model.source import ModelOptions, resolve
 from engine.pipeline.codec import choose_codec
@@ -149,8 +150,8 @@ def run_pipeline(
     sink = open_sink(output_spec, input_spec=input_spec)
 
     backend = choose_codec(mopts.codec)
-    codec = run_codec_isolated(resolved.mimi_weight, floor_frames, progress=progress,
-                               backend=backend)
+    floor = run_codec_mlx_isolated if backend == "mlx" else run_codec_isolated
+    codec = floor(resolved.mimi_weight, floor_frames, progress=progress)
     step = run_step(resolved, floor_steps, max_steps=max_steps, lm_mode=mopts.lm_step,
                     progress=progress)
 

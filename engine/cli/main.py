@@ -30,7 +30,7 @@ def _devices(argv) -> int:
 def dispatch(argv: list[str] | None, run_app=None) -> int:
     """Run the command in argv; returns the exit code. `run_app(args, cfg)` runs the UI."""
     from engine.cli.options import build_parser, session_config
-    from engine.model.lmcache import tune_mlx_env
+    from engine.model.mlx_env import tune_mlx_env
 
     tune_mlx_env()  # before anything here runs MLX (the model server inherits it)
     argv = list(sys.argv[1:] if argv is None else argv)

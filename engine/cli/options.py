@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from engine.cli.config import add_panel_options
-from engine.model.lmcache import MODES
+from engine.model.graph.lm_step import MODES
 from engine.model.sampling import Sampling
 from engine.model.source import ModelOptions
 from engine.session.config import SessionConfig

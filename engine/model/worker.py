@@ -48,8 +48,8 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 class Stepper:
-    """The prepared LM (engine.model.lmcache) plus the segment logic: when the context is about
-    to fill, start a new segment. The KV caches stay allocated across segments."""
+    """The prepared LM (engine.model.graph.lm_step) plus the segment logic: when the context
+    is about to fill, start a new segment. The KV caches stay allocated across segments."""
 
     def __init__(self, model, max_steps: int, mode: str | None = None,
                  sampling: Sampling | None = None):
@@ -62,7 +62,7 @@ class Stepper:
         self.total_steps = 0
 
     def _prepare(self):
-        from engine.model.lmcache import prepare_lm
+        from engine.model.graph.lm_step import prepare_lm
 
         text, audio = self.sampling.samplers()
         return prepare_lm(self.model, self.max_steps, self._mode, text_sampler=text,
@@ -131,10 +131,11 @@ def _child_setup(conn):
 
 def _load_and_warm(resolved, options: WorkerOptions, send):
     """Load the LM exactly as every session does, then warm it: (stepper, load_ms, warm_ms)."""
-    from engine.model.lmcache import lm_mode_from, tune_mlx_env
+    from engine.model.graph.lm_step import lm_mode_from
+    from engine.model.mlx_env import tune_mlx_env
     from engine.model.load import load_lm
 
-    mode = lm_mode_from({"lm_mode": options.lm_mode})
+    mode = lm_mode_from(options.lm_mode)
     tune_mlx_env()  # before MLX's first kernel
     t0 = time.perf_counter()
     model, cfg = load_lm(resolved, progress=lambda s: send(Progress(s)))
@@ -229,8 +230,8 @@ def bench_step_main(conn, resolved, options: WorkerOptions) -> None:
 
     Loads and warms the model exactly as `model_main` does (same `load_lm`, dtype, quantization,
     `Stepper`, `warm`), then times `options.steps` calls of `Stepper.step` -- the prepared
-    LM's step (engine.model.lmcache) and its conversions, the span a session's "model" stage
-    measures -- on dummy codes, back to back.  Sends Progress..., then BenchDone or Failed.
+    LM's step (engine.model.graph.lm_step) and its conversions, the span a session's "model"
+    stage measures -- on dummy codes, back to back.  Sends Progress..., then BenchDone or Failed.
     """
     send = _child_setup(conn)
     try:

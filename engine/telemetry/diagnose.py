@@ -68,7 +68,7 @@ class _View:
     playout_ms: float | None = None  # the jitter buffer's aim, median over recent/all frames
     output_latency_ms: float | None = None  # the output device's own latency
     mlx_device: str = ""  # where the model runs: "Device(gpu, 0)", "Device(cpu, 0)"
-    lm_mode: str = ""  # how it steps (engine.model.lmcache)
+    lm_mode: str = ""  # how it steps (engine.model.graph.lm_step)
 
 
 def _view(x) -> _View:
@@ -117,7 +117,7 @@ def _view(x) -> _View:
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
 
 
-# The LM step mode auto picks on CUDA (engine.model.lmcache.CUDA_MODE; the telemetry layer
+# The LM step mode auto picks on CUDA (engine.model.graph.lm_step.CUDA_MODE; the telemetry layer
 # does not import the model's, tests/test_diagnose.py checks they agree).
 CUDA_FASTEST_STEP = "layered"
 
