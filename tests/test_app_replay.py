@@ -295,12 +295,12 @@ async def test_export_cancel_and_bad_folder(tmp_path):
 
 
 async def test_export_failure_shows_the_error_modal(tmp_path, monkeypatch):
-    import tui.app as app_module
+    import engine.session.runner as runner_module
 
     def failing_export(stats, path, fmt):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(app_module, "export", failing_export)
+    monkeypatch.setattr(runner_module, "export", failing_export)
     app = make_app(tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         await play(pilot, ticks=30)
@@ -528,7 +528,7 @@ async def test_diagnosis_in_plain_words(tmp_path):
 
 
 async def test_display_refresh_yields_while_the_pipeline_is_behind(tmp_path):
-    from tui.app import BACK_UP_AFTER_S, BEHIND_HZ
+    from tui.monitor import BACK_UP_AFTER_S, BEHIND_HZ
 
     clock = Clock()
     app = MoshiApp(lambda: ReplaySession(), session_dir=tmp_path / "s", clock=clock)  # 8 Hz timer
