@@ -1,7 +1,7 @@
 """Pilot tests of the app on the REAL engine: demo model, the speech WAV as input, null output.
 
-Run alone with `pytest -m pilot` (or `pytest tests/test_app_pilot.py`); each test takes
-10-35 s, most of it loading the demo model and letting the WAV play.
+Run alone with `pytest -m pilot` (or `pytest tests/test_app_pilot.py`); most of each test's
+time is loading the demo model and letting the WAV play.
 """
 
 from __future__ import annotations

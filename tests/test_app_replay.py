@@ -500,7 +500,7 @@ async def test_the_live_transcript_names_a_restart(tmp_path):
 
 
 async def test_live_paragraphs_match_the_export(tmp_path):
-    from engine.files.export import mmss, paragraphs
+    from engine.telemetry.transcript import mmss, paragraphs
 
     app = make_app(tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
