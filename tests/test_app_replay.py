@@ -357,7 +357,7 @@ async def test_quit_stops_the_session_and_writes_its_files(tmp_path):
     assert app.return_code == 0
     assert app.session.stopped
     folder = tmp_path / "session"
-    assert sorted(p.name for p in app.saved_files) == ["stats.json", "transcript.json", "transcript.md"]
+    assert sorted(p.name for p in app.runner.saved_files) == ["stats.json", "transcript.json", "transcript.md"]
     assert "Hello, I'm Moshi." in (folder / "transcript.md").read_text()
     stats = json.loads((folder / "stats.json").read_text())
     assert stats["started_at"] and stats["frames"]["processed"] > 200

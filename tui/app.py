@@ -321,11 +321,6 @@ class MoshiApp(App[int]):
         self.session.stop()
         return self.runner.save_session_files()
 
-    @property
-    def saved_files(self) -> list[Path]:
-        """The session files written at the end (none yet, or none to write)."""
-        return self.runner.saved_files
-
     def exit_code(self) -> int:
         """0, or the engine's exit code when the session ended in an error (CLI contract)."""
         return self.runner.exit_code(error=self.monitor.error)
@@ -365,7 +360,7 @@ def run_app(run: RunConfig) -> int:
     finally:
         app.exited.set()
         session.stop()  # idempotent; covers exits that bypassed the quit action
-    if not app.saved_files:  # the app ended without its quit action (crash, signal)
+    if not app.runner.saved_files:  # the app ended without its quit action (crash, signal)
         try:
             app.runner.save_session_files()
         except Exception as e:  # noqa: BLE001 - report, do not mask the exit

@@ -10,7 +10,7 @@ and the benches.
 While `run()` waits, SIGINT, SIGTERM and SIGHUP ask the session to stop (it then ends as
 "interrupted"); a second Ctrl+C stops waiting for it to wind down.  The app drives the session
 from its event loop instead of `run()`, and uses the rest: `stats()`, `export()`,
-`save_session_files()`, `finish()`, `exit_code()` and `watchdog()`.
+`save_session_files()`, `finish()`, `exit_code()` and `quit_on_signals()`.
 """
 
 from __future__ import annotations
