@@ -37,15 +37,14 @@ async def _wait(pilot, condition, timeout: float, what: str) -> None:
 
 
 async def shoot(out: Path, wav: Path, seconds: float) -> list[Path]:
-    from engine.cli.options import build_parser, session_config
-    from engine.session.local import Session
+    from engine.cli.options import build_parser, run_config
+    from engine.session.runner import open_prepared
     from tui.app import MoshiApp
 
     session_dir = Path(tempfile.mkdtemp(prefix="moshi-tui-screenshots-"))
     args = build_parser().parse_args(["--demo", "--input", str(wav), "--output", "null",
                                       "--session-dir", str(session_dir)])
-    session = Session(session_config(args))
-    session.prepare()
+    session = open_prepared(run_config(args))  # as run_app opens it
     app = MoshiApp(lambda: session)
     shots: list[Path] = []
 

@@ -99,7 +99,7 @@ def test_a_failing_loop_ends_the_pipeline_with_a_message(demo_files, loop, how):
 def test_a_session_whose_loop_fails_exits_1_in_one_line_and_keeps_its_files(
         demo_files, demo_cache, speech_wav, tmp_path, monkeypatch, capsys):
     from engine.cli.headless import run_headless
-    from engine.cli.options import build_parser, session_config
+    from engine.cli.options import build_parser, run_config
 
     calls = {"n": 0}
     original = ClientPipeline._on_result
@@ -114,7 +114,7 @@ def test_a_session_whose_loop_fails_exits_1_in_one_line_and_keeps_its_files(
     folder = tmp_path / "session"
     args = build_parser().parse_args(["--demo", "--headless", "-i", str(speech_wav), "-o", "null",
                                       "--session-dir", str(folder)])
-    code = run_headless(args, session_config(args))
+    code = run_headless(run_config(args))
     out, err = capsys.readouterr()
     assert code == 1
     lines = [line for line in err.splitlines() if line.strip()]

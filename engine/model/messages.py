@@ -25,7 +25,7 @@ class WorkerOptions:
 
     max_steps: int | None = None  # LM context length before a new segment; None: the model's
     step_delay_ms: float = 0.0  # diagnostic: sleep this long after every step
-    lm_mode: str | None = None  # the LM step mode (engine.model.lmcache); None: the default
+    lm_mode: str | None = None  # the LM step mode (engine.model.graph.lm_step); None: the default
     sampling: Sampling = field(default_factory=Sampling)  # until a Configure says otherwise
     steps: int = 100  # `bench step` only: how many steps it times
 

@@ -44,12 +44,14 @@ class ConversationSession(ProcessFigures):
         self._stopped = False
 
     # ------------------------------------------------------------------ setup
-    def prepare(self) -> None:
-        """Cheap validation: audio endpoints and the session folder. Raises MoshiTuiError."""
+    def prepare(self, endpoints=None) -> None:
+        """Cheap validation: audio endpoints and the session folder. Raises MoshiTuiError.
+        `endpoints`: a (source, sink) already opened, instead of the config's input and output
+        (the benches loop their input)."""
         from engine.audio.devices import open_endpoints
 
-        self.source, self.sink = open_endpoints(self.cfg.input, self.cfg.output,
-                                                demo=self.cfg.model.demo, warn=self.tel.warn)
+        self.source, self.sink = endpoints or open_endpoints(
+            self.cfg.input, self.cfg.output, demo=self.cfg.model.demo, warn=self.tel.warn)
         self.tel.info.update(input=self.source.label, output=self.sink.label)
         self._setup_aec()
         if self.cfg.save:
@@ -135,8 +137,29 @@ class ConversationSession(ProcessFigures):
         if self.folder is not None and self.recorder is None:
             from engine.files.recorder import SessionRecorder
 
-            self.recorder = SessionRecorder(self.folder, self.tel, self.cfg.options,
-                                            processes=self.process_figures)
+            self.recorder = SessionRecorder(
+                self.folder, self.tel, stats=lambda end_reason: self.stats(end_reason=end_reason))
+
+    # ------------------------------------------------------------------ what it leaves
+    def stats(self, *, options: dict | None = None, end_reason: str | None = None) -> dict:
+        """The session summary (stats.json, engine.telemetry.stats): the processes' figures
+        now, or at the end once stopped; by default the config's options and the session's
+        end reason."""
+        from engine.telemetry.stats import build_stats
+
+        try:
+            processes = self.cpu or self.process_figures()
+        except Exception:
+            processes = {}
+        return build_stats(self.tel, options=self.cfg.options if options is None else options,
+                           processes=processes,
+                           end_reason=self.end_reason if end_reason is None else end_reason)
+
+    def write_files(self, folder: Path | None = None, stats: dict | None = None) -> list[Path]:
+        """transcript.md, transcript.json and stats.json in `folder` (the session folder)."""
+        from engine.files.export import write_session_files
+
+        return write_session_files(folder or self.folder, self.stats() if stats is None else stats)
 
     # ------------------------------------------------------------------ control
     def snapshot(self) -> Snapshot:
@@ -190,18 +213,12 @@ class ConversationSession(ProcessFigures):
         if self.tel.state != "error":
             self.tel.set_state("stopped", self.end_reason)
         if self.recorder is not None:
-            self.recorder.processes = lambda: self.cpu
             self.recorder.close(self.end_reason, trace=self.cfg.keep_records)
         elif self.folder is not None:
             # Stopped before going live (quit while loading, a load error): the folder still
             # gets its transcript and stats, so the session is never silently lost.
-            from engine.files.export import write_session_files
-            from engine.telemetry.stats import build_stats
-
             try:
-                write_session_files(self.folder, build_stats(
-                    self.tel, options=self.cfg.options, processes=self.cpu,
-                    end_reason=self.end_reason))
+                self.write_files()
             except Exception as e:
                 self.tel.warn(f"cannot write the session files in {self.folder}: {e}")
         self.done.set()
