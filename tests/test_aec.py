@@ -158,15 +158,15 @@ def test_a_session_turns_it_on_for_devices_only(tmp_path):
 
     s = Session(SessionConfig(input="silence", output="null", save=False))
     s.prepare()
-    assert s.aec is None and s.tel.info["aec"] == "off"
+    assert s.aec is None and s.tel.info.aec == "off"
     s.set_aec(True)
-    assert s.aec is not None and s.aec.enabled and s.tel.info["aec"] == "on"
+    assert s.aec is not None and s.aec.enabled and s.tel.info.aec == "on"
     s.set_aec(False)
-    assert not s.aec.enabled and s.tel.info["aec"] == "off"
+    assert not s.aec.enabled and s.tel.info.aec == "off"
     forced = Session(SessionConfig(input="silence", output=str(tmp_path / "o.wav"), save=False,
                                    aec="on", noise_suppression=True))
     forced.prepare()
-    assert forced.aec is not None and forced.tel.info["aec"] == "on + noise suppression"
+    assert forced.aec is not None and forced.tel.info.aec == "on + noise suppression"
     for ses in (s, forced):
         ses.source.stop()
         ses.sink.stop()

@@ -70,7 +70,7 @@ class TestRules:
 
     def test_model_too_slow_already_q4(self, form):
         tel = feed(Telemetry(), model=91.0, enc=20, dec=20)
-        tel.info["model"] = "kyutai/moshiko-mlx-q4 (q4)"
+        tel.info.model = "kyutai/moshiko-mlx-q4 (q4)"
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
         assert "-q 4" not in m.text and "faster machine" in m.text
 
@@ -80,15 +80,15 @@ class TestRules:
         from engine.telemetry import diagnose as dg
 
         tel = feed(Telemetry(), model=91.0, enc=20, dec=20)
-        tel.info.update(model="demo (q4)", server_mlx_device="Device(cpu, 0)")
+        tel.info.model, tel.info.server["mlx_device"] = "demo (q4)", "Device(cpu, 0)"
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
         assert "-q 4" not in m.text and "try without -q" in m.text
-        tel.info.update(model="demo (bf16)")
+        tel.info.model = "demo (bf16)"
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
         assert "-q" not in m.text and "GPU" in m.text
         monkeypatch.setattr(dg.sys, "platform", "linux")
-        tel.info.update(model="random Moshi v0.1 7B (q4)", server_mlx_device="Device(gpu, 0)",
-                        server_lm_mode="onesync")
+        tel.info.model = "random Moshi v0.1 7B (q4)"
+        tel.info.server.update(mlx_device="Device(gpu, 0)", lm_mode="onesync")
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
         assert "try --lm-step layered (the fastest step on CUDA" in m.text
         from engine.model.lmcache import CUDA_MODE
@@ -190,9 +190,9 @@ class TestRules:
 
     def test_slow_output_device(self, form):
         tel = feed(Telemetry())
-        tel.info["output_latency_ms"] = 40.0  # a wired device, as measured from its DAC times
+        tel.info.output_latency_ms = 40.0  # a wired device, as measured from its DAC times
         assert "device_latency" not in rules(diagnose(both(tel)[form]))
-        tel.info["output_latency_ms"] = 210.0  # Bluetooth headphones
+        tel.info.output_latency_ms = 210.0  # Bluetooth headphones
         d = by_rule(diagnose(both(tel)[form]), "device_latency")
         assert d.level == "warn" and d.text.startswith("the output device adds 210 ms")
 

@@ -140,7 +140,7 @@ def run_pipeline(
     from engine.audio.devices import open_sink, open_source
     from engine.session.config import SessionConfig
     from engine.session.local import Session
-    from engine.telemetry.collect import underrun_text
+    from engine.telemetry.underruns import underrun_text
     from engine.telemetry.stats import build_stats, status_line
 
     resolved = resolve(mopts, progress=lambda s: _say(progress, f"model: {s}"))
@@ -160,7 +160,7 @@ def run_pipeline(
     cfg = SessionConfig(**{k: v for k, v in kw.items() if k in fields})
     session = Session(cfg)  # its Telemetry's launch stamp: startup is measured from here
     session.source, session.sink = source, sink
-    session.tel.info.update(input=source.label, output=sink.label)
+    session.tel.info.input, session.tel.info.output = source.label, sink.label
     samples: list[dict] = []
     _say(progress, f"session: {seconds:g} s, input {source.label}, output {sink.label}")
     # Ctrl+C or SIGTERM (a time limit) ends the session early; what it measured is reported
@@ -225,7 +225,7 @@ def run_pipeline(
     floor_whole = _sum(_p50(codec["sync"]["encode_ms"]), step_p50, dec_sync)
     proc = st["processing"]
     work_p50 = _sum(_p50(st["encode_work"]), _p50(st["model"]), _p50(st["decode_work"]))
-    out_lat = float(tel.info.get("output_latency_ms") or 0.0)
+    out_lat = float(tel.info.output_latency_ms or 0.0)
     play_p50 = _p50(st["playback"])
     duration = stats["duration_s"] or 0.0
     first_proc = tel.stage_all["processing"][0] if len(tel.stage_all["processing"]) else None

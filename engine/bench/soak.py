@@ -36,7 +36,7 @@ def run_soak(mopts: ModelOptions, *, minutes: float, input_spec: str | None = No
                         seconds=minutes * 60.0, max_steps=max_steps, save=False)
     session = Session(cfg)
     session.source, session.sink = source, sink
-    session.tel.info.update(input=source.label, output=sink.label)
+    session.tel.info.input, session.tel.info.output = source.label, sink.label
     tel = session.tel
     rows: list[dict] = []
     mark = {s: 0 for s in ("processing", "playback", "model")}
@@ -88,7 +88,7 @@ def run_soak(mopts: ModelOptions, *, minutes: float, input_spec: str | None = No
                 if r["rss_min_mb"].get(proc)]
 
     return {
-        "model": tel.info.get("model"),
+        "model": tel.info.model,
         "minutes": rows,
         "totals": {"counters": snap.counters, "frames_processed": snap.frames_processed,
                    "duration_s": round(snap.elapsed_s, 1)},

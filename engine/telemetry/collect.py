@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.audio import rms
+from engine.telemetry.info import SessionInfo
 from engine.telemetry.stages import ALL_STAGES, QUEUES, FrameRecord, percentiles
+from engine.telemetry.underruns import explain_underrun, underrun_text
 
 WINDOW = 250  # frames in the rolling windows (20 s)
 SLOWEST = 12  # the slowest frames of a session kept whole, with their stages (stats.json)
 EXPLAINED = 200  # underruns explained (stats.json), the first of a session
-# the stages a frame passes before its PCM is ready, in order (processing = their sum)
-PATH_STAGES = ("encode", "uplink", "queue", "model", "decode")
 
 
 @dataclass
@@ -63,25 +63,41 @@ class Snapshot:
     output_level: float
     level_history: dict[str, list[float]]
     muted: bool
-    info: dict
+    info: SessionInfo
     error: str | None
     first_frame_ms: float | None
     startup_ms: float | None
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """What a kind of session measures besides the pipeline's stages (engine.telemetry.stages)
+    and counters."""
+
+    # more stages, each kept and summarised like the pipeline's (snapshots, stats.json)
+    stages: tuple[str, ...] = ()
+    counters: tuple[str, ...] = ()  # more counters, from 0
+    # A played frame's own capture-to-speaker time is measured (the playback stage, underrun
+    # times and explanations): off where frames are paired with the audio that comes back in
+    # arrival order, which a stage must not depend on
+    frame_timeline: bool = True
+
+
 class Telemetry:
     """Collects stamps, stage durations, queue depths, counters and the transcript."""
 
-    def __init__(self, window: int = WINDOW):
+    def __init__(self, window: int = WINDOW, config: TelemetryConfig = TelemetryConfig()):
         self.window = window
+        self.config = config
+        self.stage_names = ALL_STAGES + tuple(s for s in config.stages if s not in ALL_STAGES)
         self.t_launch = time.monotonic_ns()
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # wall clock, for exports
         self.t_start: int | None = None  # first captured frame
         self.t_first_out: int | None = None  # first decoded frame
         self.frames: dict[int, FrameRecord] = {}
-        self.stage_hist: dict[str, deque] = {s: deque(maxlen=window) for s in ALL_STAGES}
-        self.stage_all: dict[str, array] = {s: array("d") for s in ALL_STAGES}
+        self.stage_hist: dict[str, deque] = {s: deque(maxlen=window) for s in self.stage_names}
+        self.stage_all: dict[str, array] = {s: array("d") for s in self.stage_names}
         self.queue_hist: dict[str, deque] = {q: deque(maxlen=window) for q in QUEUES}
         self.queue_depth: dict[str, int] = dict.fromkeys(QUEUES, 0)
         self.queue_max: dict[str, int] = dict.fromkeys(QUEUES, 0)
@@ -97,6 +113,7 @@ class Telemetry:
             "segments": 0,  # context resets
             "trims_output": 0,  # frames shortened (<= 10 ms) to bring the playback delay down
             "early_encodes": 0,  # frames whose first half was encoded before the frame was complete
+            **{c: 0 for c in config.counters},
         }
         self.frames_captured = 0
         self.frames_processed = 0
@@ -109,7 +126,7 @@ class Telemetry:
         self.state = "starting"
         self.state_detail = ""
         self.error: str | None = None
-        self.info: dict = {}
+        self.info = SessionInfo()
         self.input_level = 0.0
         self.output_level = 0.0
         self.muted = False
@@ -174,9 +191,11 @@ class Telemetry:
                 self.warn(err)
         lat = getattr(sink, "latency_s", None)
         if lat is not None:
-            self.info["output_latency_ms"] = round(lat * 1000.0, 1)
+            self.info.output_latency_ms = round(lat * 1000.0, 1)
 
     def underrun_at(self, t_ns: int) -> None:
+        if not self.config.frame_timeline:
+            return
         if len(self.underrun_times) < 1000:
             self.underrun_times.append(round((t_ns - (self.t_start or t_ns)) / 1e9, 3))
         if self._underrun_pending is None:  # (the frame played next is the one that was late)
@@ -188,31 +207,14 @@ class Telemetry:
         return c["drops_input"] + c["drops_decode"] + c["drops_output"]
 
     def _explain_underrun(self, rec: FrameRecord) -> None:
-        """The speaker ran dry, and `rec` is the frame it played next: which of its stages took
-        longer than usual (their medians over the recent window), as a warning and in stats."""
+        """The speaker ran dry, and `rec` is the frame it played next: why, as a warning and in
+        stats (engine.telemetry.underruns)."""
         t_ns, aim = self._underrun_pending
         self._underrun_pending = None
         if len(self.underruns_explained) >= EXPLAINED:
             return
-        stages = rec.stages_ms()
-        # (in the speaker's callback: a copy of each window, which the decoder loop appends to)
-        hist = {n: list(self.stage_hist[n]) for n in PATH_STAGES + ("processing",)}
-        usual = {n: float(np.median(v)) for n, v in hist.items() if v}
-        excess = {n: stages[n] - usual[n] for n in PATH_STAGES if n in stages and n in usual}
-        worst = max(excess, key=excess.get) if excess else None
-        if worst is not None and excess[worst] < 5.0:
-            worst = None  # no stage stood out: the frame was as fast as usual, the aim too tight
-        proc = stages.get("processing")
-        # (when, after its capture, the speaker wanted it: the delay it was playing at)
-        due = (t_ns - rec.t_cap) / 1e6 if rec.t_cap else None
-        entry = {"t_s": round((t_ns - (self.t_start or t_ns)) / 1e9, 3), "frame": rec.frame,
-                 "step": rec.step, "processing_ms": None if proc is None else round(proc, 1),
-                 "due_ms": None if due is None else round(due, 1),
-                 "aim_ms": None if aim is None else round(aim, 1), "stage": worst,
-                 "stages_ms": {n: round(v, 1) for n, v in stages.items()
-                               if n in PATH_STAGES},
-                 "usual_ms": {n: round(v, 1) for n, v in usual.items()},
-                 "dropped_before": self._drops() - self._drops_at_play}
+        entry = explain_underrun(rec, t_ns, aim, self.stage_hist, self.t_start,
+                                 self._drops() - self._drops_at_play)
         self.underruns_explained.append(entry)
         self.warn(underrun_text(entry))
 
@@ -226,12 +228,9 @@ class Telemetry:
         src = self.playout_all if full else self.playout_hist
         return round(float(np.median(src)), 1) if len(src) else None
 
-    def _info(self) -> dict:
-        info = dict(self.info)
+    def _info(self) -> SessionInfo:
         aim = self.playout_p50()
-        if aim is not None:
-            info["playout_ms"] = aim
-        return info
+        return self.info.copy() if aim is None else self.info.copy(playout_ms=aim)
 
     def add_stage(self, name: str, ms: float) -> None:
         self.stage_hist[name].append(ms)
@@ -267,7 +266,7 @@ class Telemetry:
         if self._underrun_pending is not None:
             self._explain_underrun(rec)
         self._drops_at_play = self._drops()
-        if rec.t_play and rec.t_cap:
+        if rec.t_play and rec.t_cap and self.config.frame_timeline:
             self.add_stage("playback", (rec.t_play - rec.t_cap) / 1e6)
         self.frames.pop(rec.frame, None)
         if self.keep_records:
@@ -319,7 +318,7 @@ class Telemetry:
         self.count("early_encodes")
 
     def early_encode(self, on: bool) -> None:
-        self.info["early_encode"] = on
+        self.info.early_encode = on
 
     def queues(self, depths: dict[str, int]) -> None:
         self.sample_queues(depths)
@@ -363,9 +362,12 @@ class Telemetry:
         self._fold_server_stages(rec)
 
     def model_memory(self, step: int, mb: float, gc: dict | None = None) -> None:
-        self.info["server_mlx_active_mb"] = round(mb, 1)
+        self.info.server["mlx_active_mb"] = round(mb, 1)
         if gc is not None:
             self.gc["server"] = gc
+
+    def stage(self, name: str, ms: float) -> None:
+        self.add_stage(name, ms)
 
     def warning(self, text: str) -> None:
         self.warn(text)
@@ -387,7 +389,7 @@ class Telemetry:
 
     def stage_stats(self, full: bool = False) -> dict[str, dict[str, float | None]]:
         src = self.stage_all if full else self.stage_hist
-        return {s: percentiles(list(src[s])) for s in ALL_STAGES}
+        return {s: percentiles(list(src[s])) for s in self.stage_names}
 
     def snapshot(self) -> Snapshot:
         now = time.monotonic_ns()
@@ -436,26 +438,3 @@ class Telemetry:
             return None
         return (self.t_first_out - self.t_launch) / 1e6
 
-
-def underrun_text(e: dict) -> str:
-    """One line for an explained underrun (engine.telemetry.collect.Telemetry)."""
-    when = []
-    if e["due_ms"] is not None:
-        when.append(f"due {e['due_ms']:.0f} ms after capture")
-    if e["processing_ms"] is not None:
-        when.append(f"ready at {e['processing_ms']:.0f} ms")
-    why = []
-    if e.get("dropped_before"):
-        n = e["dropped_before"]
-        why.append(f"{n} frame{'s' if n != 1 else ''} dropped before it (the pipeline was behind)")
-    if e["stage"] is not None:
-        why.append(f"{e['stage']} took {e['stages_ms'][e['stage']]:.0f} ms, usually "
-                   f"{e['usual_ms'][e['stage']]:.0f}")
-    elif not why:
-        usual = e["usual_ms"].get("processing")
-        why.append("no stage slower than usual"
-                   + ("" if usual is None else f" (processing usually {usual:.0f} ms)")
-                   + ": the speaker's delay was too short for it")
-    why = "; ".join(why)
-    return (f"underrun at {e['t_s']:.1f} s: frame {e['frame']}"
-            + (f" ({', '.join(when)})" if when else "") + f": {why}")

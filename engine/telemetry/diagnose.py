@@ -78,13 +78,13 @@ def _view(x) -> _View:
             counters=dict(x.counters or {}),
             error=x.error,
             elapsed_s=float(x.elapsed_s or 0.0),
-            model_label=str((x.info or {}).get("model", "")),
+            model_label=str(x.info.model or ""),
             captured=int(x.frames_captured or 0),
             processed=int(x.frames_processed or 0),
-            playout_ms=(x.info or {}).get("playout_ms"),
-            output_latency_ms=(x.info or {}).get("output_latency_ms"),
-            mlx_device=str((x.info or {}).get("server_mlx_device") or ""),
-            lm_mode=str((x.info or {}).get("server_lm_mode") or ""),
+            playout_ms=x.info.playout_ms,
+            output_latency_ms=x.info.output_latency_ms,
+            mlx_device=str(x.info.server.get("mlx_device") or ""),
+            lm_mode=str(x.info.server.get("lm_mode") or ""),
         )
     if isinstance(x, dict):
         breakdown = x.get("frame_breakdown_ms") or {}

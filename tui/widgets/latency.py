@@ -79,7 +79,7 @@ class LatencyPanel(Vertical):
         if key == getattr(self, "_drawn", None):  # no new frame since the last draw
             return
         self._drawn = key
-        device = (snap.info or {}).get("output_latency_ms")
+        device = snap.info.output_latency_ms
         subtitle = f"budget {FRAME_BUDGET_MS:.0f} ms/frame"
         if device:  # the speaker device's own latency, after mic→spk
             subtitle += f" · speaker device +{device:.0f} ms"

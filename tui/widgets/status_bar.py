@@ -7,6 +7,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from engine.telemetry.collect import Snapshot
+from engine.telemetry.info import SessionInfo
 
 from ..format import clock
 
@@ -77,13 +78,12 @@ class StatusBar(Widget):
         line1 = Content.assemble(
             (f"● {state.upper()}", f"bold {STATE_STYLE.get(state, '')}"),
             "  ", (clock(s.elapsed_s), "bold"),
-            sep, ("model ", "$text-muted"), info.get("model", "…"), *where(info),
-            *(((" · ", "$text-muted"), str(info["mode"])) if info.get("mode") == "translation"
-              else ()),
-            sep, ("in ", "$text-muted"), str(info.get("input", "?")),
-            ("  out ", "$text-muted"), str(info.get("output", "?")),
-            *((("  codec ", "$text-muted"), str(info["codec"])) if info.get("codec") else ()),
-            *((("  echo canc. ", "$text-muted"), str(info["aec"])) if "aec" in info else ()),
+            sep, ("model ", "$text-muted"), "…" if info.model is None else info.model, *where(info),
+            *(((" · ", "$text-muted"), str(info.mode)) if info.mode == "translation" else ()),
+            sep, ("in ", "$text-muted"), "?" if info.input is None else str(info.input),
+            ("  out ", "$text-muted"), "?" if info.output is None else str(info.output),
+            *((("  codec ", "$text-muted"), str(info.codec)) if info.codec else ()),
+            *((("  echo canc. ", "$text-muted"), str(info.aec)) if info.aec is not None else ()),
         )
         badges: list[tuple[str, str] | str] = []
         if self.lag:
@@ -105,8 +105,8 @@ class StatusBar(Widget):
                                    Content.assemble(*badges).truncate(max(1, self.size.width), ellipsis=True)])
 
 
-def where(info: dict) -> tuple:
+def where(info: SessionInfo) -> tuple:
     """" on gpu": the MLX device the model runs on, once known."""
-    device = str(info.get("server_mlx_device") or "")
+    device = str(info.server.get("mlx_device") or "")
     kind = "gpu" if "gpu" in device else "cpu" if "cpu" in device else ""
     return ((" on ", "$text-muted"), kind) if kind else ()

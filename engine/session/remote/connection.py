@@ -217,7 +217,7 @@ class Connection:
                 tel.add_token(m.text, -1, tel.steps, time.monotonic_ns())
         elif k == wsproto.HANDSHAKE:
             if not self.handshake.is_set():
-                tel.info["server_protocol_version"], tel.info["server_model_version"] = m.data
+                tel.info.server["protocol_version"], tel.info.server["model_version"] = m.data
                 self.handshake.set()
         elif k == wsproto.METADATA:
             self._on_metadata(m.data)
@@ -270,8 +270,8 @@ class Connection:
             for key in ("model", "max_steps", "mlx_device", "version", "lm_step", "codec",
                         "sampling", "ignored_query"):
                 if key in ours:
-                    tel.info[f"server_{key}"] = ours[key]
-            tel.info["server_kind"] = "moshi-tui serve"
+                    tel.info.server[key] = ours[key]
+            tel.info.server["kind"] = "moshi-tui serve"
             if ours.get("timings_available") and self.ws is not None:
                 # Ask for the server's step timings (Kyutai's servers never see this message).
                 task = asyncio.ensure_future(
@@ -291,7 +291,7 @@ class Connection:
             if key in ("moshi_tui", "timings", "build_info"):
                 continue
             if isinstance(value, (str, int, float, bool)):
-                tel.info[f"server_{key}"] = value
+                tel.info.server[key] = value
 
     async def _send_quiet(self, data: bytes) -> None:
         try:

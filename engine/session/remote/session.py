@@ -126,7 +126,7 @@ class RemoteSession(ConversationSession):
             self.tel.warn("model options are ignored with --remote: the server chooses the model")
         super().prepare()
         base = self.url.split("?", 1)[0]
-        self.tel.info.update(model=f"remote {base}", remote_url=self.url)
+        self.tel.info.model, self.tel.info.remote_url = f"remote {base}", self.url
 
     # ------------------------------------------------------------------ audio callbacks
     def on_frame(self, pcm: np.ndarray, t_cap: int) -> None:
@@ -297,7 +297,7 @@ class RemoteSession(ConversationSession):
                         await asyncio.wait_for(ws.close(), timeout=2.0)
                     except (asyncio.TimeoutError, Exception):
                         pass
-                tel.info["close_code"] = ws.close_code
+                tel.info.close_code = ws.close_code
                 conn.retire()
             if ok:
                 first = False
