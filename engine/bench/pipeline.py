@@ -140,7 +140,7 @@ def run_pipeline(
     from engine.audio.devices import open_sink, open_source
     from engine.session.config import SessionConfig
     from engine.session.local import Session
-    from engine.telemetry.underruns import underrun_text
+    from engine.telemetry.late_frames import underrun_text
     from engine.telemetry.stats import build_stats, status_line
 
     resolved = resolve(mopts, progress=lambda s: _say(progress, f"model: {s}"))

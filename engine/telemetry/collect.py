@@ -10,7 +10,6 @@ status printer) call `snapshot()`, which copies bounded windows and never blocks
 
 from __future__ import annotations
 
-import heapq
 import time
 from array import array
 from collections import deque
@@ -20,12 +19,12 @@ import numpy as np
 
 from engine.audio import rms
 from engine.telemetry.info import SessionInfo
-from engine.telemetry.stages import ALL_STAGES, QUEUES, FrameRecord, percentiles
-from engine.telemetry.underruns import explain_underrun, underrun_text
+from engine.telemetry.stages import ALL_STAGES, COUNTERS, QUEUES, FrameRecord, percentiles
+from engine.telemetry.late_frames import SlowestFrames, Underruns, underrun_text
 
 WINDOW = 250  # frames in the rolling windows (20 s)
-SLOWEST = 12  # the slowest frames of a session kept whole, with their stages (stats.json)
-EXPLAINED = 200  # underruns explained (stats.json), the first of a session
+# the stages of a frame the model stepped, folded when its audio is not decoded
+SERVER_STAGES = ("encode", "uplink", "queue", "model", "encode_work")
 
 
 @dataclass
@@ -78,9 +77,10 @@ class TelemetryConfig:
     # more stages, each kept and summarised like the pipeline's (snapshots, stats.json)
     stages: tuple[str, ...] = ()
     counters: tuple[str, ...] = ()  # more counters, from 0
-    # A played frame's own capture-to-speaker time is measured (the playback stage, underrun
-    # times and explanations): off where frames are paired with the audio that comes back in
-    # arrival order, which a stage must not depend on
+    # A frame's stages are taken from its stamps when its PCM is ready and when it plays (the
+    # stages, the slowest frames, the playback stage, underrun times and explanations).  Off
+    # where frames are paired with the audio that comes back in arrival order: no stage may
+    # depend on that pairing, and the session reports its stages itself (the `stage` event)
     frame_timeline: bool = True
 
 
@@ -102,19 +102,7 @@ class Telemetry:
         self.queue_depth: dict[str, int] = dict.fromkeys(QUEUES, 0)
         self.queue_max: dict[str, int] = dict.fromkeys(QUEUES, 0)
         self.level_hist: dict[str, deque] = {"input": deque(maxlen=window), "output": deque(maxlen=window)}
-        self.counters: dict[str, int] = {
-            "underruns": 0,  # output period with nothing to play after playback started
-            "drops_input": 0,  # captured frames dropped because the pipeline was behind
-            "drops_output": 0,  # decoded frames dropped to resynchronise playback
-            "drops_decode": 0,  # model frames not decoded because the decoder was behind
-            "overruns": 0,  # device input overflow flags
-            "underflows": 0,  # device output underflow flags
-            "delay_steps": 0,  # server steps that returned no audio (codebook delays)
-            "segments": 0,  # context resets
-            "trims_output": 0,  # frames shortened (<= 10 ms) to bring the playback delay down
-            "early_encodes": 0,  # frames whose first half was encoded before the frame was complete
-            **{c: 0 for c in config.counters},
-        }
+        self.counters: dict[str, int] = dict.fromkeys((*COUNTERS, *config.counters), 0)
         self.frames_captured = 0
         self.frames_processed = 0
         self.frames_played = 0
@@ -133,10 +121,9 @@ class Telemetry:
         self.warnings: deque[str] = deque(maxlen=8)
         self.done_frames: deque[FrameRecord] = deque()  # completed records, for the trace
         self.keep_records = False
-        self.underrun_times: list[float] = []  # seconds since the first capture (first 1000)
-        self.underruns_explained: list[dict] = []  # what made each underrun's frame late
-        self._underrun_pending: tuple[int, float | None] | None = None  # (t_ns, aim ms)
-        self._drops_at_play = 0  # frames dropped before the last frame played
+        self.underruns = Underruns()
+        self.underrun_times = self.underruns.times  # seconds since the first capture
+        self.underruns_explained = self.underruns.explained  # what made each one's frame late
         # The delay the jitter buffer aimed at (capture -> speaker), per played frame
         self.playout_hist: deque = deque(maxlen=window)
         self.playout_all = array("d")
@@ -144,7 +131,7 @@ class Telemetry:
         self.queue_samples: deque = deque()  # (t_ns, depths) per frame, with keep_records
         self.gc: dict[str, dict] = {}  # the model process's garbage collector ("server")
         self.gc_watch = None  # engine.telemetry.gcwatch.GcWatch of this process, once live
-        self.slowest: list = []  # min-heap of (processing_ms, frame, its stages): SLOWEST kept
+        self.slowest = SlowestFrames()
 
     # --- writers (called from audio callbacks and loops; never block) ---
     def set_state(self, state: str, detail: str = "") -> None:
@@ -152,11 +139,9 @@ class Telemetry:
         self.state_detail = detail
 
     def new_frame(self, frame: int, t_cap: int) -> FrameRecord:
+        """A frame captured at `t_cap`, its level not measured (the `captured` event's is)."""
         rec = FrameRecord(frame=frame, t_cap=t_cap)
-        self.frames[frame] = rec
-        if self.t_start is None:
-            self.t_start = t_cap
-        self.frames_captured += 1
+        self.captured(rec)
         return rec
 
     def sample_queues(self, depths: dict[str, int]) -> None:
@@ -194,29 +179,9 @@ class Telemetry:
             self.info.output_latency_ms = round(lat * 1000.0, 1)
 
     def underrun_at(self, t_ns: int) -> None:
-        if not self.config.frame_timeline:
-            return
-        if len(self.underrun_times) < 1000:
-            self.underrun_times.append(round((t_ns - (self.t_start or t_ns)) / 1e9, 3))
-        if self._underrun_pending is None:  # (the frame played next is the one that was late)
+        if self.config.frame_timeline:
             aim = self.playout_hist[-1] if self.playout_hist else None
-            self._underrun_pending = (t_ns, aim)
-
-    def _drops(self) -> int:
-        c = self.counters
-        return c["drops_input"] + c["drops_decode"] + c["drops_output"]
-
-    def _explain_underrun(self, rec: FrameRecord) -> None:
-        """The speaker ran dry, and `rec` is the frame it played next: why, as a warning and in
-        stats (engine.telemetry.underruns)."""
-        t_ns, aim = self._underrun_pending
-        self._underrun_pending = None
-        if len(self.underruns_explained) >= EXPLAINED:
-            return
-        entry = explain_underrun(rec, t_ns, aim, self.stage_hist, self.t_start,
-                                 self._drops() - self._drops_at_play)
-        self.underruns_explained.append(entry)
-        self.warn(underrun_text(entry))
+            self.underruns.ran_dry(t_ns, self.t_start, aim)
 
     def playout_aim(self, ms: float) -> None:
         """A frame was played under a jitter buffer aiming at `ms` of mic-to-speaker delay."""
@@ -241,31 +206,21 @@ class Telemetry:
         if self.t_first_out is None:
             self.t_first_out = rec.t_dec
         self.frames_processed += 1
+        if not self.config.frame_timeline:
+            return
         stages = rec.stages_ms()
         for name, ms in stages.items():
             if name != "playback":
                 self.add_stage(name, ms)
-        proc = stages.get("processing")
-        if proc is not None and (len(self.slowest) < SLOWEST or proc > self.slowest[0][0]):
-            t_s = (rec.t_cap - (self.t_start or rec.t_cap)) / 1e9
-            entry = (proc, rec.frame, rec.step, t_s, stages)
-            if len(self.slowest) < SLOWEST:
-                heapq.heappush(self.slowest, entry)
-            else:
-                heapq.heapreplace(self.slowest, entry)
-
-    def slowest_frames(self) -> list[dict]:
-        """The session's slowest frames (capture -> decoded PCM), slowest first, each with when
-        it was captured and what each stage took: where a rare late frame lost its time."""
-        return [{"frame": frame, "step": step, "t_s": round(t_s, 3),
-                 **{k: round(v, 3) for k, v in stages.items() if k != "playback"}}
-                for _, frame, step, t_s, stages in sorted(self.slowest, reverse=True)]
+        self.slowest.add(rec, stages, (rec.t_cap - (self.t_start or rec.t_cap)) / 1e9)
 
     def frame_played(self, rec: FrameRecord) -> None:
         self.frames_played += 1
-        if self._underrun_pending is not None:
-            self._explain_underrun(rec)
-        self._drops_at_play = self._drops()
+        c = self.counters
+        drops = c["drops_input"] + c["drops_decode"] + c["drops_output"]
+        explained = self.underruns.played(rec, self.stage_hist, self.t_start, drops)
+        if explained is not None:
+            self.warn(underrun_text(explained))
         if rec.t_play and rec.t_cap and self.config.frame_timeline:
             self.add_stage("playback", (rec.t_play - rec.t_cap) / 1e6)
         self.frames.pop(rec.frame, None)
@@ -297,14 +252,13 @@ class Telemetry:
             self.warn(f"context full at step {step}: new segment started")
 
     # --- the pipeline's events (engine.pipeline.events): Telemetry is one of its observers ---
-    SERVER_STAGES = ("encode", "uplink", "queue", "model", "encode_work")
-
-    def captured(self, rec: FrameRecord, pcm) -> None:
+    def captured(self, rec: FrameRecord, pcm=None) -> None:
         self.frames[rec.frame] = rec
         if self.t_start is None:
             self.t_start = rec.t_cap
         self.frames_captured += 1
-        self.add_level("input", rms(pcm))
+        if pcm is not None:
+            self.add_level("input", rms(pcm))
 
     def dropped(self, rec: FrameRecord, where: str, why: str = "") -> None:
         if where == "decode":  # stepped by the model: its stages up to the model count
@@ -320,9 +274,6 @@ class Telemetry:
     def early_encode(self, on: bool) -> None:
         self.info.early_encode = on
 
-    def queues(self, depths: dict[str, int]) -> None:
-        self.sample_queues(depths)
-
     def stepped(self, rec: FrameRecord) -> None:
         self.steps = rec.step + 1
 
@@ -330,9 +281,6 @@ class Telemetry:
         self.count("delay_steps")
         self._fold_server_stages(rec)
         self.frame_retired(rec)
-
-    def text_token(self, piece: str, token_id: int, step: int, t_ns: int) -> None:
-        self.add_token(piece, token_id, step, t_ns)
 
     def pcm_ready(self, rec: FrameRecord, pcm) -> None:
         self.frame_decoded(rec)
@@ -352,12 +300,6 @@ class Telemetry:
     def trimmed(self, rec: FrameRecord) -> None:
         self.count("trims_output")
 
-    def segment_started(self, step: int, t_ns: int) -> None:
-        self.mark_segment(step, t_ns)
-
-    def retired(self, rec: FrameRecord) -> None:
-        self.frame_retired(rec)
-
     def abandoned(self, rec: FrameRecord) -> None:
         self._fold_server_stages(rec)
 
@@ -366,11 +308,13 @@ class Telemetry:
         if gc is not None:
             self.gc["server"] = gc
 
-    def stage(self, name: str, ms: float) -> None:
-        self.add_stage(name, ms)
-
-    def warning(self, text: str) -> None:
-        self.warn(text)
+    # (events that are writers above, under the pipeline's names)
+    queues = sample_queues  # (depths)
+    text_token = add_token  # (piece, token_id, step, t_ns)
+    segment_started = mark_segment  # (step, t_ns): the LM context filled
+    retired = frame_retired  # (rec)
+    stage = add_stage  # (name, ms)
+    warning = warn  # (text)
 
     def failed(self, message: str) -> None:
         self.error = message
@@ -379,7 +323,7 @@ class Telemetry:
     def _fold_server_stages(self, rec: FrameRecord) -> None:
         """Stages up to the model step of a frame whose audio will not be decoded."""
         for name, ms in rec.stages_ms().items():
-            if name in self.SERVER_STAGES:
+            if name in SERVER_STAGES:
                 self.add_stage(name, ms)
 
     # --- readers ---

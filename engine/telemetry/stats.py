@@ -62,7 +62,7 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
         "counters": snap.counters,
         "underrun_times_s": list(tel.underrun_times),
         "underruns_explained": list(tel.underruns_explained),
-        "slowest_frames": tel.slowest_frames(),
+        "slowest_frames": tel.slowest.frames(),
         "gc": {**({"client": tel.gc_watch.summary()} if tel.gc_watch is not None else {}),
                **tel.gc},
         "queues_max": dict(tel.queue_max),
