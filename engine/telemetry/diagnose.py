@@ -1,10 +1,11 @@
 """The question this app exists for -- "is the model slow, or the plumbing?" -- answered in
 plain words.
 
-`diagnose(x)` takes live telemetry (a `telemetry.Snapshot`: rolling-window percentiles) or a
-statistics dict (`stats.build_stats`: whole-session percentiles; a `bench pipeline` JSON works
-too) and returns `Verdict`s, worst first.  Every rule reads the stage percentiles of the
-telemetry (engine.telemetry.stages) against the 80 ms frame budget; the thresholds are the constants below.
+`diagnose(x)` takes live telemetry (an engine.telemetry.collect.Snapshot: rolling-window
+percentiles) or a statistics dict (engine.telemetry.stats.build_stats: whole-session
+percentiles; a `bench pipeline` JSON works too) and returns `Verdict`s, worst first.  Every
+rule reads the stage percentiles of the telemetry (engine.telemetry.stages) against the 80 ms
+frame budget; the thresholds are the constants below.
 
 For a status line: `verdict_line(diagnose(snap))`, or a `Diagnoser` kept across snapshots,
 which also notices drops and underruns *rising* (not just having happened once at start-up):

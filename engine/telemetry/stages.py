@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Stage name -> (start stamp, end stamp).  README.md's "How it works" defines each stage.
+# Stage name -> (start stamp, end stamp): encode (capture to codes ready), uplink (codes to the
+# model process), queue (waiting for the model), model (the LM step), decode (back to the client
+# and decoded), processing (capture to PCM ready), playback (capture to the speaker).
 STAGE_DEFS: dict[str, tuple[str, str]] = {
     "encode": ("t_cap", "t_enc"),
     "uplink": ("t_enc", "t_srv_in"),

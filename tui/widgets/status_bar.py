@@ -40,8 +40,8 @@ class StatusBar(Widget):
     stopping: reactive[bool] = reactive(False, repaint=False)
     """Quit was requested and the session is shutting down."""
     verdicts: reactive[tuple] = reactive(tuple, repaint=False)
-    """engine.diagnose verdicts, worst first: when the screen is not wide (no Diagnosis panel),
-    the worst problem takes the place of the latest warning."""
+    """engine.telemetry.diagnose verdicts, worst first: when the screen is not wide (no
+    Diagnosis panel), the worst problem takes the place of the latest warning."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,7 +78,8 @@ class StatusBar(Widget):
         line1 = Content.assemble(
             (f"● {state.upper()}", f"bold {STATE_STYLE.get(state, '')}"),
             "  ", (clock(s.elapsed_s), "bold"),
-            sep, ("model ", "$text-muted"), "…" if info.model is None else info.model, *where(info),
+            sep, ("model ", "$text-muted"), "…" if info.model is None else info.model,
+            *where(info),
             *(((" · ", "$text-muted"), str(info.mode)) if info.mode == "translation" else ()),
             sep, ("in ", "$text-muted"), "?" if info.input is None else str(info.input),
             ("  out ", "$text-muted"), "?" if info.output is None else str(info.output),
