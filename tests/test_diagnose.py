@@ -323,3 +323,22 @@ def test_session_stats_carry_the_diagnosis():
     assert {"level": "bad", "rule": "model_budget"} == {k: slow["diagnosis"][0][k] for k in ("level", "rule")}
     assert slow["diagnosis"][0]["text"].startswith("model step 95 ms > 80 ms")
     assert [d["rule"] for d in build_stats(feed(Telemetry()))["diagnosis"]] == ["all_ok"]
+
+
+def test_session_info_in_stats_by_the_same_names():
+    """The session's typed info (engine.telemetry.info) lands in stats.json as the flat keys it
+    always had: model/mode/codec and server_<key> under "model", the audio items under "audio";
+    what is not known is left out of "model" and null under "audio"."""
+    tel = feed(Telemetry())
+    tel.info.model, tel.info.codec, tel.info.input = "demo (bf16)", "rustymimi", "speech.wav"
+    tel.info.server.update(pid=7, max_steps=3000)
+    tel.info.aec = "off"
+    stats = build_stats(tel)
+    assert stats["model"] == {"model": "demo (bf16)", "codec": "rustymimi", "server_pid": 7,
+                              "server_max_steps": 3000}
+    audio = stats["audio"]
+    assert audio["input"] == "speech.wav" and audio["aec"] == "off" and audio["output"] is None
+    assert list(audio) == ["input", "output", "output_latency_ms", "aec", "early_encode",
+                           "playout_ms"]
+    assert stats["startup"]["codec_warmup_ms"] is None
+    assert tel.snapshot().info.server is not tel.info.server  # a snapshot keeps its own copy
