@@ -8,7 +8,9 @@ the headless runner and the app drive it unchanged:
 
 The audio endpoints run in their own threads as in a local session; everything network-side
 (connect, handshake, Opus encode/decode, ping, reconnect) runs in one asyncio thread: this
-module connects and reconnects, engine.session.remote.connection runs one connection.
+module connects and reconnects, engine.session.remote.connection runs one connection.  What
+happens to a frame reaches the telemetry and the recorder as the pipeline's observer events
+(engine.pipeline.events), as in a local session.
 
 What the telemetry holds in this mode (only what can be measured from here):
   encode        capture -> Opus pages ready to send (queue wait + encode)
