@@ -68,7 +68,7 @@ async def test_live_session_feeds_every_panel_and_exports(tmp_path, demo_cache, 
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.snapshot is not None and app.snapshot.state == "live", 30,
                        "the session to go live")
-        pid = app.snapshot.info["server_pid"]
+        pid = app.snapshot.info.server["pid"]
         assert psutil.pid_exists(pid)
 
         # the transcript grows, word by word, as the model speaks
@@ -170,7 +170,7 @@ async def test_server_killed_then_restarted_from_the_error_modal(tmp_path, demo_
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.snapshot is not None and app.snapshot.state == "live", 30,
                        "the session to go live")
-        pid = app.snapshot.info["server_pid"]
+        pid = app.snapshot.info.server["pid"]
         psutil.Process(pid).kill()
         deadline = time.monotonic() + 10
         while not isinstance(app.screen, ErrorScreen) and time.monotonic() < deadline:

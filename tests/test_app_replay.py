@@ -88,7 +88,7 @@ async def test_latency_panel_names_the_speaker_device_latency(tmp_path):
         await play(pilot, ticks=60)
         panel = app.query_one(LatencyPanel)
         assert panel.border_subtitle == "budget 80 ms/frame"  # a file or null speaker: none
-        app.session.tel.info["output_latency_ms"] = 40.0  # measured from the device's DAC times
+        app.session.tel.info.output_latency_ms = 40.0  # measured from the device's DAC times
         await play(pilot, ticks=3)
         assert panel.border_subtitle == "budget 80 ms/frame · speaker device +40 ms"
 

@@ -257,9 +257,9 @@ class MoshiApp(App[int]):
         self.muted = not self.muted
 
     def action_toggle_aec(self) -> None:
-        on = not str(self.session.tel.info.get("aec", "off")).startswith("on")
+        on = not str(self.session.tel.info.aec or "off").startswith("on")
         self.session.set_aec(on)
-        state = self.session.tel.info.get("aec", "off")
+        state = self.session.tel.info.aec or "off"
         self.log_event(f"echo cancellation {state}")
 
     def watch_muted(self, muted: bool) -> None:
@@ -270,7 +270,7 @@ class MoshiApp(App[int]):
         rows = [(self.get_key_display(b), b.description, b.tooltip)
                 for b in self.BINDINGS if isinstance(b, Binding) and b.show]
         info = self.session.tel.info
-        sampling = info.get("server_sampling_text") or self.session.cfg.sampling.describe()
+        sampling = info.server.get("sampling_text") or self.session.cfg.sampling.describe()
         self.push_screen(HelpScreen(rows, sampling))
 
     def action_screenshot(self) -> None:

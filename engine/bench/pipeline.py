@@ -148,7 +148,7 @@ def run_pipeline(
     from engine.session.config import SessionConfig
     from engine.session.local import Session
     from engine.session.runner import Every, SessionRunner
-    from engine.telemetry.collect import underrun_text
+    from engine.telemetry.late_frames import underrun_text
     from engine.telemetry.stats import status_line
 
     resolved = resolve(mopts, progress=lambda s: _say(progress, f"model: {s}"))
@@ -217,7 +217,7 @@ def run_pipeline(
     floor_whole = _sum(_p50(codec["sync"]["encode_ms"]), step_p50, dec_sync)
     proc = st["processing"]
     work_p50 = _sum(_p50(st["encode_work"]), _p50(st["model"]), _p50(st["decode_work"]))
-    out_lat = float(tel.info.get("output_latency_ms") or 0.0)
+    out_lat = float(tel.info.output_latency_ms or 0.0)
     play_p50 = _p50(st["playback"])
     duration = stats["duration_s"] or 0.0
     first_proc = tel.stage_all["processing"][0] if len(tel.stage_all["processing"]) else None

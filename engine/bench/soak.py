@@ -80,7 +80,7 @@ def run_soak(mopts: ModelOptions, *, minutes: float, input_spec: str | None = No
                 if r["rss_min_mb"].get(proc)]
 
     return {
-        "model": tel.info.get("model"),
+        "model": tel.info.model,
         "minutes": rows,
         "totals": {"counters": snap.counters, "frames_processed": snap.frames_processed,
                    "duration_s": round(snap.elapsed_s, 1)},

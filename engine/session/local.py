@@ -55,7 +55,7 @@ class Session(ConversationSession):
         if not restart:
             tel.set_state("loading", "resolving model files")
             self.resolved = resolve(self.cfg.model, progress=self._progress)
-        tel.info["model"] = self.resolved.label
+        tel.info.model = self.resolved.label
         options = WorkerOptions(max_steps=self.cfg.max_steps, step_delay_ms=self.cfg.step_delay_ms,
                                 lm_mode=self.cfg.model.lm_step, sampling=self.cfg.sampling)
         host = ModelHost(self.resolved, options, codec=self.cfg.model.codec)
@@ -66,15 +66,15 @@ class Session(ConversationSession):
         # Started under the lock stop() takes: stop() sees no server or a started one, and no
         # server starts after a stop.
         host.start(self._lock, lambda: self._stopped, started)
-        tel.info["server_pid"] = host.pid
+        tel.info.server["pid"] = host.pid
         tel.set_state("loading", "loading model in the server process")
 
         # The codec and text tokenizer load here while the server loads the LM.
         if self._stop_req.is_set():
             raise MoshiTuiError("stopped during loading", exit_code=1)
-        tel.info["codec"] = host.codec_backend
+        tel.info.codec = host.codec_backend
         kind = self.resolved.kind
-        tel.info["mode"] = kind.mode
+        tel.info.mode = kind.mode
         codec = host.new_codec()
         host.load_tokenizer()
 
@@ -83,8 +83,8 @@ class Session(ConversationSession):
             tel.set_state("warming up" if "warm" in text else "loading", text)
 
         ready = host.wait_ready(progress, should_stop=self._stop_req.is_set)
-        tel.info.update({f"server_{k}": v for k, v in ready.items()})
-        tel.info["codec_warmup_ms"] = round(codec.warm_ms, 1)
+        tel.info.server.update(ready)
+        tel.info.codec_warmup_ms = round(codec.warm_ms, 1)
         # stop() runs either before this (then nothing starts: no device is opened after the
         # session was stopped) or after it (then it stops what started here).
         with self._lock:
@@ -96,7 +96,7 @@ class Session(ConversationSession):
         from engine.pipeline.client import ClientPipeline
 
         tel = self.tel
-        tel.info["early_encode"] = self.cfg.early_encode  # (off later if heads do not help)
+        tel.info.early_encode = self.cfg.early_encode  # (off later if heads do not help)
         self._new_recorder()
         segments = self.server.codec_segments(tel.warn)
         self.pipeline = ClientPipeline(codec, self.server.conn, self.server.spm, tel, self.recorder,
