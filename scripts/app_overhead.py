@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Does the app slow the pipeline? Demo sessions with the app open vs headless, interleaved.
 
-    python scripts/app_overhead.py [--runs 3] [--seconds 60] [--json out.json]
+    python -m scripts.app_overhead [--runs 3] [--seconds 60] [--json out.json]
 
 Each run is a fresh `moshi-tui --demo` process on the same WAV input (the bundled speech looped
 to cover --seconds), output null, stopped by --seconds. The app runs in a pseudo-terminal (a
@@ -33,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def looped_wav(seconds: float, folder: Path) -> Path:
     import numpy as np
 
-    sys.path.insert(0, str(ROOT))
     from engine.audio.wavio import read_wav, write_wav
 
     pcm = read_wav(ROOT / "engine" / "audio" / "data" / "speech.wav")  # float32 at 24 kHz

@@ -1,7 +1,7 @@
 """Echo cancellation through real sound-device callbacks: the speaker looped into the microphone
 through a simulated room on a private JACK dummy sound card, with and without AEC.
 
-    .venv/bin/python scripts/bench_aec.py [--seconds 14] [--room living|pure] [--json PATH]
+    .venv/bin/python -m scripts.bench_aec [--seconds 14] [--room living|pure] [--json PATH]
 
 The sink (engine.audio.portaudio.DeviceSink, 20 ms blocks) plays the far speech (it stands for
 Moshi: engine/audio/data/speech.wav, looped, or --far WAV); the source (DeviceSource, 40 ms heads
@@ -12,14 +12,14 @@ script is the room: PortAudio's output port feeds its input, its output feeds Po
 (nothing else does: no direct loopback), and each period it convolves what the speaker plays
 with a room response (FFT overlap-add) and adds the user, the second talker
 (tests/data/second_talker.wav at a 0.6 peak, from --near-at seconds on).  The default room is
-tests/test_aec.room()'s living room (30 ms direct path, 50 ms decay) at --gain 0.25, the echo
+room_response()'s living room (30 ms direct path, 50 ms decay) at --gain 0.25, the echo
 (~ -21 dBFS) about as loud as the user; `--room pure` is its direct path alone.  The room's
 timeline starts at the first sound the speaker plays (room sample i is far sample i); it
 records what it heard, the echo it made, the near speech it added and what it emitted.
 
-Three passes of the same scenario: AEC off; WebRTC's AEC3 alone (`EchoCanceller(linear=False)`,
-what the app did before its linear filter); AEC on as the app runs it (the linear filter, then
-AEC3), each with a fresh canceller.  Figures per pass:
+Three passes of the same scenario: AEC off; WebRTC's AEC3 alone (`EchoCanceller(linear=False)`);
+AEC on as the app runs it (the linear filter, then AEC3), each with a fresh canceller.  Figures
+per pass:
 
 * echo reduction (ERLE): microphone vs cleaned power over the far-only part after its first
   2 s, and per 0.5 s window from the start: convergence is the time from which every window
@@ -52,17 +52,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
+from engine.audio import FRAME, HEAD, SAMPLE_RATE
+from engine.bench.aec import align, erle_db, speech_kept
+from engine.bench.report import fmt, table
+from engine.telemetry.stages import percentiles
+from scripts import jackdummy
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from engine.audio import FRAME, HEAD, SAMPLE_RATE  # noqa: E402
-from engine.bench.aec import align, erle_db, speech_kept  # noqa: E402
-from engine.bench.report import fmt, table  # noqa: E402
-from engine.telemetry.stages import percentiles  # noqa: E402
-from tests import jackdummy  # noqa: E402
 
 SR = SAMPLE_RATE
 SPEECH = ROOT / "engine" / "audio" / "data" / "speech.wav"
@@ -101,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--delay-ms", type=float, default=30.0, help="the direct path (default 30 ms)")
     ap.add_argument("--gain", type=float, default=0.25,
                     help="the room response's peak, the direct path's gain (default 0.25: the "
-                         "echo about as loud as the user; tests/test_aec.room()'s 0.5 makes it "
+                         "echo about as loud as the user; room_response()'s 0.5 makes it "
                          "6 dB louder, with peaks past full scale)")
     ap.add_argument("--near-gain", type=float, default=0.6,
                     help="the second talker's peak level (default 0.6)")
@@ -142,22 +140,30 @@ def load_wav(path: Path) -> np.ndarray:
     return x
 
 
-def impulse_response(kind: str, delay_s: float, gain: float, rt_s: float = 0.05,
-                     seed: int = 1) -> np.ndarray:
-    """The speaker-to-microphone response: tests/test_aec.room() for "living" (a direct path
-    after `delay_s`, then a tail decaying with time constant `rt_s`), its direct path alone
-    for "pure"."""
+def room_response(delay_s: float = 0.03, rt_s: float = 0.05, gain: float = 0.5,
+                  seed: int = 1) -> np.ndarray:
+    """The simulated room (this bench's, and tests/test_aec.py's in software): a
+    speaker-to-microphone impulse response, a direct path after `delay_s`, then a reverberant
+    tail decaying with time constant `rt_s` (50 ms: a reverberation time of ~0.35 s, a living
+    room), scaled to a peak of `gain`."""
     d = int(delay_s * SR)
-    if kind == "pure":
-        h = np.zeros(d + 1, np.float32)
-        h[d] = gain
-        return h
     rng = np.random.default_rng(seed)
     n = int((delay_s + 5 * rt_s) * SR)
     h = rng.normal(0, 1, n) * np.exp(-np.arange(n) / (rt_s * SR)) * 0.3
     h[:d] = 0
     h[d] = 1.0
     return (gain * h / np.abs(h).max()).astype(np.float32)
+
+
+def impulse_response(kind: str, delay_s: float, gain: float) -> np.ndarray:
+    """The speaker-to-microphone response: room_response() for "living", its direct path alone
+    for "pure"."""
+    if kind == "pure":
+        d = int(delay_s * SR)
+        h = np.zeros(d + 1, np.float32)
+        h[d] = gain
+        return h
+    return room_response(delay_s, gain=gain)
 
 
 # ---------------------------------------------------------------------------------- the room

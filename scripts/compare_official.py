@@ -9,7 +9,7 @@ says what is wrapped around it to measure it at the same points as our telemetry
 compute floor (isolated encode + step + decode p50) is measured before each round with
 `moshi-tui bench codec` and `bench step`.
 
-    .venv/bin/python scripts/compare_official.py --seconds 60 --rounds 2 --json compare.json
+    .venv/bin/python -m scripts.compare_official --seconds 60 --rounds 2 --json compare.json
 
 Prints one table per round and one over all rounds; --json writes every figure.
 Needs jackd (apt-get install jackd2) and the JACK-Client package (installed by setup.sh).
@@ -27,12 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
+import numpy as np
+import psutil
 
 from engine.bench.codec_mlx import as_floor
 from engine.bench.report import table
@@ -41,7 +37,9 @@ from engine.model.demo import ensure_demo
 from engine.telemetry.procfigs import ProcessFigures
 from engine.telemetry.stages import percentiles
 from engine.telemetry.stats import machine_info
-from tests import jackdummy  # noqa: E402
+from scripts import jackdummy
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CLI = [sys.executable, "-m", "tui.cli"]
 
@@ -96,9 +94,8 @@ def run_official(jack, model: list[str], seconds: float, env: dict, work: Path) 
                OFFICIAL_PROBE_INPUT=str(jackdummy.device_index("input")),
                OFFICIAL_PROBE_OUTPUT=str(jackdummy.device_index("output")))
     with open(work / "official.log", "w") as log:
-        p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "official_probe.py"),
-                              *model], cwd=work, env=env, stdout=log,
-                             stderr=subprocess.STDOUT)
+        p = subprocess.Popen([sys.executable, "-m", "scripts.official_probe", *model], cwd=work,
+                             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_file(rec_path, p, 600)  # the client writes it once a second from warm-up on
         jack.connect_loopback(timeout=30)

@@ -9,9 +9,9 @@
 # Run it with `moshi-tui` on the PATH, or MOSHI_TUI="python3 -m tui.cli" from the project root.
 # The q4 weights (4.8 GB) go to $MOSHI_TUI_WEIGHTS_DIR (default /tmp/moshi-tui-weights).
 # GPU_BENCH_PARTS=name,name,... runs only those parts, in this order (a machine lent for a few
-# minutes at a time): probe step-q4 pipeline-q4-mlx pipeline-q4-disk pipeline-q4-rustymimi
-# pipeline-q8-mlx pipeline-bf16-mlx compare-official pipeline-q4-mlx-compiled codec-mlx
-# codec-rustymimi (pipeline-q4-disk and compare-official need the weights step-q4 writes).
+# minutes at a time): step-q4 pipeline-q4-mlx pipeline-q4-disk pipeline-q4-rustymimi
+# pipeline-q8-mlx pipeline-bf16-mlx compare-official codec-mlx codec-rustymimi
+# (pipeline-q4-disk and compare-official need the weights step-q4 writes).
 set -u
 out=${1:?usage: gpu_bench.sh OUT_DIR [SESSION_SECONDS] [SIDE_SECONDS]}
 secs=${2:-300}
@@ -34,31 +34,6 @@ run() {  # run NAME ARGS...: one bench, its log and JSON
   echo "   exit $? ($(date +%T))"
   grep -iE "thrash" "$out/$name.log" && echo "   ^ cache thrashing in $name"
 }
-# The step: back to back with moshi_mlx's graph and with the lean one (lmcache.LEAN_GRAPH), then
-# both on an 80 ms clock with the client's GPU codec beside them in its own process, as in a
-# session; then the lean one so again under CUDA's MPS (one GPU context for both processes).
-if want probe; then
-echo "== probe ($(date +%T))"
-PROBE_CODEC_MIMI=$(python3 -c 'from engine.model import demo; print(demo.ensure_demo().mimi)') \
-python3 scripts/gpu_step_probe.py --quant q4 --steps 300 --second-pass 0 --json "$out/probe.json" \
-  --variants "layered@PROBE_LEAN=0,layered,layered@PROBE_PACE_MS=80+PROBE_CODEC=process+PROBE_LEAN=0,layered@PROBE_PACE_MS=80+PROBE_CODEC=process" \
-  >"$out/probe.log" 2>&1
-echo "   exit $? ($(date +%T))"
-if command -v nvidia-cuda-mps-control >/dev/null; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d; then
-    echo "== probe-mps ($(date +%T))"
-    PROBE_CODEC_MIMI=$(python3 -c 'from engine.model import demo; print(demo.ensure_demo().mimi)') \
-    python3 scripts/gpu_step_probe.py --quant q4 --steps 300 --second-pass 0 \
-      --json "$out/probe-mps.json" --variants "layered@PROBE_PACE_MS=80+PROBE_CODEC=process" \
-      >"$out/probe-mps.log" 2>&1
-    echo "   exit $? ($(date +%T))"
-    echo quit | nvidia-cuda-mps-control
-  fi
-  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-fi
-fi
 # The step alone (the default mode: layered on CUDA), writing the q4 weights for the launch below.
 run step-q4 bench step --random -q 4 --steps 300 --save-weights "$q4file"
 # The headline: q4, MLX codec, a session long enough for two segments (3000 steps = 4 min).
@@ -77,14 +52,12 @@ run pipeline-bf16-mlx bench pipeline --random --codec mlx --seconds "$side"
 # Kyutai's local.py and moshi-tui on the same weights, through a 20 ms JACK dummy card.
 if want compare-official && command -v jackd >/dev/null; then
   echo "== compare-official ($(date +%T))"
-  python3 scripts/compare_official.py --seconds "$side" --rounds 1 --period 480 \
+  python3 -m scripts.compare_official --seconds "$side" --rounds 1 --period 480 \
     --moshi-weight "$q4file" --mimi-weight "$mimi" --tokenizer "$tok" -q 4 \
     --work "$out/compare" --json "$out/compare.json" >"$out/compare.log" 2>&1
   echo "   exit $? ($(date +%T))"
 fi
-# The previous default step in a session, and each codec alone.
-run pipeline-q4-mlx-compiled bench pipeline --random -q 4 --codec mlx --lm-step compiled \
-  --seconds "$side"
+# Each codec alone.
 run codec-mlx bench codec --demo --codec mlx --frames 100
 run codec-rustymimi bench codec --demo --codec rustymimi --frames 100
 echo "done ($(date +%T))"

@@ -5,18 +5,22 @@ What is changed around it, and why:
 - `models.config_v0_1()` returns the demo LM's config (local.py hard-codes the 7B structure;
   the demo weights are the same structure, shrunk).
 - the `spawn` start method: a child forked after the parent imported sounddevice gets no JACK
-  callbacks (a child forked after sounddevice's import gets no JACK callbacks); spawn re-imports this file in each child, so the shims below
-  are installed there too.
+  callbacks; spawn re-imports this module in each child, so the shims below are installed
+  there too.
 - shims for `rustymimi`, `sounddevice` and `queue` as local.py sees them: they pass every call
   through and stamp, at the source, the times our telemetry stamps (engine.telemetry.stages):
   t_cap (input callback), t_enc (codes out of the encoder), t_dec (PCM out of the decoder),
   t_play (the output callback took the frame).  The client process writes them to the JSON
   file named by $OFFICIAL_PROBE_OUT once a second and when it is terminated.
 
-Usage: official_probe.py DEMO_DIR   (stop it with SIGINT, as a user would with Ctrl+C)
-       official_probe.py --files MOSHI MIMI TOKENIZER [BITS]   (real-size Moshi v0.1 weights,
-       e.g. random ones written by `moshi-tui bench step --random -q 4 --save-weights`; local.py
-       builds v0.1 itself then, and -q BITS; $OFFICIAL_PROBE_FULLSIZE=1 tells the children)
+Usage, with the project root on PYTHONPATH (stop it with SIGINT, as a user would with Ctrl+C):
+
+    python -m scripts.official_probe DEMO_DIR
+    python -m scripts.official_probe --files MOSHI MIMI TOKENIZER [BITS]
+
+--files: real-size Moshi v0.1 weights, e.g. random ones written by `moshi-tui bench step
+--random -q 4 --save-weights`; local.py builds v0.1 itself then, and -q BITS;
+$OFFICIAL_PROBE_FULLSIZE=1 tells the children.
 """
 
 from __future__ import annotations
@@ -32,13 +36,9 @@ import time
 import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import rustymimi as _rustymimi  # noqa: E402
-import sounddevice as _sd  # noqa: E402
-from moshi_mlx import local, models  # noqa: E402
+import rustymimi as _rustymimi
+import sounddevice as _sd
+from moshi_mlx import local, models
 
 from engine.model.demo import DEMO_LM_CONFIG
 

@@ -1,6 +1,6 @@
 """A recorded session's frames through jitter-buffer policies, side by side.
 
-    .venv/bin/python scripts/playout_replay.py SESSION.trace.json[.gz] \
+    .venv/bin/python -m scripts.playout_replay SESSION.trace.json[.gz] \
         [--policy min_margin_ms=0] [--policy window_s=60,min_margin_ms=10] [--json out.json]
 
 Reads each frame's processing time (capture -> decoded PCM) from a session's Perfetto trace
@@ -21,14 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from engine.bench.report import table  # noqa: E402
-from engine.pipeline.playout import Playout, replay  # noqa: E402
+from engine.bench.report import table
+from engine.pipeline.playout import Playout, replay
 
 
 class Usage(Exception):

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Screenshots of the real app running the demo model on the bundled speech WAV.
 
-    python scripts/screenshots.py [--out screenshots] [--seconds 9]
+    python -m scripts.screenshots [--out screenshots] [--seconds 9]
 
 Drives `tui.app.MoshiApp` on a real `engine.session.local.Session` (`--demo`, input = WAV,
 output = null) with Textual's `run_test`, and saves what the app shows with `save_screenshot`:
@@ -22,9 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 WIDE = (140, 42)
 SMALL = (80, 24)
 
@@ -41,15 +37,14 @@ async def _wait(pilot, condition, timeout: float, what: str) -> None:
 
 
 async def shoot(out: Path, wav: Path, seconds: float) -> list[Path]:
-    from engine.cli.options import build_parser, session_config
-    from engine.session.local import Session
+    from engine.cli.options import build_parser, run_config
+    from engine.session.runner import open_prepared
     from tui.app import MoshiApp
 
     session_dir = Path(tempfile.mkdtemp(prefix="moshi-tui-screenshots-"))
     args = build_parser().parse_args(["--demo", "--input", str(wav), "--output", "null",
                                       "--session-dir", str(session_dir)])
-    session = Session(session_config(args))
-    session.prepare()
+    session = open_prepared(run_config(args))  # as run_app opens it
     app = MoshiApp(lambda: session)
     shots: list[Path] = []
 

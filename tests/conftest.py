@@ -6,7 +6,6 @@ Other fixtures belong in their own modules (tests/fixtures_*.py or per-test-file
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SPEECH_WAV = ROOT / "engine" / "audio" / "data" / "speech.wav"
 
-# Test the work tree even when the package is not installed (or installed elsewhere).
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests import jackdummy  # noqa: E402
+from scripts import jackdummy
 
 # The tests never read the developer's own ~/.config/moshi-tui/config.toml.
 os.environ["MOSHI_TUI_CONFIG"] = os.devnull

@@ -13,14 +13,11 @@ Set MOSHI_TUI_TEST_CACHE to a directory to reuse one cache across runs (saves ~3
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")

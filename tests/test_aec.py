@@ -13,23 +13,12 @@ from engine.audio import FRAME, HEAD, SAMPLE_RATE
 from engine.audio.aec import EchoCanceller
 from engine.audio.wavio import read_wav
 from engine.bench.aec import erle_db, speech_kept
+from scripts.bench_aec import room_response as room  # the loopback bench's simulated room
 from tests.conftest import ROOT, SPEECH_WAV
 
 SECOND_TALKER = ROOT / "tests" / "data" / "second_talker.wav"
 
 BLOCK = 480  # the speaker's 20 ms blocks
-
-
-def room(delay_s: float = 0.03, rt_s: float = 0.05, gain: float = 0.5, seed: int = 1):
-    """A speaker-to-microphone impulse response: a direct path after `delay_s`, then a
-    reverberant tail decaying with time constant `rt_s` (50 ms: a reverberation time of
-    ~0.35 s, a living room)."""
-    rng = np.random.default_rng(seed)
-    n = int((delay_s + 5 * rt_s) * SAMPLE_RATE)
-    h = rng.normal(0, 1, n) * np.exp(-np.arange(n) / (rt_s * SAMPLE_RATE)) * 0.3
-    h[: int(delay_s * SAMPLE_RATE)] = 0
-    h[int(delay_s * SAMPLE_RATE)] = 1.0
-    return (gain * h / np.abs(h).max()).astype(np.float32)
 
 
 def run(aec: EchoCanceller, far: np.ndarray, near: np.ndarray, h: np.ndarray,
@@ -150,6 +139,27 @@ def test_off_passes_the_microphone_through_untouched(speech):
     assert aec.chunks == 0 and aec.cost_ms() == 0.0
 
 
+def test_the_stage_reports_its_own_cost_while_on(speech):
+    """EchoStage is the canceller on the audio path: each cleaned frame tells its observer (the
+    telemetry) the work it took, reference included, as the stage "aec"; while off it reports
+    nothing and passes the microphone through."""
+    from engine.audio.aec import EchoStage
+    from engine.telemetry.collect import Telemetry
+
+    tel = Telemetry()
+    stage = EchoStage(EchoCanceller(), tel)
+    frames = [speech[i:i + FRAME] for i in range(0, 4 * FRAME, FRAME)]
+    for i, f in enumerate(frames[:2]):
+        stage.far(f, FRAME, i * 80_000_000)
+        stage.frame(f, i * 80_000_000)
+    assert len(tel.stage_all["aec"]) == 2 and min(tel.stage_all["aec"]) > 0.0
+    stage.enabled = False
+    assert not stage.canceller.enabled
+    stage.far(frames[2], FRAME, 160_000_000)
+    assert stage.frame(frames[3], 240_000_000) is frames[3]
+    assert len(tel.stage_all["aec"]) == 2
+
+
 def test_a_session_turns_it_on_for_devices_only(tmp_path):
     """auto: off for files and null output (nothing to hear back), on for an output device;
     --aec on forces it, and it can be toggled live."""
@@ -158,15 +168,15 @@ def test_a_session_turns_it_on_for_devices_only(tmp_path):
 
     s = Session(SessionConfig(input="silence", output="null", save=False))
     s.prepare()
-    assert s.aec is None and s.tel.info["aec"] == "off"
+    assert s.aec is None and s.tel.info.aec == "off"
     s.set_aec(True)
-    assert s.aec is not None and s.aec.enabled and s.tel.info["aec"] == "on"
+    assert s.aec is not None and s.aec.enabled and s.tel.info.aec == "on"
     s.set_aec(False)
-    assert not s.aec.enabled and s.tel.info["aec"] == "off"
+    assert not s.aec.enabled and s.tel.info.aec == "off"
     forced = Session(SessionConfig(input="silence", output=str(tmp_path / "o.wav"), save=False,
                                    aec="on", noise_suppression=True))
     forced.prepare()
-    assert forced.aec is not None and forced.tel.info["aec"] == "on + noise suppression"
+    assert forced.aec is not None and forced.tel.info.aec == "on + noise suppression"
     for ses in (s, forced):
         ses.source.stop()
         ses.sink.stop()

@@ -1,15 +1,10 @@
-"""Echo cancellation through real sound-device callbacks: scripts/bench_aec.py plays the far
+"""Echo cancellation through real sound-device callbacks: scripts.bench_aec plays the far
 speech through a DeviceSink into a simulated room (a JACK client on a private dummy card with
 20 ms periods: a living room's response, 30 ms direct path and 50 ms decay, the echo about as
 loud as the user) and back into a DeviceSource, the user talking from 6 s on; with AEC off,
 with WebRTC's AEC3 alone, and with the canceller as a session runs it (the linear filter, then
 AEC3), each a fresh EchoCanceller fed as a session feeds it.  tests/test_aec.py measures the
-same through a room simulated in software.
-
-Measured here (12 s passes, a shared 2-core machine): AEC off 0.0 dB; AEC on 43.4 dB over 2-6 s
-(AEC3 alone 44.6), every 0.5 s window with echo >= 25 dB from 2.0 s on; near speech kept 0.917
-(AEC3 alone 0.691, raw microphone 0.707); canceller p50 2.0-3.1 ms per frame (AEC3 alone
-1.4-1.8); the test takes ~45 s."""
+same through a room simulated in software."""
 
 from __future__ import annotations
 
@@ -21,10 +16,9 @@ import sys
 
 import pytest
 
-from tests import jackdummy
+from scripts import jackdummy
 from tests.conftest import ROOT, require
 
-SCRIPT = ROOT / "scripts" / "bench_aec.py"
 SECONDS = 12
 
 
@@ -34,8 +28,9 @@ def bench(tmp_path_factory):
     server)."""
     out = tmp_path_factory.mktemp("bench_aec") / "aec.json"
     env = {k: v for k, v in os.environ.items() if k not in jackdummy.ENV_KEYS}
-    p = subprocess.Popen([sys.executable, str(SCRIPT), "--seconds", str(SECONDS), "--json", str(out)],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-m", "scripts.bench_aec", "--seconds", str(SECONDS),
+                          "--json", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = p.communicate(timeout=180)
     except subprocess.TimeoutExpired:
@@ -57,9 +52,9 @@ def bench(tmp_path_factory):
 
 def test_the_microphone_hears_the_room(bench):
     """The microphone gets exactly what the room emitted once aligned by cross-correlation
-    (measured 160 ms behind the room's timeline, counted from the first frame recorded), the
-    room heard exactly what the speaker played, the echo is well above silence (measured
-    -20.6 dBFS over the far-only part), and with AEC off the cleaned signal is the microphone
+    (it lags the room's timeline, counted from the first frame recorded), the room heard
+    exactly what the speaker played, the echo is well above silence over the far-only part,
+    and with AEC off the cleaned signal is the microphone
     (0 dB): the measurement sees the echo.  A pass the JACK graph glitched in (an xrun on a
     loaded host) is run again by the script; the pass kept is sample-exact."""
     for p in (bench["off"], bench["aec3"], bench["on"]):
@@ -75,11 +70,9 @@ def test_the_microphone_hears_the_room(bench):
 
 
 def test_echo_is_cancelled_once_converged(bench):
-    """>= 25 dB less echo over the far-only part after the first 2 s (measured 38-42 dB in 6
-    runs of 7, 32 in one), and in every 0.5 s window with echo from 0-1 s on in 6 runs of 7
-    (the linear filter replaying its first blocks: without, the 1.5-2 s window was 19-22 dB,
-    where the filter was still converging), 2 s in one: the floor is the target, converged by
-    2 s.  (A pause in the far speech at 5-5.5 s leaves the room's tail alone there.)"""
+    """>= 25 dB less echo over the far-only part after the first 2 s, and in every 0.5 s window
+    with echo from 2 s on at the latest (the linear filter replays its first blocks to converge
+    sooner): the floor is the target, converged by 2 s.  (A pause in the far speech at 5-5.5 s leaves the room's tail alone there.)"""
     on = bench["on"]
     assert on["erle_db"] >= 25.0, bench["printed"]
     after = [w["erle_db"] for w in on["erle_windows"] if w["t_s"] >= 2.0 and not w["quiet"]]
@@ -89,10 +82,10 @@ def test_echo_is_cancelled_once_converged(bench):
 
 def test_near_speech_survives_double_talk(bench):
     """While both talk (from 1 s after the user starts), the cleaned signal still carries the
-    user: the magnitude-spectrum correlation with the clean voice measured 0.94-0.98 (the raw
-    microphone's, echo included, 0.71-0.73), where AEC3 alone, which turns the user down while
-    both talk, keeps 0.67-0.69: the linear filter in front of it is what keeps the user.  The
-    floors keep that with a margin for slower hosts, and the user is not muted."""
+    user (the magnitude-spectrum correlation with the clean voice), well above the raw
+    microphone's (echo included) and above AEC3 alone, which turns the user down while both
+    talk: the linear filter in front of it is what keeps the user.  The floors keep that with a
+    margin for slower hosts, and the user is not muted."""
     on, aec3 = bench["on"], bench["aec3"]
     assert on["kept"] >= 0.9, bench["printed"]
     assert on["kept"] >= aec3["kept"] + 0.1, bench["printed"]
@@ -102,8 +95,7 @@ def test_near_speech_survives_double_talk(bench):
 
 def test_the_cancellers_cost_was_measured(bench):
     """cost_ms() once per captured frame (reference and microphone processing), reported, not
-    asserted (measured p50 2.6-2.9 ms with the linear filter, 1.6-1.8 ms for AEC3 alone in the
-    same runs)."""
+    asserted."""
     on = bench["on"]
     assert on["cost_ms"]["n"] >= 0.9 * SECONDS / 0.08, on["cost_ms"]
     assert on["cost_ms"]["p50"] > 0.0

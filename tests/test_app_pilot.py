@@ -1,7 +1,7 @@
 """Pilot tests of the app on the REAL engine: demo model, the speech WAV as input, null output.
 
-Run alone with `pytest -m pilot` (or `pytest tests/test_app_pilot.py`); each test takes
-10-35 s, most of it loading the demo model and letting the WAV play.
+Run alone with `pytest -m pilot` (or `pytest tests/test_app_pilot.py`); most of each test's
+time is loading the demo model and letting the WAV play.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import psutil
 import pytest
 from textual.widgets import Input
 
-from engine.cli.options import build_parser, session_config
-from engine.session.local import Session
+from engine.cli.options import build_parser, run_config
+from engine.session.runner import open_prepared
 from tui.app import MoshiApp
 from tui.screens.error import ErrorScreen
 from tui.screens.export import ExportScreen
@@ -29,8 +29,7 @@ pytest_plugins = ["conftest_models"]
 
 def make_app(tmp_path, *argv: str) -> MoshiApp:
     args = build_parser().parse_args([*argv, "--session-dir", str(tmp_path / "session")])
-    session = Session(session_config(args))
-    session.prepare()  # as run_app does: the folder exists before the app starts
+    session = open_prepared(run_config(args))  # as run_app: the folder exists before the app starts
     return MoshiApp(lambda: session)
 
 
@@ -69,7 +68,7 @@ async def test_live_session_feeds_every_panel_and_exports(tmp_path, demo_cache, 
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.snapshot is not None and app.snapshot.state == "live", 30,
                        "the session to go live")
-        pid = app.snapshot.info["server_pid"]
+        pid = app.snapshot.info.server["pid"]
         assert psutil.pid_exists(pid)
 
         # the transcript grows, word by word, as the model speaks
@@ -171,7 +170,7 @@ async def test_server_killed_then_restarted_from_the_error_modal(tmp_path, demo_
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.snapshot is not None and app.snapshot.state == "live", 30,
                        "the session to go live")
-        pid = app.snapshot.info["server_pid"]
+        pid = app.snapshot.info.server["pid"]
         psutil.Process(pid).kill()
         deadline = time.monotonic() + 10
         while not isinstance(app.screen, ErrorScreen) and time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""The app on a recorded telemetry feed (tui.replay): keys, panels, transcript, badges, export, quit.
+"""The app on a recorded telemetry feed (tests.replay): keys, panels, transcript, badges, export, quit.
 
 Fast and deterministic: the feed advances one tick per snapshot read, the app's own timer is
 slowed to never fire, and the clock is a variable the tests move.
@@ -14,7 +14,7 @@ from textual.widgets import Input, RichLog
 
 from engine.telemetry.collect import Token
 from tui.app import MoshiApp
-from tui.replay import ReplaySession
+from tests.replay import ReplaySession
 from tui.screens.error import ErrorScreen
 from tui.screens.export import ExportScreen
 from tui.screens.help import HelpScreen
@@ -88,7 +88,7 @@ async def test_latency_panel_names_the_speaker_device_latency(tmp_path):
         await play(pilot, ticks=60)
         panel = app.query_one(LatencyPanel)
         assert panel.border_subtitle == "budget 80 ms/frame"  # a file or null speaker: none
-        app.session.tel.info["output_latency_ms"] = 40.0  # measured from the device's DAC times
+        app.session.tel.info.output_latency_ms = 40.0  # measured from the device's DAC times
         await play(pilot, ticks=3)
         assert panel.border_subtitle == "budget 80 ms/frame · speaker device +40 ms"
 
@@ -295,12 +295,12 @@ async def test_export_cancel_and_bad_folder(tmp_path):
 
 
 async def test_export_failure_shows_the_error_modal(tmp_path, monkeypatch):
-    import tui.app as app_module
+    import engine.session.runner as runner_module
 
     def failing_export(stats, path, fmt):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(app_module, "export", failing_export)
+    monkeypatch.setattr(runner_module, "export", failing_export)
     app = make_app(tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         await play(pilot, ticks=30)
@@ -357,7 +357,7 @@ async def test_quit_stops_the_session_and_writes_its_files(tmp_path):
     assert app.return_code == 0
     assert app.session.stopped
     folder = tmp_path / "session"
-    assert sorted(p.name for p in app.saved_files) == ["stats.json", "transcript.json", "transcript.md"]
+    assert sorted(p.name for p in app.runner.saved_files) == ["stats.json", "transcript.json", "transcript.md"]
     assert "Hello, I'm Moshi." in (folder / "transcript.md").read_text()
     stats = json.loads((folder / "stats.json").read_text())
     assert stats["started_at"] and stats["frames"]["processed"] > 200
@@ -500,7 +500,7 @@ async def test_the_live_transcript_names_a_restart(tmp_path):
 
 
 async def test_live_paragraphs_match_the_export(tmp_path):
-    from engine.files.export import mmss, paragraphs
+    from engine.telemetry.transcript import mmss, paragraphs
 
     app = make_app(tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -528,7 +528,7 @@ async def test_diagnosis_in_plain_words(tmp_path):
 
 
 async def test_display_refresh_yields_while_the_pipeline_is_behind(tmp_path):
-    from tui.app import BACK_UP_AFTER_S, BEHIND_HZ
+    from tui.monitor import BACK_UP_AFTER_S, BEHIND_HZ
 
     clock = Clock()
     app = MoshiApp(lambda: ReplaySession(), session_dir=tmp_path / "s", clock=clock)  # 8 Hz timer

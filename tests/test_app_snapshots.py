@@ -1,4 +1,4 @@
-"""Snapshot tests (pytest-textual-snapshot) of the app fed by the recorded telemetry of tui.replay.
+"""Snapshot tests (pytest-textual-snapshot) of the app fed by the recorded telemetry of tests.replay.
 
 Deterministic: the feed advances only when read, the app's timer never fires (refresh_hz is
 tiny), the clock is frozen and the session folder is a relative path inside tmp_path.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tui.app import MoshiApp
-from tui.replay import ReplaySession
+from tests.replay import ReplaySession
 
 
 @pytest.fixture(autouse=True)

@@ -5,14 +5,10 @@ plays (the same codes and, within float rounding, the same PCM as rustymimi), ea
 still gives the codes of whole frames, memory stays flat over a segment however long, and the
 pipeline's loops can use it as they use rustymimi (submit never blocks, results in order).
 
-On the demo Mimi (full size, random weights), f32 on this CPU, against rustymimi 0.4.1 on the
-bundled speech: 100 % of the codes equal over 170 frames (1360/1360, all 8 codebooks; 340
-encoder steps, past the 250-step attention window); rustymimi's codes decoded by both: SNR
-124 dB (float rounding), correlation 1.000000, the same before and after the window fills.
-Stock moshi_mlx (`Mimi.encode_step/decode_step`, which masks nothing within a call) got
-97.5 % of the codes (4 of 160 differ, all in frame 0) and a decoded SNR of 72 dB: the bounds
-below (at most 2 codes of 128 differ, SNR >= 90 dB) catch that.
-About 40 s on a 2-core CPU (MLX Mimi: ~270 ms per frame to encode, ~450 ms to decode).
+Runs on the demo Mimi (full size, random weights), f32, against rustymimi on the bundled
+speech, past the 250-step attention window.  Stock moshi_mlx (`Mimi.encode_step/decode_step`,
+which masks nothing within a call) differs from rustymimi in frame 0: the bounds below (at
+most 2 codes of 128 differ, SNR >= 90 dB) catch that.
 """
 
 from __future__ import annotations
@@ -176,7 +172,8 @@ def test_bounded_caches_stay_flat_and_change_nothing(demo_files, speech):
     """Context 3 and a slack of 2 positions: the caches move their window every call or two,
     12 steps each way is 4x the context.  Codes and PCM are bit-identical to moshi_mlx's
     growing KVCache, whose memory grows; the SEANet streaming states keep their shapes."""
-    from engine.pipeline.codec_mlx import MimiStreams, MlxMimiCodec
+    from engine.model.graph.mimi import MimiStreams
+    from engine.pipeline.codec_mlx import MlxMimiCodec
 
     frames = speech[:6]
     with MlxMimiCodec(demo_files.mimi, context=3, slack=2) as c:
@@ -209,7 +206,9 @@ def test_transformer_step_is_stock_moshi_mlx_for_single_steps(demo_files):
     """With t = 1 (where stock moshi_mlx needs no mask) and the stock GELU, transformer_step
     with the bounded cache equals moshi_mlx's ProjectedTransformer with its KVCache bit for
     bit, 30 steps past a context of 4; with t = 2 it differs from stock (the causal mask)."""
-    from engine.pipeline.codec_mlx import MlxMimiCodec, make_caches, transformer_step
+    from engine.model.graph.kv_cache import make_caches
+    from engine.model.graph.mimi import transformer_step
+    from engine.pipeline.codec_mlx import MlxMimiCodec
 
     def check(s):
         import mlx.core as mx

@@ -16,7 +16,7 @@ def test_compare_official_measures_both_pipelines(jack_server, demo_env, tmp_pat
     # (jack_server: skips where JACK cannot run; the script starts a JACK server of its own)
     out = tmp_path / "compare.json"
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "compare_official.py"), "--seconds", "6",
+        [sys.executable, "-m", "scripts.compare_official", "--seconds", "6",
          "--rounds", "1", "--floor-steps", "20", "--floor-frames", "5", "--whole-frames-too",
          "--json", str(out)],
         cwd=ROOT, env=demo_env, capture_output=True, text=True, timeout=400)
@@ -43,7 +43,7 @@ def test_compare_official_measures_both_pipelines(jack_server, demo_env, tmp_pat
 
 def test_real_size_weights_are_checked_before_anything_starts(tmp_path):
     """--moshi-weight (real-size weights for both sides) needs its Mimi and tokenizer, as files."""
-    script = [sys.executable, str(ROOT / "scripts" / "compare_official.py")]
+    script = [sys.executable, "-m", "scripts.compare_official"]
     r = subprocess.run([*script, "--moshi-weight", str(tmp_path / "model.q4.safetensors")],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "go together" in r.stderr.strip().splitlines()[-1]

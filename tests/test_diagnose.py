@@ -70,7 +70,7 @@ class TestRules:
 
     def test_model_too_slow_already_q4(self, form):
         tel = feed(Telemetry(), model=91.0, enc=20, dec=20)
-        tel.info["model"] = "kyutai/moshiko-mlx-q4 (q4)"
+        tel.info.model = "kyutai/moshiko-mlx-q4 (q4)"
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
         assert "-q 4" not in m.text and "faster machine" in m.text
 
@@ -80,18 +80,18 @@ class TestRules:
         from engine.telemetry import diagnose as dg
 
         tel = feed(Telemetry(), model=91.0, enc=20, dec=20)
-        tel.info.update(model="demo (q4)", server_mlx_device="Device(cpu, 0)")
+        tel.info.model, tel.info.server["mlx_device"] = "demo (q4)", "Device(cpu, 0)"
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
         assert "-q 4" not in m.text and "try without -q" in m.text
-        tel.info.update(model="demo (bf16)")
+        tel.info.model = "demo (bf16)"
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
         assert "-q" not in m.text and "GPU" in m.text
         monkeypatch.setattr(dg.sys, "platform", "linux")
-        tel.info.update(model="random Moshi v0.1 7B (q4)", server_mlx_device="Device(gpu, 0)",
-                        server_lm_mode="onesync")
+        tel.info.model = "random Moshi v0.1 7B (q4)"
+        tel.info.server.update(mlx_device="Device(gpu, 0)", lm_mode="onesync")
         m = by_rule(diagnose(both(tel)[form]), "model_budget")
         assert "try --lm-step layered (the fastest step on CUDA" in m.text
-        from engine.model.lmcache import CUDA_MODE
+        from engine.model.graph.lm_step import CUDA_MODE
         assert dg.CUDA_FASTEST_STEP == CUDA_MODE
 
     def test_model_headroom(self, form):
@@ -190,9 +190,9 @@ class TestRules:
 
     def test_slow_output_device(self, form):
         tel = feed(Telemetry())
-        tel.info["output_latency_ms"] = 40.0  # a wired device, as measured from its DAC times
+        tel.info.output_latency_ms = 40.0  # a wired device, as measured from its DAC times
         assert "device_latency" not in rules(diagnose(both(tel)[form]))
-        tel.info["output_latency_ms"] = 210.0  # Bluetooth headphones
+        tel.info.output_latency_ms = 210.0  # Bluetooth headphones
         d = by_rule(diagnose(both(tel)[form]), "device_latency")
         assert d.level == "warn" and d.text.startswith("the output device adds 210 ms")
 
@@ -323,3 +323,22 @@ def test_session_stats_carry_the_diagnosis():
     assert {"level": "bad", "rule": "model_budget"} == {k: slow["diagnosis"][0][k] for k in ("level", "rule")}
     assert slow["diagnosis"][0]["text"].startswith("model step 95 ms > 80 ms")
     assert [d["rule"] for d in build_stats(feed(Telemetry()))["diagnosis"]] == ["all_ok"]
+
+
+def test_session_info_in_stats_by_the_same_names():
+    """The session's typed info (engine.telemetry.info) lands in stats.json as the flat keys it
+    always had: model/mode/codec and server_<key> under "model", the audio items under "audio";
+    what is not known is left out of "model" and null under "audio"."""
+    tel = feed(Telemetry())
+    tel.info.model, tel.info.codec, tel.info.input = "demo (bf16)", "rustymimi", "speech.wav"
+    tel.info.server.update(pid=7, max_steps=3000)
+    tel.info.aec = "off"
+    stats = build_stats(tel)
+    assert stats["model"] == {"model": "demo (bf16)", "codec": "rustymimi", "server_pid": 7,
+                              "server_max_steps": 3000}
+    audio = stats["audio"]
+    assert audio["input"] == "speech.wav" and audio["aec"] == "off" and audio["output"] is None
+    assert list(audio) == ["input", "output", "output_latency_ms", "aec", "early_encode",
+                           "playout_ms"]
+    assert stats["startup"]["codec_warmup_ms"] is None
+    assert tel.snapshot().info.server is not tel.info.server  # a snapshot keeps its own copy

@@ -302,7 +302,7 @@ def test_the_app_in_a_terminal(demo_env, speech_wav, tmp_path, demo):
 def test_sigterm_quits_the_app_even_when_its_terminal_stopped_reading(demo_env, tmp_path):
     """A terminal that is gone or stopped reading (closed window, Ctrl+S) fills Textual's
     output queue and blocks the app's event loop; SIGTERM/SIGHUP must still stop the session,
-    write its files and exit, leaving no process (it used to hang there forever)."""
+    write its files and exit, leaving no process."""
     import os
     import select
 

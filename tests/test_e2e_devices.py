@@ -81,7 +81,7 @@ def test_session_on_jack_devices(card, seconds, request, demo_cache):
         # rarely (a frame slower than every frame of the last 20 s by more than the margin); on
         # a machine with headroom, never.
         times = [t for t in s.tel.underrun_times if not t_wired <= t <= t_wired + 1.0]
-        diag = (c, s.tel.underrun_times, t_wired, s.tel.info.get("playout_ms"))
+        diag = (c, s.tel.underrun_times, t_wired, s.tel.info.playout_ms)
         assert len(times) <= 3, diag
         # and it keeps mic-to-speaker within the aim: the slowest recent frame + the margin
         play = snap.stage_stats["playback"]
@@ -96,13 +96,13 @@ def test_session_on_jack_devices(card, seconds, request, demo_cache):
     assert snap.frames_processed >= 0.4 * seconds / 0.08
     # the speaker's own latency, as measured from PortAudio's DAC times (or reported): a
     # JACK card has at least one period of it
-    assert snap.info["output_latency_ms"] == round(s.sink.latency_s * 1000.0, 1)
-    assert 20.0 <= snap.info["output_latency_ms"] < 1000.0
+    assert snap.info.output_latency_ms == round(s.sink.latency_s * 1000.0, 1)
+    assert 20.0 <= snap.info.output_latency_ms < 1000.0
     if jack_server.rate != 24000:  # the card's rate, resampled both ways, frame after frame
         for end in (s.source, s.sink):
             assert end.device_rate == jack_server.rate and end.label.endswith(
                 f"({jack_server.rate} Hz, resampled)")
-        assert snap.info["input"] == s.source.label and snap.info["output"] == s.sink.label
+        assert snap.info.input == s.source.label and snap.info.output == s.sink.label
         # a frame captured per 80 ms of the session (not one per 1920 samples at 48 kHz), and
         # the speaker asking for one at least as often (more: a late frame is asked for again
         # at each 20 ms block)
@@ -134,6 +134,6 @@ def test_demo_without_a_microphone_goes_on_after_the_speech(demo_cache, monkeypa
         s.stop()
     snap = s.snapshot()
     assert snap.error is None and s.end_reason == "time limit"
-    assert snap.info["input"] == "speech1s.wav (bundled), then silence"
+    assert snap.info.input == "speech1s.wav (bundled), then silence"
     assert snap.frames_captured >= 3 / 0.08 * 0.8 > 2 * 13  # well past the 13 frames of speech
     assert not s.source.finished.is_set()

@@ -1,4 +1,5 @@
-"""engine.files.export: transcript Markdown/JSON from a session summary, and atomic writes."""
+"""engine.files.export: transcript Markdown/JSON from a session summary, and atomic writes;
+engine.telemetry.transcript: its paragraphs and time markers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.files import export as ex
+from engine.telemetry import transcript as layout
 
 
 def _tok(text, t_ms, segment=0, step=0):
@@ -55,9 +57,9 @@ def stats() -> dict:
 
 
 def test_paragraphs_break_on_silence_and_segment(stats):
-    paras = ex.paragraphs(stats["transcript"]["tokens"])
+    paras = layout.paragraphs(stats["transcript"]["tokens"])
     assert [p.text for p in paras] == ["Hello, I'm Moshi.", "How are you?", "Fine thanks.", "Bye."]
-    assert [ex.mmss(p.t_ms) for p in paras] == ["00:00", "00:03", "00:03", "01:15"]
+    assert [layout.mmss(p.t_ms) for p in paras] == ["00:00", "00:03", "00:03", "01:15"]
     assert [p.new_segment for p in paras] == [False, False, True, False]
 
 
@@ -174,9 +176,9 @@ def test_format_for():
 
 def test_long_monologue_is_split_at_a_word():
     words = [_tok(f" word{i}", 100.0 * i) for i in range(200)]  # no pause at all
-    paras = ex.paragraphs(words)
+    paras = layout.paragraphs(words)
     assert len(paras) > 1
-    assert all(len(p.text) <= ex.PARAGRAPH_MAX_CHARS + 10 for p in paras)
+    assert all(len(p.text) <= layout.PARAGRAPH_MAX_CHARS + 10 for p in paras)
     assert " ".join(p.text for p in paras) == " ".join(w["text"].strip() for w in words)
     assert [p.new_segment for p in paras] == [False] * len(paras)
 

@@ -254,9 +254,9 @@ def test_memory_stays_flat_across_segments(demo_env, tmp_path):
     rss = [m["rss_min_mb"]["client"] for m in s["minutes"]]
     assert all(m["rss_min_mb"]["client"] <= m["rss_mb"]["client"] for m in s["minutes"])
     rss[0] = s["minutes"][0]["rss_mb"]["client"]  # (the first minute's end: start-up done)
-    # without the allocator fix: +330 MB per segment; the codec's own KV cache grows by
-    # ~128 KB per frame (~10 MB here).  Each minute's lowest RSS: two codecs coexist briefly at
-    # each boundary, and on a slow host a last sample can fall there (CI once saw +303 MB)
+    # A codec that is not given back costs hundreds of MB per segment; the codec's own KV cache
+    # grows by ~128 KB per frame (~10 MB here).  Each minute's lowest RSS: two codecs coexist
+    # briefly at each boundary, and on a slow host a last sample can fall there.
     assert max(rss[1:]) - rss[0] < 150, rss
 
 
@@ -307,8 +307,8 @@ def test_restart_after_the_server_died(demo_cache, tmp_path):
 
 def test_stop_while_the_server_process_is_being_started(demo_cache, tmp_path, monkeypatch):
     """Quitting at the very start (the app's q while the server process is spawning): the
-    session stops cleanly, keeps its folder's files, and leaves no server behind (joining a
-    process that was not started yet used to fail, and the files were never written)."""
+    session stops cleanly, keeps its folder's files, and leaves no server behind (stop()
+    must not join a process that has not started yet)."""
     import multiprocessing.context as mpc
     import threading
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from engine.model import demo, fullsize
+from engine.model.demo import weights
 from engine.model.safetensors import read_safetensors_header
 from engine.model.source import ResolvedModel
 
@@ -95,7 +96,7 @@ def test_a_build_has_exactly_the_tensors_of_kyutais_files(demo_files, quant, nam
 def test_a_small_build_materialises_saves_and_loads(demo_files, tmp_path):
     import mlx.core as mx
 
-    from engine.model.lmcache import prepare_lm
+    from engine.model.graph.lm_step import prepare_lm
     from engine.model.load import load_lm
 
     path = tmp_path / "model.q4.safetensors"
@@ -128,10 +129,10 @@ def test_builds_and_the_demo_leave_the_callers_random_stream_alone():
     expected = mx.random.uniform(shape=(4,))
     mx.random.seed(4242)
     fullsize.build_lm(None, "q4", materialize=False)
-    demo.mimi_tensor_specs()
-    key = demo.save_random_key()
-    demo.restore_random_key(key)
-    assert demo.save_random_key() == key
+    weights.mimi_tensor_specs()
+    key = weights.save_random_key()
+    weights.restore_random_key(key)
+    assert weights.save_random_key() == key
     assert mx.array_equal(mx.random.uniform(shape=(4,)), expected).item()
 
 

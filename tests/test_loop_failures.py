@@ -58,10 +58,11 @@ class FakeCodec:
 
 
 CASES = [  # (loop, how it fails)
-    ("send loop", dict(codec_fail="encode")),
-    ("send2 loop", dict(codec_fail="get_encoded")),
-    ("recv2 loop", dict(text_token=lambda step: 5000 if step >= 3 else 0)),  # not a piece
-    ("recv loop", dict(codec_fail="get_decoded")),
+    ("encode loop", dict(codec_fail="encode")),
+    ("send to model loop", dict(codec_fail="get_encoded")),
+    # (token 5000: not a piece)
+    ("receive results loop", dict(text_token=lambda step: 5000 if step >= 3 else 0)),
+    ("decode loop", dict(codec_fail="get_decoded")),
 ]
 
 
@@ -98,7 +99,7 @@ def test_a_failing_loop_ends_the_pipeline_with_a_message(demo_files, loop, how):
 def test_a_session_whose_loop_fails_exits_1_in_one_line_and_keeps_its_files(
         demo_files, demo_cache, speech_wav, tmp_path, monkeypatch, capsys):
     from engine.cli.headless import run_headless
-    from engine.cli.options import build_parser, session_config
+    from engine.cli.options import build_parser, run_config
 
     calls = {"n": 0}
     original = ClientPipeline._on_result
@@ -113,12 +114,13 @@ def test_a_session_whose_loop_fails_exits_1_in_one_line_and_keeps_its_files(
     folder = tmp_path / "session"
     args = build_parser().parse_args(["--demo", "--headless", "-i", str(speech_wav), "-o", "null",
                                       "--session-dir", str(folder)])
-    code = run_headless(args, session_config(args))
+    code = run_headless(run_config(args))
     out, err = capsys.readouterr()
     assert code == 1
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines == ["moshi-tui: error: the recv2 loop failed: IndexError: piece id is out of range."]
+    assert lines == ["moshi-tui: error: the receive results loop failed: IndexError: piece id"
+                     " is out of range."]
     assert "Traceback" not in out + err
     for name in ("transcript.md", "stats.json", "input.wav", "output.wav"):
         assert (folder / name).is_file(), name
-    assert "recv2 loop failed" in (folder / "stats.json").read_text()
+    assert "receive results loop failed" in (folder / "stats.json").read_text()

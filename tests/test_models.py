@@ -16,6 +16,7 @@ import pytest
 
 from engine.errors import ModelLoadError, ModelSourceError
 from engine.model import demo
+from engine.model.demo.cache import lock
 from engine.model.safetensors import read_safetensors_header
 from engine.model.source import ModelOptions, ResolvedModel, resolve
 
@@ -160,7 +161,7 @@ def test_demo_generation_waits_for_the_lock(demo_files, tmp_path):
         fh.truncate(10)
     messages: list[str] = []
     worker = threading.Thread(target=demo.ensure_demo, args=(copy.root, messages.append))
-    with demo._lock(tmp_path / f".{demo.DEMO_DIR_NAME}.lock", None):  # another generator
+    with lock(tmp_path / f".{demo.DEMO_DIR_NAME}.lock", None):  # another generator
         worker.start()
         deadline = time.monotonic() + 10
         while not any("waiting" in m for m in messages):

@@ -46,3 +46,32 @@ def test_each_event_reaches_each_observer_that_implements_it(tmp_path):
 
     assert len(read_wav(rec_dir / "input.wav")) == 1920
     assert len(read_wav(rec_dir / "output.wav")) == 480
+
+
+def test_a_telemetry_configured_for_paired_frames_times_no_stage_from_the_pairing():
+    """A remote session's telemetry (engine.session.remote.session.REMOTE_TELEMETRY): its own
+    stages and counters, and frames paired with the returned audio in arrival order give no
+    stage, slowest frame or underrun explanation; the session reports its stages itself."""
+    from engine.session.remote.session import REMOTE_TELEMETRY
+
+    tel = Telemetry(config=REMOTE_TELEMETRY)
+    assert list(tel.stage_stats()) == [*Telemetry().stage_stats(), "rtt", "e2e"]
+    assert tel.counters["reconnects"] == 0 and tel.counters["drops_offline"] == 0
+    obs = Observers(tel)
+    pcm = np.full(1920, 0.5, np.float32)
+    rec = FrameRecord(frame=0, t_cap=1_000_000)
+    obs.captured(rec, pcm)
+    rec.step, rec.t_enc, rec.t_dec0, rec.t_dec = 0, 2_000_000, 3_000_000, 4_000_000
+    rec.t_play = 9_000_000
+    obs.stepped(rec)
+    obs.pcm_ready(rec, pcm)
+    obs.silence(480, 5_000_000, True)
+    obs.stage("e2e", 160.0)
+    obs.played(rec, pcm, None)
+    assert tel.steps == 1 and tel.frames_processed == 1 and tel.frames_played == 1
+    assert tel.counters["underruns"] == 1 and not tel.underrun_times
+    st = tel.stage_stats()
+    assert st["e2e"]["n"] == 1 and st["playback"]["n"] == 0 and st["processing"]["n"] == 0
+    assert tel.slowest.frames() == [] and not tel.frames and tel.output_level > 0.4
+    obs.dropped(FrameRecord(frame=1, t_cap=6_000_000), "offline")
+    assert tel.counters["drops_offline"] == 1

@@ -275,7 +275,7 @@ def test_audio_and_text_through_a_protocol_server_then_clean_close():
         assert _eventually(lambda: srv.close_codes == [1000])
     snap = s.snapshot()
     assert s.exit_code == 0 and snap.error is None and s.end_reason == "time limit"
-    assert snap.info["server_protocol_version"] == 0  # the one-byte handshake of the Python servers
+    assert snap.info.server["protocol_version"] == 0  # the one-byte handshake of the Python servers
     assert srv.audio_in[0] >= 12
     assert snap.frames_processed >= 8 and snap.frames_played >= 6
     assert snap.text.startswith(" c0w1 c0w2")
@@ -283,7 +283,7 @@ def test_audio_and_text_through_a_protocol_server_then_clean_close():
     for stage in ("encode", "encode_work", "decode_work", "rtt", "e2e"):
         assert stats[stage]["n"] > 0, stage
     assert snap.counters["protocol_errors"] == 0
-    assert snap.info["close_code"] == 1000
+    assert snap.info.close_code == 1000
     # --trace: the frames' client-side stamps (encode, decode, wait for the speaker)
     from engine.telemetry.trace import build_trace
 
@@ -376,7 +376,7 @@ def test_messages_breaking_the_protocol_are_discarded_not_fatal():
     snap = s.snapshot()
     assert snap.error is None and snap.text == " still here"
     assert snap.counters["protocol_errors"] == 5 and snap.counters["server_errors"] == 1
-    assert snap.info["server_instance_name"] == "rust" and snap.info["server_text_topk"] == 25
+    assert snap.info.server["instance_name"] == "rust" and snap.info.server["text_topk"] == 25
 
 
 # --------------------------------------------------------------------------- Kyutai's local_web
@@ -445,7 +445,7 @@ def test_against_kyutai_local_web(local_web, speech_wav, tmp_path):
     assert snap.error is None and s.exit_code == 0, snap.error
     assert s.end_reason == "end of input"
     # handshake: local_web sends the single byte 0x00
-    assert snap.info["server_protocol_version"] == 0
+    assert snap.info.server["protocol_version"] == 0
     # audio both ways: ~3 s sent, Moshi's audio came back, decoded and played
     st = s.tel.stage_stats()
     assert st["encode_work"]["n"] >= 36
@@ -458,7 +458,7 @@ def test_against_kyutai_local_web(local_web, speech_wav, tmp_path):
     assert snap.counters["protocol_errors"] == 0
     # clean close: our close frame answered with 1000, and local_web saw the connection end
     # (its send loop may still race the closed socket and log a traceback: Kyutai's code)
-    assert snap.info["close_code"] == 1000
+    assert snap.info.close_code == 1000
     deadline = time.monotonic() + 5
     while "connection closed" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -513,5 +513,5 @@ async def test_the_app_drives_a_remote_session_unchanged(tmp_path):
             await app.workers.wait_for_complete()
             await pilot.pause()
         assert app.return_code == 0
-        assert session.done.is_set() and session.snapshot().info["close_code"] == 1000
+        assert session.done.is_set() and session.snapshot().info.close_code == 1000
         assert _eventually(lambda: srv.close_codes == [1000])

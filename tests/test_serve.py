@@ -327,7 +327,7 @@ def test_our_client_against_serve(serve, speech_wav, tmp_path):
     s.stop()
     snap = s.snapshot()
     assert snap.error is None and s.exit_code == 0, snap.error
-    assert snap.info["server_kind"] == "moshi-tui serve" and snap.info["server_protocol_version"] == 0
+    assert snap.info.server["kind"] == "moshi-tui serve" and snap.info.server["protocol_version"] == 0
     st = s.tel.stage_stats()
     assert st["encode_work"]["n"] >= 36 and snap.frames_processed >= 5
     assert np.abs(read_wav(tmp_path / "out.wav")).max() > 0
@@ -336,7 +336,7 @@ def test_our_client_against_serve(serve, speech_wav, tmp_path):
     assert st["model"]["n"] >= 5 and 0 < st["model"]["p50"] < 5000
     assert st["rtt"]["n"] >= 1 and st["e2e"]["n"] >= 3
     assert snap.counters["protocol_errors"] == 0 and snap.counters["server_errors"] == 0
-    assert snap.info["close_code"] == 1000
+    assert snap.info.close_code == 1000
     serve.wait_for(r"conversation \d+ ended", count=before + 1)
 
 

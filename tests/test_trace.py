@@ -250,23 +250,20 @@ def test_loads_in_perfetto_trace_processor(traced):
 
 
 def test_playout_replay_reads_the_sessions_frames(traced):
-    """scripts/playout_replay.py replays a trace's frames through the jitter buffer: the
+    """scripts.playout_replay replays a trace's frames through the jitter buffer: the
     processing times it reads are the session's processing stage (count, p50 and max as in
     stats.json), and it prints the default policy beside the one asked for."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import playout_replay
-    finally:
-        sys.path.pop(0)
+    from scripts import playout_replay
+
     stats, path = traced[1], traced[2]
     proc = playout_replay.processing_ms(path)
     st = stats["stages_ms"]["processing"]
     assert len(proc) == st["n"]
     assert round(float(np.median(proc)), 3) == pytest.approx(st["p50"], abs=2e-3)
     assert round(max(proc), 3) == pytest.approx(st["max"], abs=2e-3)
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "playout_replay.py"), str(path),
+    r = subprocess.run([sys.executable, "-m", "scripts.playout_replay", str(path),
                         "--policy", "min_margin_ms=0"], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr

@@ -1,14 +1,15 @@
 """The Textual app: a conversation with Moshi and, beside it, where every 80 ms frame goes.
 
 The app owns a session (an `engine.session.base.ConversationSession`: local, remote, or the
-recorded feed the tests inject). One 8 Hz timer reads a snapshot and
-assigns it to a reactive that the widgets are bound to; nothing in the UI runs per audio frame,
-and no audio or codec thread ever touches a widget.
+recorded feed the tests inject) through an `engine.session.runner.SessionRunner`, which writes
+whatever the session leaves (stats, session files, exports, trace). One 8 Hz timer reads a
+snapshot and assigns it to a reactive that the widgets are bound to; nothing in the UI runs per
+audio frame, and no audio or codec thread ever touches a widget.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import asyncio
 import os
 import sys
 import threading
@@ -25,14 +26,12 @@ from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
 from engine.errors import MoshiTuiError
-from engine.files.export import export, write_session_files
-from engine.files.outputs import check_writable
 from engine.session.base import ConversationSession
+from engine.session.runner import RunConfig, SessionRunner, open_prepared
 from engine.telemetry.collect import Snapshot
-from engine.telemetry.stats import build_stats
 
 from .format import clock as fmt_clock
-from .monitor import Monitor
+from .monitor import DisplayRate, Monitor, ThreadCpu
 from .screens.error import ErrorScreen
 from .screens.export import ExportChoice, ExportScreen
 from .screens.help import HelpScreen
@@ -46,9 +45,7 @@ from .widgets.queues import QueuesPanel
 from .widgets.status_bar import StatusBar
 from .widgets.transcript import TranscriptView
 
-REFRESH_HZ = 8
-BEHIND_HZ = 4  # while the diagnosis says the pipeline is short of CPU, the display yields some
-BACK_UP_AFTER_S = 10.0  # ... and returns to REFRESH_HZ after this long without a "bad" verdict
+REFRESH_HZ = 8  # (BEHIND_HZ while the pipeline is behind: tui.monitor.DisplayRate)
 DIAGNOSTICS_EVERY = 2  # the panels are redrawn every 2nd refresh
 
 
@@ -74,29 +71,20 @@ class MoshiApp(App[int]):
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
-    snapshot: reactive[Snapshot | None] = reactive(None, init=False, repaint=False)
-    """Latest telemetry snapshot (8 Hz): status bar, level meters, loading view."""
+    # What the widgets are bound to.  `diagnostics` is the snapshot at half the rate, for the
+    # latency and queue panels: a sparkline column covers ~0.4 s of a 20 s window, so 4 Hz looks
+    # the same and halves their drawing cost.
+    snapshot: reactive[Snapshot | None] = reactive(None, init=False, repaint=False)  # 8 Hz
     diagnostics: reactive[Snapshot | None] = reactive(None, init=False, repaint=False)
-    """The same snapshot at half the rate, for the latency and queue panels: a sparkline column
-    covers ~0.4 s of a 20 s window, so 4 Hz looks the same and halves their drawing cost."""
-    show_latency: reactive[bool] = reactive(True, repaint=False)
-    """Latency panel visible."""
-    show_queues: reactive[bool] = reactive(True, repaint=False)
-    """Queues panel visible."""
-    show_log: reactive[bool] = reactive(False, repaint=False)
-    """Log panel visible (on by default on wide screens)."""
-    paused: reactive[bool] = reactive(False, repaint=False)
-    """Display frozen; the session keeps running."""
-    muted: reactive[bool] = reactive(False, init=False, repaint=False)
-    """Microphone muted."""
-    lag: reactive[bool] = reactive(False, repaint=False)
-    """Underruns in the last few seconds (see tui.monitor)."""
-    alert: reactive[str] = reactive("", repaint=False)
-    """The latest warning, while recent."""
-    verdicts: reactive[tuple] = reactive(tuple, repaint=False)
-    """engine.diagnose's plain-words verdicts, worst first (refreshed twice a second while live)."""
-    stopping: reactive[bool] = reactive(False, repaint=False)
-    """Quit requested: the session is shutting down and its files are being written."""
+    show_latency: reactive[bool] = reactive(True, repaint=False)  # latency panel visible
+    show_queues: reactive[bool] = reactive(True, repaint=False)  # queues panel visible
+    show_log: reactive[bool] = reactive(False, repaint=False)  # log panel (on wide screens)
+    paused: reactive[bool] = reactive(False, repaint=False)  # display frozen, session running
+    muted: reactive[bool] = reactive(False, init=False, repaint=False)  # microphone muted
+    lag: reactive[bool] = reactive(False, repaint=False)  # underruns lately (tui.monitor)
+    alert: reactive[str] = reactive("", repaint=False)  # the latest warning, while recent
+    verdicts: reactive[tuple] = reactive(tuple, repaint=False)  # engine.telemetry.diagnose's
+    stopping: reactive[bool] = reactive(False, repaint=False)  # quit: stopping, saving files
 
     def __init__(self, session_factory: Callable[[], ConversationSession], *, session_dir: Path | None = None,
                  options: dict | None = None, clock: Callable[[], float] = time.monotonic,
@@ -106,24 +94,21 @@ class MoshiApp(App[int]):
         super().__init__()
         start_resource_tracker()  # before Textual captures sys.stderr (see stderr_guard)
         self.session = session_factory()
+        self.runner = SessionRunner(self.session, folder=session_dir, options=options,
+                                    extra_stats=self._ui_stats)
         # The engine's session folder when it keeps one; None with --no-save (nothing is written
         # unless asked: exports and screenshots then default to the current folder).
-        folder = self.session.folder or session_dir
-        self.session_dir: Path | None = Path(folder) if folder else None
-        self.options = options if options is not None else dict(self.session.cfg.options)
+        self.session_dir: Path | None = self.runner.folder
         self.clock = clock
         self.refresh_hz = refresh_hz
-        self._show_log_default = show_log
-        self._panels = panels or {}  # from --panel-* / the config file: shown at start or not
+        self.rate = DisplayRate(refresh_hz)
+        # shown at start or not (--panel-* / the config file; the log: on wide screens by default)
+        self._panels = {"log": show_log, **(panels or {})}
         self._handle_signals = handle_signals
-        self._watchdog: threading.Thread | None = None
         self.exited = threading.Event()  # set by run_app once app.run() has returned
-        self.started_at = _dt.datetime.now()
-        self.saved_files: list[Path] = []
         self.shutdown_error: str | None = None
         self._t0 = clock()
-        self._cpu0 = (time.thread_time(), time.monotonic())  # the UI thread's own cost, for stats
-        self._ui_cpu: float | None = None
+        self.ui_cpu = ThreadCpu()  # the UI thread's own cost, for stats (restarted once live)
         self._ticks = 0
         self.monitor = Monitor()
         self._ended_logged = False
@@ -159,15 +144,13 @@ class MoshiApp(App[int]):
         self.transcript.border_title = "Conversation"
         self.query_one(DiagnosisView).border_title = "Diagnosis"
         self.event_log.border_title = "Log"
-        show_log = self._panels.get("log", self._show_log_default)
+        show_log = self._panels["log"]
         self.show_log = self.size.width >= 120 if show_log is None else show_log
         self.show_latency = self._panels.get("latency", self.show_latency)
         self.show_queues = self._panels.get("queues", self.show_queues)
         if self.session_dir is not None:
-            try:
-                self.session_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                self.log_event(f"cannot create the session folder {self.session_dir}: {e}", "bold red")
+            if error := self.runner.make_folder():
+                self.log_event(error, "bold red")
             self.log_event(f"session folder: {self.session_dir}")
         try:
             self.session.start()
@@ -175,61 +158,16 @@ class MoshiApp(App[int]):
             self._show_error(str(e))
         self.poll()
         self._timer = self.set_interval(1.0 / self.refresh_hz, self.poll, name="snapshot")
-        self._rate = self.refresh_hz
-        self._bad_at: float | None = None
-        if self._handle_signals:
-            self._install_signal_handlers()
-
-    QUIT_GRACE_S = 8.0  # after SIGTERM/SIGHUP, how long the normal quit may take
-
-    def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGHUP (kill, terminal closed) quit like `q`: the session files get written.
-
-        Plain signal handlers, not the event loop's: when the terminal is gone or stopped
-        reading, Textual's output queue fills and the loop blocks on it, so a handler the loop
-        would run never runs.  This one also starts a watchdog that, if the normal quit has not
-        finished after QUIT_GRACE_S, stops the session, writes its files and exits."""
-        import asyncio
-        import signal
-
-        loop = asyncio.get_running_loop()
-
-        def on_signal(signum, frame) -> None:
-            if self._watchdog is None:
-                self._watchdog = threading.Thread(target=self._exit_if_stuck, name="quit-watchdog",
-                                                  daemon=True)
-                self._watchdog.start()
-            try:
-                loop.call_soon_threadsafe(lambda: self.call_next(self.action_quit))
-            except RuntimeError:  # the loop has closed: the app is exiting anyway
-                pass
-
-        for name in ("SIGTERM", "SIGHUP"):
-            sig = getattr(signal, name, None)
-            if sig is None:
-                continue
-            try:
-                signal.signal(sig, on_signal)
-            except (ValueError, OSError):  # not the main thread (tests), or not on this platform
-                pass
-
-    def _exit_if_stuck(self) -> None:
-        if self.exited.wait(self.QUIT_GRACE_S):
-            return
-        try:  # (both idempotent: the quit worker may be doing the same)
-            self.session.stop()
-            if not self.saved_files:
-                self.write_session_files()
-        finally:
-            os._exit(self.exit_code())
+        if self._handle_signals:  # SIGTERM/SIGHUP quit like `q` (SessionRunner.quit_on_signals)
+            loop = asyncio.get_running_loop()
+            self.runner.quit_on_signals(
+                lambda: loop.call_soon_threadsafe(lambda: self.call_next(self.action_quit)),
+                self.exited, self.exit_code)
 
     # ------------------------------------------------------------------ the 8 Hz refresh
     def poll(self) -> None:
         """Read one snapshot from the session and push it to the widgets (unless paused)."""
-        cpu0, wall0 = self._cpu0
-        wall = time.monotonic() - wall0
-        if wall > 0:
-            self._ui_cpu = round(100.0 * (time.thread_time() - cpu0) / wall, 1)
+        self.ui_cpu.sample()
         snap = self.session.snapshot()
         self._observe(snap)
         if not self.monitor.live:  # the start-up spinner (hidden once live)
@@ -253,7 +191,7 @@ class MoshiApp(App[int]):
         self.verdicts = self.monitor.verdicts
         if self.monitor.live and not self.main_screen.has_class("-live"):
             self.main_screen.add_class("-live")
-            self._cpu0 = (time.thread_time(), time.monotonic())  # UI cost is measured while live
+            self.ui_cpu.restart()  # UI cost is measured while live
         if self.monitor.error and not had_error:
             self._show_error(self.monitor.error)
         self._adapt_rate()
@@ -266,32 +204,22 @@ class MoshiApp(App[int]):
     @property
     def display_hz(self) -> float:
         """The refresh rate now (REFRESH_HZ, or BEHIND_HZ while the pipeline is behind)."""
-        return getattr(self, "_rate", self.refresh_hz)
+        return self.rate.hz
 
     def _adapt_rate(self) -> None:
-        """Refresh at BEHIND_HZ while the pipeline is behind: on a machine short of CPU, every
-        millisecond the UI thread spends drawing (and holding the GIL) is taken from the codec."""
-        if not hasattr(self, "_timer") or self.refresh_hz <= BEHIND_HZ:
+        if not hasattr(self, "_timer") or not self.rate.update(self.monitor.verdicts, self.clock()):
             return
-        now = self.clock()
-        if any(v.level == "bad" for v in self.monitor.verdicts):
-            self._bad_at = now
-        behind = self._bad_at is not None and now - self._bad_at < BACK_UP_AFTER_S
-        rate = BEHIND_HZ if behind else self.refresh_hz
-        if rate != self._rate:
-            self._rate = rate
-            self._timer.stop()
-            self._timer = self.set_interval(1.0 / rate, self.poll, name="snapshot")
-            self.log_event(f"display refresh {rate:g} Hz" + (" (the pipeline is behind: leaving it the CPU)"
-                                                           if behind else ""), "dim")
+        self._timer.stop()
+        self._timer = self.set_interval(1.0 / self.rate.hz, self.poll, name="snapshot")
+        self.log_event(f"display refresh {self.rate.hz:g} Hz" + (
+            " (the pipeline is behind: leaving it the CPU)" if self.rate.behind else ""), "dim")
 
     def log_event(self, text: str, style: str = "") -> None:
         line = Text.assemble((f"{fmt_clock(self.clock() - self._t0)} ", "dim"), (text, style))
         self.event_log.add(line)
 
     def _show_error(self, message: str, title: str | None = None) -> None:
-        can_restart = self.session.can_restart
-        kw = {"can_restart": can_restart} if title is None else {"title": title}
+        kw = {"can_restart": self.session.can_restart} if title is None else {"title": title}
         self.push_screen(ErrorScreen(message, **kw))
 
     def action_restart_server(self) -> None:
@@ -329,9 +257,9 @@ class MoshiApp(App[int]):
         self.muted = not self.muted
 
     def action_toggle_aec(self) -> None:
-        on = not str(self.session.tel.info.get("aec", "off")).startswith("on")
+        on = not str(self.session.tel.info.aec or "off").startswith("on")
         self.session.set_aec(on)
-        state = self.session.tel.info.get("aec", "off")
+        state = self.session.tel.info.aec or "off"
         self.log_event(f"echo cancellation {state}")
 
     def watch_muted(self, muted: bool) -> None:
@@ -340,13 +268,10 @@ class MoshiApp(App[int]):
 
     def action_help(self) -> None:
         rows = [(self.get_key_display(b), b.description, b.tooltip)
-                for b in self._help_bindings()]
+                for b in self.BINDINGS if isinstance(b, Binding) and b.show]
         info = self.session.tel.info
-        sampling = info.get("server_sampling_text") or self.session.cfg.sampling.describe()
+        sampling = info.server.get("sampling_text") or self.session.cfg.sampling.describe()
         self.push_screen(HelpScreen(rows, sampling))
-
-    def _help_bindings(self) -> list[Binding]:
-        return [b for b in self.BINDINGS if isinstance(b, Binding) and b.show]
 
     def action_screenshot(self) -> None:
         try:
@@ -363,21 +288,10 @@ class MoshiApp(App[int]):
         """Where exports and screenshots go by default."""
         return self.session_dir or Path.cwd()
 
-    def collect_stats(self) -> dict:
-        """The session summary (engine.stats) with the wall-clock start the exports show."""
-        s = self.session
-        processes = s.cpu or s.process_figures()
-        stats = build_stats(s.tel, options=self.options, processes=processes, end_reason=s.end_reason)
-        stats.setdefault("started_at", self.started_at.isoformat(timespec="seconds"))
-        stats["ui"] = {"refresh_hz": self.refresh_hz, "refresh_hz_now": self.display_hz,
-                       "ui_thread_cpu_percent": self.ui_cpu_percent}
-        return stats
-
-    @property
-    def ui_cpu_percent(self) -> float | None:
-        """CPU time of the UI (event loop) thread while live, in % of one core -- computed on the
-        UI thread by poll(), so other threads can read it."""
-        return self._ui_cpu
+    def _ui_stats(self) -> dict:
+        """The display's part of the session summary."""
+        return {"ui": {"refresh_hz": self.refresh_hz, "refresh_hz_now": self.display_hz,
+                       "ui_thread_cpu_percent": self.ui_cpu.percent}}
 
     def action_export(self) -> None:
         if self.stopping:
@@ -386,7 +300,7 @@ class MoshiApp(App[int]):
 
     def _export_chosen(self, choice: ExportChoice | None) -> None:
         if choice is not None:
-            self.run_worker(lambda: export(self.collect_stats(), choice.path, choice.fmt), thread=True,
+            self.run_worker(lambda: self.runner.export(choice.path, choice.fmt), thread=True,
                             exclusive=True, exit_on_error=False, group="export", name=str(choice.path))
 
     # ------------------------------------------------------------------ stop and quit
@@ -405,38 +319,25 @@ class MoshiApp(App[int]):
 
     def _shutdown_session(self) -> list[Path]:
         self.session.stop()
-        self.write_session_files()
-        return self.saved_files
-
-    def write_session_files(self) -> None:
-        """Leave the transcript in the session folder, unless the engine's recorder already did."""
-        if self.session_dir is None:
-            return
-        if self.session.recorder is not None:  # written by the session's stop()
-            self.saved_files = [self.session_dir / n for n in ("transcript.md", "transcript.json", "stats.json")]
-            return
-        self.saved_files = write_session_files(self.session_dir, self.collect_stats())
+        return self.runner.save_session_files()
 
     def exit_code(self) -> int:
         """0, or the engine's exit code when the session ended in an error (CLI contract)."""
-        error = self.monitor.error or self.session.snapshot().error
-        return (self.session.exit_code or 1) if error else 0
+        return self.runner.exit_code(error=self.monitor.error)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
         if event.state == WorkerState.SUCCESS and worker.group == "export":
             self.log_event(f"exported: {worker.result}")
             self.notify(f"Saved {worker.result}", title="Export")
-        elif event.state == WorkerState.SUCCESS and worker.group == "shutdown":
-            code = self.exit_code()
+        elif worker.group == "shutdown" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
+            if event.state == WorkerState.ERROR:
+                self.shutdown_error = f"{type(worker.error).__name__}: {worker.error}"
+            code = self.exit_code() or (1 if self.shutdown_error else 0)
             self.exit(code, return_code=code)
         elif event.state == WorkerState.ERROR:
             message = f"{type(worker.error).__name__}: {worker.error}"
-            if worker.group == "shutdown":
-                self.shutdown_error = message
-                code = self.exit_code() or 1
-                self.exit(code, return_code=code)
-            elif worker.group == "export":
+            if worker.group == "export":
                 self.log_event(f"export failed: {message}", "bold red")
                 self._show_error(message, title=f"Export to {worker.name} failed")
             else:
@@ -444,42 +345,27 @@ class MoshiApp(App[int]):
                 self._show_error(message, title="Internal error")
 
 
-def run_app(args, cfg) -> int:
+def run_app(run: RunConfig) -> int:
     """`moshi-tui` without --headless: validate, run the app, then say where the files are."""
     import tempfile
 
-    from engine.session.config import open_session
-
-    check_writable(getattr(args, "stats_json", None), "stats to")
-    check_writable(getattr(args, "trace", None), "trace to")
-    session = open_session(cfg)
-    session.prepare()  # bad devices/files/folders fail here, before the screen switches
+    session = open_prepared(run)  # bad devices/files/folders fail before the screen switches
     folder = session.folder
     err_log = (folder or Path(tempfile.gettempdir())) / (
         "stderr.log" if folder else f"moshi-tui-{os.getpid()}-stderr.log")
-    panels = {name: getattr(args, f"panel_{name}") == "on" for name in ("latency", "queues", "log")
-              if getattr(args, f"panel_{name}", None)}
-    app = MoshiApp(lambda: session, handle_signals=True, panels=panels)
+    app = MoshiApp(lambda: session, handle_signals=True, panels=run.panels)
     try:
         with stderr_to_file(err_log):
             app.run()
     finally:
         app.exited.set()
         session.stop()  # idempotent; covers exits that bypassed the quit action
-    if not app.saved_files:  # the app ended without its quit action (crash, signal)
+    if not app.runner.saved_files:  # the app ended without its quit action (crash, signal)
         try:
-            app.write_session_files()
+            app.runner.save_session_files()
         except Exception as e:  # noqa: BLE001 - report, do not mask the exit
             print(f"moshi-tui: error: could not save the session files: {e}", file=sys.stderr)
-    from engine.files.outputs import write_json_atomic, write_outputs, write_trace
-
-    write_errors = write_outputs([
-        ("stats to", getattr(args, "stats_json", None),
-         lambda path: write_json_atomic(path, app.collect_stats())),
-        ("trace to", getattr(args, "trace", None), lambda path: write_trace(path, session.tel)),
-    ])
-    for line in write_errors:
-        print(f"moshi-tui: error: {line}", file=sys.stderr)
+    write_errors = app.runner.finish(run.stats_json, run.trace)
     if err_log.exists() and err_log.stat().st_size:
         print(f"moshi-tui: messages printed by the engine and libraries are in {err_log}", file=sys.stderr)
     elif err_log.exists():  # nothing was printed: no empty file left behind
@@ -489,7 +375,8 @@ def run_app(args, cfg) -> int:
     snap = session.snapshot()
     if folder is not None:
         print(f"session files: {folder}")
+    code = app.runner.exit_code(write_errors)
     if snap.error:
         print(f"moshi-tui: error: {snap.error}", file=sys.stderr)
-        return session.exit_code or 1
-    return app.return_code or (1 if write_errors else 0)
+        return code
+    return app.return_code or code

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 
-def _run_app(args, cfg) -> int:
+def _run_app(run) -> int:
     from .app import run_app  # Textual is imported only when the app is wanted
 
-    return run_app(args, cfg)
+    return run_app(run)
 
 
 def main(argv: list[str] | None = None) -> None:

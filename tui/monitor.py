@@ -1,10 +1,12 @@
-"""What deserves attention between two snapshots: log lines, the LAG badge, alerts, a new error.
+"""What deserves attention between two snapshots: log lines, the LAG badge, alerts, a new error;
+and what the display costs: its refresh rate, the UI thread's CPU.
 
 Pure (no widgets): the app feeds it one snapshot per tick with the time, and shows the result.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from engine.telemetry.collect import Snapshot
@@ -15,8 +17,10 @@ from .format import new_items
 LAG_HOLD_S = 3.0  # the LAG badge stays this long after the last underrun
 ALERT_HOLD_S = 8.0  # a new engine warning stays in the status bar this long
 WARNING_REPEAT_S = 5.0  # the same warning is logged at most this often
-DIAGNOSE_EVERY_S = 0.5  # the plain-words diagnosis (engine.diagnose) is refreshed this often
+DIAGNOSE_EVERY_S = 0.5  # how often the plain-words diagnosis (engine.telemetry.diagnose) is redone
 LEVEL_STYLE = {"ok": "green", "warn": "yellow", "bad": "bold red"}
+BEHIND_HZ = 4  # while the diagnosis says the pipeline is short of CPU, the display yields some
+BACK_UP_AFTER_S = 10.0  # ... and returns to its full rate after this long without a "bad" verdict
 
 
 @dataclass
@@ -31,7 +35,7 @@ class Monitor:
         self.alert = ""  # the latest warning, while recent
         self.live = False  # the session has gone live (once true, stays true)
         self.error: str | None = None  # the first error seen
-        self.verdicts: tuple[Verdict, ...] = ()  # engine.diagnose, worst first, while live
+        self.verdicts: tuple[Verdict, ...] = ()  # the diagnosis, worst first, while live
         self._diagnoser = Diagnoser()
         self._diagnosed_at: float | None = None
         self._rules: tuple[str, str] = ("", "")
@@ -95,3 +99,46 @@ class Monitor:
                 events.append(Event(f"diagnosis: {verdict_line(list(self.verdicts))}", LEVEL_STYLE[level]))
             self._rules, self._problem = rules, level != "ok"
         return events
+
+
+class DisplayRate:
+    """The display's refresh rate: its full rate, or BEHIND_HZ while the pipeline is behind (on
+    a machine short of CPU, every millisecond the UI thread spends drawing, holding the GIL, is
+    taken from the codec), back to full after BACK_UP_AFTER_S without a "bad" verdict."""
+
+    def __init__(self, full_hz: float) -> None:
+        self.full_hz = full_hz
+        self.hz = full_hz
+        self._bad_at: float | None = None
+
+    @property
+    def behind(self) -> bool:
+        return self.hz < self.full_hz
+
+    def update(self, verdicts, now: float) -> bool:
+        """Follow the latest verdicts; true when the rate has changed."""
+        if self.full_hz <= BEHIND_HZ:
+            return False
+        if any(v.level == "bad" for v in verdicts):
+            self._bad_at = now
+        behind = self._bad_at is not None and now - self._bad_at < BACK_UP_AFTER_S
+        rate = BEHIND_HZ if behind else self.full_hz
+        changed, self.hz = rate != self.hz, rate
+        return changed
+
+
+class ThreadCpu:
+    """CPU time of the thread that calls `sample()` since `restart()`, in % of one core."""
+
+    def __init__(self) -> None:
+        self.percent: float | None = None
+        self.restart()
+
+    def restart(self) -> None:
+        self._t0 = (time.thread_time(), time.monotonic())
+
+    def sample(self) -> None:
+        cpu0, wall0 = self._t0
+        wall = time.monotonic() - wall0
+        if wall > 0:
+            self.percent = round(100.0 * (time.thread_time() - cpu0) / wall, 1)

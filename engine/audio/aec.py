@@ -196,3 +196,38 @@ class EchoCanceller:
         frame, samples = self._frames[key]
         np.clip(pcm * 32767.0, -32768, 32767, out=samples, casting="unsafe")
         return frame, samples
+
+
+class EchoStage:
+    """Echo cancellation as a stage of the audio path: the microphone's frames `canceller`
+    cleans against what the speaker plays, its work (reference and microphone) reported once
+    per frame while it is on, as the stage "aec", to `observer.stage(name, ms)` (an observer of
+    engine.pipeline.events: the telemetry)."""
+
+    def __init__(self, canceller: EchoCanceller, observer) -> None:
+        self.canceller = canceller
+        self.observer = observer
+
+    @property
+    def enabled(self) -> bool:
+        return self.canceller.enabled
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        self.canceller.enabled = on
+
+    def head(self, pcm: np.ndarray, t_ns: int) -> np.ndarray:
+        """A frame's first half from the microphone, as the encoder gets it (echo removed)."""
+        return self.canceller.near_head(pcm, t_ns)
+
+    def frame(self, pcm: np.ndarray, t_ns: int) -> np.ndarray:
+        """A frame from the microphone, as the pipeline gets it (echo removed)."""
+        canceller = self.canceller
+        out = canceller.near_frame(pcm, t_ns)  # (also when off: it forgets a head cleaned before)
+        if canceller.enabled:
+            self.observer.stage("aec", canceller.cost_ms())
+        return out
+
+    def far(self, pcm: np.ndarray | None, room: int, t_play_ns: int) -> None:
+        """The speaker plays `pcm` (or `room` samples of silence) from `t_play_ns` on."""
+        self.canceller.far(pcm, room, t_play_ns)

@@ -3,21 +3,16 @@ before AEC3 sees it, the user's voice left as it was.
 
 AEC3 (engine.audio.aec) cancels the echo with its own linear filter and then *suppresses*
 what it believes is left; while the user and Moshi talk at once that suppressor turns the user
-down too.  Measured offline (tests/test_aec.py's room, the echo as loud as the user): AEC3
-alone keeps a magnitude-spectrum correlation of 0.70 with the user's clean voice, and 0.91
-when the echo it is given is 14 dB weaker.  This filter takes the echo out first (~19 dB while
-both talk, the user's voice untouched: 0.99), so that AEC3 has little left to suppress:
-together they keep 0.93-0.95 with 33-38 dB of echo reduction offline, 0.94-0.98 with 38-42 dB
-through real devices (scripts/bench_aec.py).
+down too.  This filter takes the echo out first, without touching the user's voice, so that
+AEC3 has little left to suppress (tests/test_aec.py checks the voice kept and the echo removed;
+scripts/bench_aec.py measures both through real devices).
 
 The filter is a partitioned-block frequency-domain Kalman filter (overlap-save; Enzner & Vary's
 frequency-domain adaptive Kalman filter, in the multi-partition form of Kuech et al., 2014):
 40 ms blocks, 7 partitions (280 ms of room response).  Per frequency bin and partition it keeps
 the filter's uncertainty; its step is that uncertainty over the error's power, so it converges
-fast at first (an NLMS filter of this length took ~4-5 s on speech to 15 dB, this one 1.5-3 s,
-1-1.5 s with the replays below), and slows down by itself while the user talks (the user's
-voice is in the error: the step shrinks instead of the filter wandering off).  It only
-subtracts: no gain, no gate.
+fast at first and slows down by itself while the user talks (the user's voice is in the error:
+the step shrinks instead of the filter wandering off).  It only subtracts: no gain, no gate.
 
 A new filter also learns again from the blocks it has just seen: for its first 2 s of far
 sound (`COLD_BLOCKS`), after each block it replays `REPLAY` of the last second's blocks
@@ -25,15 +20,10 @@ sound (`COLD_BLOCKS`), after each block it replays `REPLAY` of the last second's
 the Kalman step but without shrinking the uncertainty again (the same observation counted once).
 A replay's error power stands in for the observation noise where it is larger than the running
 estimate, so a block in which the user talked moves the filter as little on replay as it did
-live.  Offline (tests/test_aec's room, 3 rooms, the first 6 s of the bundled speech): with AEC3
-behind it the echo is >= 26.9 dB down in every 0.5 s window from 0.5 s on, where without
-replays it was 18.8-24.1 dB from 1 to 2.5 s; the user talking from 0.5 s on is kept as well
-(0.93-0.95 against 0.91-0.95).  Through real devices (scripts/bench_aec.py): >= 25 dB from
-0-1 s on instead of 2 s.  Started at other points of the speech it helps less: over 8 starting
-points x 2 rooms it converged sooner in 6, as soon in 9, later in 1 (offline).  It costs three
-updates per block for those 2 s, one after.  Only at the start, when AEC3 behind it is new too:
-after a reset (a moved alignment: a new echo path) AEC3 is warm, and a filter that moves that
-fast under it left 20 dB for seconds where learning at the usual pace gave 34 (offline).
+live.  This makes it converge sooner from the start of a session; it costs three updates per
+block for those 2 s, one after.  Only at the start, when AEC3 behind it is new too: after a
+reset (a moved alignment: a new echo path) AEC3 is warm, and a filter that moves that fast
+under it leaves more echo than one learning at the usual pace.
 
 Two sample streams, which it aligns by index: `far(pcm)` appends what the speaker plays (the
 device's output stream, silence included); `process(mic, far_index)` cleans one block of the
@@ -188,9 +178,8 @@ class LinearEchoFilter:
     def reanchor(self) -> None:
         """The far stream has a gap (the canceller was off a while): the next block starts a
         new alignment, without counting as a moved one.  The room learned is kept, and AEC3
-        behind the filter, warm on what the filter leaves, stays right too (tests/test_aec.py's
-        switch off and on: the echo 30-41 dB down per 0.5 s from 0.5 s after the switch back
-        on, where forgetting the room left 15-25 dB for 2 s)."""
+        behind the filter, warm on what the filter leaves, stays right too: switched back on,
+        the canceller removes the echo again at once (tests/test_aec.py)."""
         self.x[:] = 0
         self.x2[:] = 0
         self._next = None

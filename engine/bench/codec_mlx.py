@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.bench.measure import speech_frames
-from engine.pipeline.codec_mlx import STEP, MimiStreams, MlxMimiCodec
+from engine.model.graph.mimi import ENCODER_STEP, MimiStreams
+from engine.pipeline.codec_mlx import MlxMimiCodec
 from engine.telemetry.stages import percentiles
 
 
@@ -39,13 +40,13 @@ def run_codec_mlx(mimi_path: str | Path, frames: int = 50, *, compare_rustymimi:
         codec.reset()
         for i, f in enumerate(pcm):  # the same speech again, each frame split
             t0 = time.perf_counter()
-            codec.encode(f[:STEP])
+            codec.encode(f[:ENCODER_STEP])
             codec.run_in_worker(lambda s: None)
             head_ms = (time.perf_counter() - t0) * 1000.0
             t["head"].append(head_ms)
             time.sleep(max(0.0, 0.040 - head_ms / 1000.0))
             t0 = time.perf_counter()
-            codec.encode(f[STEP:])
+            codec.encode(f[ENCODER_STEP:])
             c, ms = wait(codec.get_encoded, t0)
             t["rest"].append(ms)
             if not np.array_equal(c, codes[i]):
@@ -113,6 +114,20 @@ def _device(s: MimiStreams) -> str:
     import mlx.core as mx
 
     return str(mx.default_device())
+
+
+def run_codec_mlx_isolated(mimi_weight: Path | str, frames: int = 100, *,
+                           progress=None) -> dict:
+    """`run_codec_mlx` in a spawned process (the floor `bench pipeline` measures first, in
+    run_codec's shape: see `as_floor`), so that its Mimi never inflates the memory figures of
+    the session that runs afterwards in this process."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if progress is not None:
+        progress(f"codec: MLX's Mimi, {frames} frames (separate process)")
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
+        return as_floor(ex.submit(run_codec_mlx, str(mimi_weight), frames).result())
 
 
 def as_floor(r: dict) -> dict:

@@ -1,10 +1,11 @@
 """The isolated measurements behind `moshi-tui bench step` and `bench codec`.
 
 Both return plain dicts (JSON-ready) with the per-call times summarised by
-`telemetry.percentiles`; `bench pipeline` runs them first to get the compute floor.
+engine.telemetry.stages.percentiles; `bench pipeline` runs them first to get the compute floor.
 
-- `run_step`: the model step in a spawned process that loads and warms the LM exactly as the
-  session's server does (`server.bench_step_main`), then times back-to-back steps.
+- `run_step`: the model step in a model process of its own (engine.session.host.ModelHost with
+  engine.model.worker.bench_step_main), which loads and warms the LM exactly as a session's
+  does, then times back-to-back steps.
 - `run_codec`: rustymimi per 80 ms frame, through the synchronous `Tokenizer.encode_step /
   decode_step` (pure codec work) and through the `StreamTokenizer` a session uses (submit, then
   poll for the result every `POLL_S`: thread hand-offs included).  Each frame is also encoded
@@ -43,20 +44,20 @@ def _say(progress: Progress | None, text: str) -> None:
 def run_step(resolved, steps: int = 200, *, max_steps: int | None = None, lm_mode: str = "auto",
              progress: Progress | None = None) -> dict:
     """Time `steps` model steps in a spawned server-like process. Raises MoshiTuiError."""
-    from engine.model.messages import BenchDone
-    from engine.model.process import ModelProcess
+    from engine.model.messages import BenchDone, WorkerOptions
     from engine.model.worker import bench_step_main
+    from engine.session.host import ModelHost
 
-    proc = ModelProcess(bench_step_main, resolved, {"steps": steps, "max_steps": max_steps,
-                                                    "lm_mode": lm_mode},
-                        name="moshi-tui-bench-step", what="the bench step process")
+    host = ModelHost(resolved, WorkerOptions(steps=steps, max_steps=max_steps, lm_mode=lm_mode),
+                     entry=bench_step_main, name="moshi-tui-bench-step",
+                     what="the bench step process")
     t_launch = time.monotonic()
-    proc.start()
+    host.start()
     try:
-        raw = proc.wait_for(BenchDone, lambda text: _say(progress, f"step: {text}"),
-                           during="").result
+        raw = host.wait_for(BenchDone, lambda text: _say(progress, f"step: {text}"),
+                            during="").result
     finally:
-        proc.stop(grace_s=5.0, ask=False)
+        host.stop(grace_s=5.0, ask=False)
     ms = [t / 1e6 for t in raw.pop("times_ns")]
     wall = raw["wall_s"]
     return {
@@ -171,7 +172,7 @@ class _StreamCodec:
 
 def _codec_both(path: str, frames: list[np.ndarray]) -> dict:
     """Both APIs, interleaved frame by frame, so a noisy machine weighs on both alike.
-    The allocator is set up as in a session (engine.alloc)."""
+    The allocator is set up as in a session (engine.pipeline.alloc)."""
     from engine.pipeline.alloc import codec_allocations, tune_allocator
 
     tune_allocator()
@@ -258,19 +259,12 @@ def run_codec(mimi_weight: Path | str, frames: int = 100, *, wav: Path | str | N
 
 
 def run_codec_isolated(mimi_weight: Path | str, frames: int = 100, *,
-                       wav: Path | str | None = None, progress: Progress | None = None,
-                       backend: str = "rustymimi") -> dict:
-    """`run_codec` (or, with backend "mlx", MLX's Mimi) in a spawned process: the Mimi
-    instances (~400 MB each) never inflate the memory figures of the session that
-    `bench pipeline` runs afterwards in this process."""
+                       wav: Path | str | None = None, progress: Progress | None = None) -> dict:
+    """`run_codec` in a spawned process: the Mimi instances (~400 MB each) never inflate the
+    memory figures of the session that `bench pipeline` runs afterwards in this process
+    (MLX's Mimi: engine.bench.codec_mlx.run_codec_mlx_isolated)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    if backend == "mlx":
-        from engine.bench.codec_mlx import as_floor, run_codec_mlx
-
-        _say(progress, f"codec: MLX's Mimi, {frames} frames (separate process)")
-        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
-            return as_floor(ex.submit(run_codec_mlx, str(mimi_weight), frames).result())
     _say(progress, f"codec: Tokenizer and StreamTokenizer, {frames} frames, interleaved "
                    "(separate process)")
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:

@@ -9,13 +9,12 @@ chosen here: a WAV input (by default the bundled speech) is looped so `--seconds
 from __future__ import annotations
 
 import os
-import signal
-import threading
 import time
 from collections import Counter
 from typing import Callable
 
 from engine.audio import FRAME_MS
+from engine.bench.codec_mlx import run_codec_mlx_isolated
 from engine.bench.measure import run_codec_isolated, run_step
 from engine.model.source import ModelOptions, resolve
 from engine.pipeline.codec import choose_codec
@@ -42,6 +41,16 @@ def _sum(*xs):
 
 def _sub(a, b):
     return None if a is None or b is None else round(a - b, 3)
+
+
+def looped_endpoints(input_spec: str | None, output_spec: str | None):
+    """A bench session's (source, sink): a WAV input (by default the bundled speech) is looped,
+    so the bench's length is the session's."""
+    from engine.audio import BUNDLED_SPEECH
+    from engine.audio.devices import open_sink, open_source
+
+    return (open_source(input_spec or str(BUNDLED_SPEECH), loop=True),
+            open_sink(output_spec, input_spec=input_spec))
 
 
 def frame_breakdown(records) -> dict:
@@ -136,75 +145,58 @@ def run_pipeline(
     progress: Progress | None = None,
 ) -> dict:
     """Run the floor benches then a session; returns the JSON-ready result (raises on bad input)."""
-    from engine.audio import BUNDLED_SPEECH
-    from engine.audio.devices import open_sink, open_source
     from engine.session.config import SessionConfig
     from engine.session.local import Session
-    from engine.telemetry.collect import underrun_text
-    from engine.telemetry.stats import build_stats, status_line
+    from engine.session.runner import Every, SessionRunner
+    from engine.telemetry.late_frames import underrun_text
+    from engine.telemetry.stats import status_line
 
     resolved = resolve(mopts, progress=lambda s: _say(progress, f"model: {s}"))
     # Open (validate) the endpoints before spending a minute on benches.
-    source = open_source(input_spec or str(BUNDLED_SPEECH), loop=True)
-    sink = open_sink(output_spec, input_spec=input_spec)
+    endpoints = looped_endpoints(input_spec, output_spec)
 
     backend = choose_codec(mopts.codec)
-    codec = run_codec_isolated(resolved.mimi_weight, floor_frames, progress=progress,
-                               backend=backend)
+    floor = run_codec_mlx_isolated if backend == "mlx" else run_codec_isolated
+    codec = floor(resolved.mimi_weight, floor_frames, progress=progress)
     step = run_step(resolved, floor_steps, max_steps=max_steps, lm_mode=mopts.lm_step,
                     progress=progress)
 
-    kw = dict(model=mopts, input=input_spec, output=output_spec, seconds=seconds,
-              max_steps=max_steps, keep_records=True, save=False)
-    fields = getattr(SessionConfig, "__dataclass_fields__", {})
-    cfg = SessionConfig(**{k: v for k, v in kw.items() if k in fields})
+    cfg = SessionConfig(model=mopts, input=input_spec, output=output_spec, seconds=seconds,
+                        max_steps=max_steps, keep_records=True, save=False, aec="off")
     session = Session(cfg)  # its Telemetry's launch stamp: startup is measured from here
-    session.source, session.sink = source, sink
-    session.tel.info.update(input=source.label, output=sink.label)
+    session.prepare(endpoints)
+    source, sink = session.source, session.sink
     samples: list[dict] = []
     _say(progress, f"session: {seconds:g} s, input {source.label}, output {sink.label}")
     # Ctrl+C or SIGTERM (a time limit) ends the session early; what it measured is reported
-    interrupted = threading.Event()
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            handlers[sig] = signal.signal(sig, lambda *_: interrupted.set())
-    try:
-        session.start()
-        next_sample = next_status = None
-        told = 0
-        while not session.wait(0.1):
-            if interrupted.is_set():
-                _say(progress, "interrupted: stopping the session, reporting what it measured")
-                break
-            now = time.monotonic()
-            if not session.live.is_set():
-                continue
-            if next_sample is None:
-                next_sample, next_status = now + SAMPLE_EVERY_S, now + STATUS_EVERY_S
-            if now >= next_sample:
-                next_sample += SAMPLE_EVERY_S
-                figs = session.process_figures()
-                if figs:
-                    t0 = session.tel.t_start
-                    figs["t_s"] = round((time.monotonic_ns() - t0) / 1e9, 2) if t0 else 0.0
-                    samples.append(figs)
-            if now >= next_status:
-                next_status += STATUS_EVERY_S
-                _say(progress, status_line(session.snapshot()))
-            explained = session.tel.underruns_explained
-            while told < len(explained):  # each as it happens: a run cut short keeps them
-                _say(progress, underrun_text(explained[told]))
-                told += 1
-    finally:
-        session.stop()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    runner = SessionRunner(session)
+    sampling, status = Every(SAMPLE_EVERY_S), Every(STATUS_EVERY_S)
+    told = 0
+
+    def hook(now: float) -> None:
+        nonlocal told
+        if runner.interrupted.is_set() or not session.live.is_set():
+            return
+        if sampling.due(now):
+            figs = session.process_figures()
+            if figs:
+                t0 = session.tel.t_start
+                figs["t_s"] = round((time.monotonic_ns() - t0) / 1e9, 2) if t0 else 0.0
+                samples.append(figs)
+        if status.due(now):
+            _say(progress, status_line(session.snapshot()))
+        explained = session.tel.underruns_explained
+        while told < len(explained):  # each as it happens: a run cut short keeps them
+            _say(progress, underrun_text(explained[told]))
+            told += 1
+
+    runner.run(hook, signals=("SIGINT", "SIGTERM"), on_interrupt=lambda: _say(
+        progress, "interrupted: stopping the session, reporting what it measured"))
+    interrupted = runner.interrupted
 
     tel = session.tel
-    stats = build_stats(tel, options={"seconds": seconds, "input": source.label,
-                                      "output": sink.label},
-                        processes=session.cpu, end_reason=session.end_reason)
+    stats = session.stats(options={"seconds": seconds, "input": source.label,
+                                   "output": sink.label})
     stats.pop("transcript", None)
     stats["text_tokens"] = len(tel.tokens)
     records = list(tel.done_frames) + list(tel.frames.values())
@@ -225,7 +217,7 @@ def run_pipeline(
     floor_whole = _sum(_p50(codec["sync"]["encode_ms"]), step_p50, dec_sync)
     proc = st["processing"]
     work_p50 = _sum(_p50(st["encode_work"]), _p50(st["model"]), _p50(st["decode_work"]))
-    out_lat = float(tel.info.get("output_latency_ms") or 0.0)
+    out_lat = float(tel.info.output_latency_ms or 0.0)
     play_p50 = _p50(st["playback"])
     duration = stats["duration_s"] or 0.0
     first_proc = tel.stage_all["processing"][0] if len(tel.stage_all["processing"]) else None

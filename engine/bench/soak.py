@@ -10,8 +10,6 @@ The growth is the last minute's lowest against the end of the first minute.
 
 from __future__ import annotations
 
-import time
-
 from engine.model.source import ModelOptions
 from engine.telemetry.stages import percentiles
 
@@ -25,62 +23,56 @@ def _delta(counters: dict, prev: dict) -> dict:
 def run_soak(mopts: ModelOptions, *, minutes: float, input_spec: str | None = None,
              output_spec: str | None = "null", max_steps: int | None = None,
              minute_s: float = MINUTE_S, progress=None) -> dict:
-    from engine.audio import BUNDLED_SPEECH
-    from engine.audio.devices import open_sink, open_source
+    from engine.bench.pipeline import looped_endpoints
     from engine.session.config import SessionConfig
     from engine.session.local import Session
+    from engine.session.runner import Every, SessionRunner
 
-    source = open_source(input_spec or str(BUNDLED_SPEECH), loop=True)
-    sink = open_sink(output_spec, input_spec=input_spec)
+    endpoints = looped_endpoints(input_spec, output_spec)
     cfg = SessionConfig(model=mopts, input=input_spec, output=output_spec,
-                        seconds=minutes * 60.0, max_steps=max_steps, save=False)
+                        seconds=minutes * 60.0, max_steps=max_steps, save=False, aec="off")
     session = Session(cfg)
-    session.source, session.sink = source, sink
-    session.tel.info.update(input=source.label, output=sink.label)
+    session.prepare(endpoints)
     tel = session.tel
     rows: list[dict] = []
     mark = {s: 0 for s in ("processing", "playback", "model")}
     prev_counters: dict = {}
-    try:
-        session.start()
-        next_row = next_sample = None
-        low: dict[str, float] = {}  # the lowest RSS of each process this minute
-        sample_s = min(1.0, minute_s / 4)
-        while not session.wait(0.2):
-            if not session.live.is_set():
-                continue
-            now = time.monotonic()
-            if next_row is None:
-                next_row, next_sample = now + minute_s, now
-                prev_counters = dict(tel.counters)
-            if now >= next_sample:
-                next_sample += sample_s
-                for k, v in session.process_figures().items():
-                    if v.get("rss_mb"):
-                        low[k] = min(low.get(k, v["rss_mb"]), v["rss_mb"])
-            if now < next_row:
-                continue
-            next_row += minute_s
-            row = {"minute": len(rows) + 1}
-            for s in mark:
-                a = tel.stage_all[s]
-                n = len(a)
-                p = percentiles(a[mark[s]:n])
-                mark[s] = n
-                row[s] = {k: p[k] for k in ("p50", "p95", "p99", "max", "n")}
-            figs = session.process_figures()
-            row["rss_mb"] = {k: v.get("rss_mb") for k, v in figs.items()}
-            row["rss_min_mb"] = {k: min(low.get(k, v["rss_mb"]), v["rss_mb"])
-                                 for k, v in figs.items() if v.get("rss_mb")}
-            low = {}
-            row["cpu_percent"] = {k: v.get("cpu_percent") for k, v in figs.items()}
-            row["counters"] = _delta(dict(tel.counters), prev_counters)
+    low: dict[str, float] = {}  # the lowest RSS of each process this minute
+    minute, sample = Every(minute_s), Every(min(1.0, minute_s / 4), at_once=True)
+
+    def hook(now: float) -> None:
+        nonlocal prev_counters, low
+        if not session.live.is_set():
+            return
+        if minute.next is None:  # live: the first minute starts
             prev_counters = dict(tel.counters)
-            rows.append(row)
-            if progress:
-                progress(format_row(row))
-    finally:
-        session.stop()
+        if sample.due(now):
+            for k, v in session.process_figures().items():
+                if v.get("rss_mb"):
+                    low[k] = min(low.get(k, v["rss_mb"]), v["rss_mb"])
+        if not minute.due(now):
+            return
+        row = {"minute": len(rows) + 1}
+        for s in mark:
+            a = tel.stage_all[s]
+            n = len(a)
+            p = percentiles(a[mark[s]:n])
+            mark[s] = n
+            row[s] = {k: p[k] for k in ("p50", "p95", "p99", "max", "n")}
+        figs = session.process_figures()
+        row["rss_mb"] = {k: v.get("rss_mb") for k, v in figs.items()}
+        row["rss_min_mb"] = {k: min(low.get(k, v["rss_mb"]), v["rss_mb"])
+                             for k, v in figs.items() if v.get("rss_mb")}
+        low = {}
+        row["cpu_percent"] = {k: v.get("cpu_percent") for k, v in figs.items()}
+        row["counters"] = _delta(dict(tel.counters), prev_counters)
+        prev_counters = dict(tel.counters)
+        rows.append(row)
+        if progress:
+            progress(format_row(row))
+
+    # (no signals of its own: Ctrl+C ends the bench once the session is stopped)
+    SessionRunner(session).run(hook, poll_s=0.2, signals=())
     snap = session.snapshot()
     def floors(proc: str) -> list[float]:
         # (the first minute's last sample, its start-up allocations made; the others' lowest)
@@ -88,7 +80,7 @@ def run_soak(mopts: ModelOptions, *, minutes: float, input_spec: str | None = No
                 if r["rss_min_mb"].get(proc)]
 
     return {
-        "model": tel.info.get("model"),
+        "model": tel.info.model,
         "minutes": rows,
         "totals": {"counters": snap.counters, "frames_processed": snap.frames_processed,
                    "duration_s": round(snap.elapsed_s, 1)},

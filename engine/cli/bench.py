@@ -1,8 +1,9 @@
-"""`moshi-tui bench step|codec|pipeline`: where the time goes, one command away.
+"""`moshi-tui bench step|codec|pipeline|soak`: where the time goes, one command away.
 
     bench step     [model options] [--steps N]                 LmGen.step in a server process
-    bench codec    [--mimi-weight PATH | model options] [--frames N]   rustymimi per frame
+    bench codec    [--mimi-weight PATH | model options] [--frames N]   Mimi per frame
     bench pipeline [model options] [--seconds N] [--input ..]  floor + a full headless session
+    bench soak     [model options] [--minutes N] [--input ..]  a long session, minute by minute
 
 Each prints an aligned table (progress goes to stderr) and, with `--json PATH`, writes the
 figures with the machine, the versions and the exact options.

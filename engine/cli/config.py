@@ -26,10 +26,10 @@ import os
 import sys
 from pathlib import Path
 
+from engine.cli.options import PANELS, sampling
 from engine.errors import UsageError
 
 CONFIG_ENV = "MOSHI_TUI_CONFIG"
-PANELS = ("latency", "queues", "log")  # the app's panels: shown (true) or hidden (false)
 NOT_IN_FILE = ("help", "print_config", "headless")  # one-off switches, not preferences
 
 
@@ -86,8 +86,6 @@ def config_argv(parser: argparse.ArgumentParser, path: Path | None = None) -> tu
         else:
             tokens += [flag, str(value)]
     try:  # the same checks as the command line, named after the file
-        from engine.cli.options import sampling
-
         sampling(parser.parse_args(tokens))
     except UsageError as e:
         text = str(e)
@@ -105,15 +103,6 @@ def _panels(value, path: Path) -> list[str]:
                              f"{', '.join(PANELS)} = true or false")
         tokens += [f"--panel-{name}", "on" if shown else "off"]
     return tokens
-
-
-def add_panel_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("app")
-    for name in PANELS:
-        g.add_argument(f"--panel-{name}", choices=["on", "off"],
-                       help=f"show the {name} panel at start (the app's key toggles it)")
-    g.add_argument("--print-config", action="store_true",
-                   help="print the options in effect (config file + command line) and exit")
 
 
 def describe(args, path: Path) -> str:

@@ -2,96 +2,65 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 
-from engine.files.outputs import check_writable, write_json_atomic, write_outputs
-from engine.session.config import open_session
+from engine.session.runner import Every, RunConfig, SessionRunner, open_prepared
 from engine.telemetry.diagnose import Diagnoser, verdict_line
-from engine.telemetry.stats import build_stats, status_line
+from engine.telemetry.stats import status_line
 
 
-def run_headless(args, cfg, out=sys.stdout) -> int:
-    check_writable(args.stats_json, "stats to")
-    check_writable(args.trace, "trace to")
-    session = open_session(cfg)
-    session.prepare()
+class _StatusLines:
+    """The wait loop's hook: a line per state change while not live, then a status line a
+    second, with the diagnosis in plain words when it changes."""
 
-    stop = threading.Event()
+    def __init__(self, session, out):
+        self.session, self.out = session, out
+        self.diag = Diagnoser()
+        self.last_state = None
+        self.last_verdict: tuple = ()
+        self.every = Every(1.0, first=time.monotonic() + 1.0)
 
-    def _on_signal(signum, frame):
-        if signum == signal.SIGINT and stop.is_set():
-            raise KeyboardInterrupt  # a second Ctrl+C: stop waiting
-        stop.set()
-        session.request_stop()
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
 
-    old = {}
-    # Ctrl+C too: a KeyboardInterrupt raised at an arbitrary point of the status loop could
-    # leave the stop path waiting; a flag the loop checks cannot.
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            old[sig] = signal.signal(sig, _on_signal)
+    def __call__(self, now: float) -> None:
+        snap = self.session.snapshot()
+        if snap.state != "live" and (snap.state, snap.state_detail) != self.last_state:
+            self.last_state = (snap.state, snap.state_detail)
+            self.say(f"[{snap.state}] {snap.state_detail}")
+        if snap.state == "live" and self.every.due(now):
+            self.say(status_line(snap))
+            verdicts = self.diag.update(snap)
+            rules = tuple(v.rule for v in verdicts)
+            if rules != self.last_verdict:
+                self.last_verdict = rules
+                self.say(f"  diagnosis: {verdict_line(verdicts)}")
 
-    interrupted = False
-    last_state = None
-    try:
-        session.start()
-        diag = Diagnoser()
-        last_verdict: tuple = ()
-        next_status = time.monotonic() + 1.0
-        while not session.wait(0.1):
-            snap = session.snapshot()
-            if snap.state != "live" and (snap.state, snap.state_detail) != last_state:
-                last_state = (snap.state, snap.state_detail)
-                print(f"[{snap.state}] {snap.state_detail}", file=out, flush=True)
-            if snap.state == "live" and time.monotonic() >= next_status:
-                next_status += 1.0
-                print(status_line(snap), file=out, flush=True)
-                verdicts = diag.update(snap)
-                rules = tuple(v.rule for v in verdicts)
-                if rules != last_verdict:  # the diagnosis, in plain words, when it changes
-                    last_verdict = rules
-                    print(f"  diagnosis: {verdict_line(verdicts)}", file=out, flush=True)
-    except KeyboardInterrupt:
-        interrupted = True
-        session.request_stop()
-    finally:
-        session.stop()
-        for sig, h in old.items():
-            signal.signal(sig, h)
+
+def run_headless(run: RunConfig, out=sys.stdout) -> int:
+    runner = SessionRunner(open_prepared(run))
+    session = runner.session
+    status = _StatusLines(session, out)
+    runner.run(status)
 
     snap = session.snapshot()
-    reason = "interrupted" if interrupted or stop.is_set() else session.end_reason
     if snap.state != "error" and snap.frames_processed:
-        print(status_line(snap), file=out, flush=True)
-    stats = build_stats(
-        session.tel,
-        options={k: v for k, v in vars(args).items() if not k.startswith("_")},
-        processes=session.cpu,
-        end_reason=reason,
-    )
-    from engine.files.outputs import write_trace
-
-    write_errors = write_outputs([
-        ("stats to", args.stats_json, lambda path: write_json_atomic(path, stats)),
-        ("trace to", args.trace, lambda path: write_trace(path, session.tel)),
-    ])
-    for line in write_errors:
-        print(f"moshi-tui: error: {line}", file=sys.stderr, flush=True)
-    if reason == "interrupted" and not session.live.is_set():
+        status.say(status_line(snap))
+    write_errors = runner.finish(run.stats_json, run.trace)
+    code = runner.exit_code(write_errors)
+    if code == 130:
         print("interrupted while loading", file=sys.stderr, flush=True)
-        return 130
+        return code
     if snap.error:
         if session.folder is not None:
-            print(f"session files: {session.folder}", file=out, flush=True)
+            status.say(f"session files: {session.folder}")
         print(f"moshi-tui: error: {snap.error}", file=sys.stderr, flush=True)
-        return session.exit_code or 1
-    print(f"session ended ({reason}): {snap.frames_processed} frames, "
-          f"{len(session.tel.tokens)} text tokens", file=out, flush=True)
+        return code
+    status.say(f"session ended ({runner.end_reason}): {snap.frames_processed} frames, "
+               f"{len(session.tel.tokens)} text tokens")
     if snap.text.strip():
-        print(f"transcript: {snap.text.strip()}", file=out, flush=True)
+        status.say(f"transcript: {snap.text.strip()}")
     if session.folder is not None:
-        print(f"session files: {session.folder}", file=out, flush=True)
-    return 1 if write_errors else 0
+        status.say(f"session files: {session.folder}")
+    return code

@@ -28,9 +28,10 @@ def _devices(argv) -> int:
 
 
 def dispatch(argv: list[str] | None, run_app=None) -> int:
-    """Run the command in argv; returns the exit code. `run_app(args, cfg)` runs the UI."""
-    from engine.cli.options import build_parser, session_config
-    from engine.model.lmcache import tune_mlx_env
+    """Run the command in argv; returns the exit code. `run_app(run)` runs the UI with the
+    typed configuration (`engine.session.runner.RunConfig`)."""
+    from engine.cli.options import build_parser, run_config
+    from engine.model.mlx_env import tune_mlx_env
 
     tune_mlx_env()  # before anything here runs MLX (the model server inherits it)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -52,12 +53,12 @@ def dispatch(argv: list[str] | None, run_app=None) -> int:
     if args.print_config:
         print(describe(args, path))
         return 0
-    cfg = session_config(args)
+    run = run_config(args)
     if args.headless or run_app is None:
         from engine.cli.headless import run_headless
 
-        return run_headless(args, cfg)
-    return run_app(args, cfg)
+        return run_headless(run)
+    return run_app(run)
 
 
 def main(argv: list[str] | None = None, run_app=None) -> int:

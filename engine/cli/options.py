@@ -1,14 +1,17 @@
-"""Command-line options shared by the app, the headless runner and the bench."""
+"""Command-line options shared by the app, the headless runner and the bench, and the typed
+configuration they become (`run_config`): nothing below engine.cli reads the namespace."""
 
 from __future__ import annotations
 
 import argparse
 
-from engine.cli.config import add_panel_options
-from engine.model.lmcache import MODES
+from engine.model.graph.lm_step import MODES
 from engine.model.sampling import Sampling
 from engine.model.source import ModelOptions
 from engine.session.config import SessionConfig
+from engine.session.runner import RunConfig
+
+PANELS = ("latency", "queues", "log")  # the app's panels: shown (on) or hidden (off) at start
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,6 +105,15 @@ def add_session_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--debug-step-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
+def add_panel_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("app")
+    for name in PANELS:
+        g.add_argument(f"--panel-{name}", choices=["on", "off"],
+                       help=f"show the {name} panel at start (the app's key toggles it)")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the options in effect (config file + command line) and exit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="moshi-tui",
@@ -159,4 +171,15 @@ def session_config(args) -> SessionConfig:
         aec=args.aec,
         sampling=sampling(args),
         noise_suppression=args.noise_suppression,
+    )
+
+
+def run_config(args) -> RunConfig:
+    """What the app or the headless runner is asked to do, typed, from the parsed options."""
+    return RunConfig(
+        session=session_config(args),
+        stats_json=args.stats_json,
+        trace=args.trace,
+        panels={name: getattr(args, f"panel_{name}") == "on" for name in PANELS
+                if getattr(args, f"panel_{name}", None)},
     )

@@ -1,14 +1,13 @@
-"""`moshi-tui serve`: the command line (the server itself is engine.session.serve)."""
+"""`moshi-tui serve`: the command line (the server itself is engine.session.serve.server)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 from engine.errors import MoshiTuiError, UsageError
-from engine.session.serve import ChatServer, ModelHost
+from engine.session.serve.server import run_server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,13 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--max-conversations must be at least 1")
     if args.max_steps is not None and args.max_steps < 2:
         raise UsageError("--max-steps must be at least 2")
-    host = ModelHost(model_options(args), max_steps=args.max_steps, sampling=sampling(args))
-    try:
-        host.start()
-        server = ChatServer(host, static=args.static, max_conversations=args.max_conversations)
-        return asyncio.run(server.serve(args.host, args.port))
-    finally:
-        host.stop()
+    return run_server(model_options(args), address=args.host, port=args.port,
+                      max_steps=args.max_steps, sampling=sampling(args), static=args.static,
+                      max_conversations=args.max_conversations)
 
 
 def cli_main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
-"""Transcript export: pure functions from a session summary (`engine.stats.build_stats`) to text.
+"""Transcript export: pure functions from a session summary (`engine.telemetry.stats.build_stats`)
+to text, and the files they are written to.
 
 The app's export modal only chooses a path and a format; everything about the files is here,
-so the same code serves the app, the end-of-session files and the tests, without a UI.
-Writes are atomic (temp file beside the target + `os.replace`): a failed export never
+so the same code serves the app, the end-of-session files and the tests, without a UI.  The
+paragraphs and time markers are engine.telemetry.transcript's.  Writes are atomic (temp file beside the target + `os.replace`): a failed export never
 damages the file that was there before.
 """
 
@@ -12,18 +13,10 @@ import datetime as _dt
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from engine.audio import FRAME_MS
-
-FORMATS = ("markdown", "json")
-EXTENSIONS = {"markdown": ".md", "json": ".json"}
-PARAGRAPH_GAP_MS = 1500.0  # silence that starts a new paragraph (and a time marker)
-PARAGRAPH_MAX_CHARS = 400  # past this, the next word starts a new paragraph
-
-
-
+from engine.telemetry.transcript import FORMATS, mmss, paragraphs
 
 SUMMARY_STAGES = ("encode", "uplink", "queue", "model", "decode", "processing", "playback")
 STAGE_LABELS = {
@@ -59,63 +52,6 @@ def default_session_dir(now: _dt.datetime | None = None) -> Path:
 
     now = now or _dt.datetime.now()
     return Path(platformdirs.user_data_dir("moshi-tui")) / "sessions" / now.strftime("%Y%m%d-%H%M%S")
-
-
-# --------------------------------------------------------------------------- paragraphs
-@dataclass
-class Paragraph:
-    t_ms: float  # time of its first token, since the session start
-    segment: int
-    text: str
-    new_segment: bool = False  # the first paragraph after a context reset or a restart
-    segment_reason: str = ""  # "context" or "restart"
-
-    @property
-    def segment_label(self) -> str:
-        return segment_label(self.segment_reason, self.segment)
-
-
-def segment_label(reason: str, segment: int) -> str:
-    """The marker a new segment gets in the transcript, saying why it began."""
-    why = "model restarted" if reason == "restart" else "context full"
-    return f"{why}: segment {segment + 1}"
-
-
-def starts_paragraph(prev_t_ms: float | None, prev_segment: int, t_ms: float, segment: int,
-                     gap_ms: float = PARAGRAPH_GAP_MS, *, length: int = 0, text: str = " ") -> bool:
-    """A token opens a paragraph when it is the first, follows a silence, starts a segment, or
-    starts a word once the paragraph holds PARAGRAPH_MAX_CHARS (a monologue still gets markers).
-
-    Shared by the exports and the app's live transcript, so both put markers at the same places.
-    """
-    return (prev_t_ms is None or segment != prev_segment or t_ms - prev_t_ms >= gap_ms
-            or (length >= PARAGRAPH_MAX_CHARS and text[:1].isspace()))
-
-
-def paragraphs(tokens: list[dict], gap_ms: float = PARAGRAPH_GAP_MS) -> list[Paragraph]:
-    """Group transcript tokens ({text, t_ms, segment}) into timed paragraphs."""
-    out: list[Paragraph] = []
-    prev_t, prev_seg = None, 0
-    for tok in tokens:
-        seg = tok.get("segment", 0)
-        length = len(out[-1].text) if out else 0
-        if starts_paragraph(prev_t, prev_seg, tok["t_ms"], seg, gap_ms, length=length, text=tok["text"]):
-            out.append(Paragraph(tok["t_ms"], seg, "", prev_t is not None and seg != prev_seg,
-                                 tok.get("segment_reason", "")))
-        out[-1].text += tok["text"]
-        prev_t, prev_seg = tok["t_ms"], seg
-    for p in out:
-        p.text = " ".join(p.text.split())
-    return [p for p in out if p.text]
-
-
-def mmss(ms: float | None) -> str:
-    if ms is None:
-        return "--:--"
-    s = max(0, int(ms // 1000))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
 # --------------------------------------------------------------------------- formats

@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -47,12 +48,12 @@ def prepare_session_dir(path: str | os.PathLike | None) -> Path:
 
 
 class SessionRecorder:
-    def __init__(self, folder: Path, tel: Telemetry, options: dict | None = None,
-                 processes=None, record_audio: bool = True):
+    def __init__(self, folder: Path, tel: Telemetry,
+                 stats: Callable[[str], dict] | None = None, record_audio: bool = True):
         self.folder = folder
         self.tel = tel
-        self.options = options or {}
-        self.processes = processes  # callable -> dict of CPU/RSS, or None
+        # the summary for an end reason (the session's); by default the telemetry's alone
+        self._stats = stats or (lambda end_reason: build_stats(tel, end_reason=end_reason))
         self.end_reason = ""
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -98,19 +99,9 @@ class SessionRecorder:
             else:
                 self._out = None
 
-    def stats(self) -> dict:
-        procs = {}
-        if self.processes is not None:
-            try:
-                procs = self.processes()
-            except Exception:
-                procs = {}
-        return build_stats(self.tel, options=self.options, processes=procs,
-                           end_reason=self.end_reason)
-
     def write_summary(self) -> None:
         try:
-            write_session_files(self.folder, self.stats())
+            write_session_files(self.folder, self._stats(self.end_reason))
         except Exception as e:
             msg = f"cannot write the session files in {self.folder}: {e}"
             if self.error != msg:

@@ -1,7 +1,7 @@
 """Full-size Moshi with random weights, built in memory, for people and benches.
 
 `build_lm()` makes Moshi v0.1 (7B, `moshi_mlx.models.config_v0_1()`) -- or any LM config
-dict in Kyutai's config.json format, as `engine.model.load.make_lm_config` reads it -- with
+dict in Kyutai's config.json format, as `engine.model.lm_config.make_lm_config` reads it -- with
 random weights in bf16, q8 (group 64) or q4 (group 32), the layers quantized the way Kyutai
 quantizes them (`nn.quantize`: every Linear and Embedding), so the model is exactly what
 `load_lm` builds from Kyutai's files. Nothing is downloaded and nothing is written unless a
@@ -49,7 +49,7 @@ def lm_config(config: dict | str | None = None) -> "LmConfig":
     in Kyutai's config.json format -> that."""
     from moshi_mlx import models
 
-    from engine.model.load import make_lm_config
+    from engine.model.lm_config import make_lm_config
 
     if config is None or config == "v0_1":
         return models.config_v0_1()
@@ -93,7 +93,7 @@ def build_lm(
     import mlx.nn as nn
     from moshi_mlx import models
 
-    from engine.model.demo import restore_random_key, save_random_key
+    from engine.model.demo.weights import restore_random_key, save_random_key
 
     cfg = lm_config(config)
     q = quantization(quant)

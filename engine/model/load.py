@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from engine.errors import ModelLoadError, UsageError
+from engine.model.lm_config import first_line, make_lm_config
 from engine.model.safetensors import SafetensorsError, SafetensorsInfo, read_safetensors_header
 from engine.model.source import ResolvedModel
 
@@ -69,14 +70,14 @@ def load_lm(
         try:
             nn.quantize(model, class_predicate=lambda p, _m: quant.get(p, False))
         except (ValueError, TypeError) as exc:
-            raise ModelLoadError(f"{what} cannot be loaded: {_first_line(exc)}") from None
+            raise ModelLoadError(f"{what} cannot be loaded: {first_line(exc)}") from None
 
     _check_tensors(_param_shapes(model), info, what, resolved.lm_config is None)
     _say(progress, f"loading {path.name}")
     try:
         model.load_weights(str(path), strict=True)
     except Exception as exc:  # MLX raises ValueError/RuntimeError with long messages
-        raise ModelLoadError(f"{what} cannot be loaded: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{what} cannot be loaded: {first_line(exc)}") from None
 
     bits = resolved.quantize_runtime
     if bits and quant:
@@ -88,25 +89,11 @@ def load_lm(
         try:
             nn.quantize(model, bits=bits, group_size=RUNTIME_GROUP_SIZE[bits])
         except ValueError as exc:
-            raise ModelLoadError(f"{what} cannot be quantized: {_first_line(exc)}") from None
+            raise ModelLoadError(f"{what} cannot be quantized: {first_line(exc)}") from None
 
     _say(progress, "warming up the model")
     model.warmup()
     return model, cfg
-
-
-def make_lm_config(lm_config: dict | None) -> "LmConfig":
-    """moshi_mlx's LmConfig from a Kyutai config.json dict (None: Moshi 7B, config_v0_1)."""
-    from moshi_mlx import models
-
-    if lm_config is None:
-        return models.config_v0_1()
-    try:
-        return models.LmConfig.from_config_dict(lm_config)
-    except KeyError as exc:
-        raise ModelLoadError(f"invalid lm config: missing key {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"invalid lm config: {_first_line(exc)}") from None
 
 
 def make_gen(model: "Lm", max_steps: int) -> "LmGen":
@@ -254,11 +241,6 @@ def _mx_dtype(dtype: str):
         return table[dtype]
     except KeyError:
         raise UsageError(f"unsupported dtype {dtype!r} (use bf16, f16 or f32)") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _say(progress: Progress | None, message: str) -> None:

@@ -5,13 +5,29 @@
                        when the LM context filled and a new segment started; BenchDone for
                        `bench step`
 They are pickled by `multiprocessing.Connection`; every class lives at module level for that.
+`WorkerOptions` is what the model process is started with (its entry point's argument).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
+
+from engine.model.sampling import Sampling
+
+
+# ------------------------------------------------------------------ the process's start-up
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How the model process runs its LM (engine.model.worker reads these)."""
+
+    max_steps: int | None = None  # LM context length before a new segment; None: the model's
+    step_delay_ms: float = 0.0  # diagnostic: sleep this long after every step
+    lm_mode: str | None = None  # the LM step mode (engine.model.graph.lm_step); None: the default
+    sampling: Sampling = field(default_factory=Sampling)  # until a Configure says otherwise
+    steps: int = 100  # `bench step` only: how many steps it times
 
 
 # ------------------------------------------------------------------ client -> model process
@@ -27,9 +43,9 @@ class Reset(NamedTuple):
 
 
 class Configure(NamedTuple):
-    """A new conversation (serve): its sampling (engine.model.sampling, as a dict), a fresh LM."""
+    """A new conversation (serve): its sampling, a fresh LM."""
 
-    sampling: dict
+    sampling: Sampling
 
 
 class Stop(NamedTuple):

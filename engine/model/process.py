@@ -1,10 +1,11 @@
 """The model process, seen from the client: start it, wait until it is ready, stop it.
 
-One class for every user of a model process: a local session, `serve` and `bench step`.  It is
-spawned (MLX in a forked child hangs once the parent used it, and a child forked after the
-parent imported sounddevice gets no audio callbacks), talks over one duplex
-`multiprocessing.Pipe` (no feeder thread, unlike `multiprocessing.Queue`) in the typed messages
-of engine.model.messages, and can never outlive the client (it watches its parent).
+Every model process is one of these: a local session's, `serve`'s and `bench step`'s (each
+reaches it through engine.session.host.ModelHost).  It is spawned (MLX in a forked child hangs
+once the parent used it, and a child forked after the parent imported sounddevice gets no audio
+callbacks), talks over one duplex `multiprocessing.Pipe` (no feeder thread, unlike
+`multiprocessing.Queue`) in the typed messages of engine.model.messages, is started with an
+engine.model.messages.WorkerOptions, and can never outlive the client (it watches its parent).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import multiprocessing as mp
 from typing import Callable
 
 from engine.errors import MoshiTuiError
-from engine.model.messages import Failed, Progress, Stop
+from engine.model.messages import Failed, Progress, Stop, WorkerOptions
 
 
 class ModelProcess:
@@ -21,7 +22,7 @@ class ModelProcess:
 
     `what` names it in errors ("the model server process died while loading (exit code 9)")."""
 
-    def __init__(self, target, resolved, options: dict, *, name: str = "moshi-tui-server",
+    def __init__(self, target, resolved, options: WorkerOptions, *, name: str = "moshi-tui-server",
                  what: str = "the model server process"):
         ctx = mp.get_context("spawn")
         self.conn, self._child = ctx.Pipe(duplex=True)

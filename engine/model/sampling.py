@@ -6,14 +6,15 @@ precedence over top-p, as in moshi_mlx's sampler; temperature 0 is greedy.  With
 same input gives the same conversation (the model process seeds MLX's generator once warm, and
 again at each new conversation of `serve`).
 
-`Sampling` travels to the model process as a plain dict (`as_dict` / `from_dict`); `serve`
-reads it from the query parameters Kyutai's web UI sends with the websocket URL
-(`from_query`), and `--remote` sends it the same way (`to_query`).
+`Sampling` travels to the model process as it is (in engine.model.messages.WorkerOptions and
+`Configure`), and back as a plain dict (`as_dict`) in what it reports; `serve` reads it from
+the query parameters Kyutai's web UI sends with the websocket URL (`with_query`), and
+`--remote` sends it the same way (`to_query`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 from engine.errors import UsageError
 
@@ -53,11 +54,6 @@ class Sampling:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> "Sampling":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (data or {}).items() if k in known})
 
     def samplers(self):
         """moshi_mlx Samplers for text and audio."""

@@ -1,68 +1,27 @@
 """Where the model comes from: the demo, a Hugging Face repo, or local paths.
 
 Pure file and network logic; MLX is never imported here (the server process does the
-loading, see modelload.py). `resolve()` returns plain paths plus the LM config as a dict, so
+loading, see engine.model.load). `resolve()` returns plain paths plus the LM config as a dict, so
 the result can be handed to a spawned process.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from engine.errors import ModelSourceError, UsageError
 from engine.model import demo
+from engine.model.hub import Hub, hub_moshi, name_bits
 from engine.model.kind import ModelKind, model_kind
+from engine.model.lm_config import load_lm_config
 from engine.model.safetensors import SafetensorsError, read_safetensors_header
 
 Progress = Callable[[str], None]
 VOICES = ("moshika", "moshiko")  # Kyutai's two Moshi voices (female, male)
 DEFAULT_MIMI_NAME = demo.MIMI_NAME
 DEFAULT_TOKENIZER_NAME = demo.TOKENIZER_NAME
-BF16_NAME = demo.MOSHI_BF16_NAME
-
-
-# Keys moshi_mlx's LmConfig.from_config_dict reads without a default.
-REQUIRED_CONFIG_KEYS = (
-    "dim",
-    "num_heads",
-    "num_layers",
-    "causal",
-    "layer_scale",
-    "context",
-    "max_period",
-    "positional_embedding",
-    "depformer_dim",
-    "depformer_num_heads",
-    "depformer_num_layers",
-    "depformer_dim_feedforward",
-    "depformer_pos_emb",
-    "dep_q",
-    "text_card",
-    "card",
-    "n_q",
-    "delays",
-)
-
-
-_POSITIVE_INT_KEYS = (
-    "dim",
-    "num_heads",
-    "num_layers",
-    "context",
-    "max_period",
-    "depformer_dim",
-    "depformer_num_heads",
-    "depformer_num_layers",
-    "depformer_dim_feedforward",
-    "dep_q",
-    "text_card",
-    "card",
-    "n_q",
-)
 
 
 @dataclass
@@ -79,7 +38,7 @@ class ModelOptions:
     random: bool = False  # real-size Moshi (or --lm-config) with random weights, built in memory
     save_weights: Path | str | None = None  # with `random`: also write them there
     codec: str = "auto"  # the client's Mimi backend (engine.pipeline.codec.choose_codec)
-    lm_step: str = "auto"  # how the model process steps the LM (engine.model.lmcache modes)
+    lm_step: str = "auto"  # how the model process steps the LM (engine.model.graph.lm_step.MODES)
 
 
 @dataclass(frozen=True)
@@ -182,7 +141,7 @@ def resolve(opts: ModelOptions, progress: Progress | None = None) -> ResolvedMod
         raise UsageError(f"--voice must be one of {', '.join(VOICES)}, not {opts.voice!r}")
     voice = opts.voice or "moshiko"
     repo = opts.hf_repo or f"kyutai/{voice}-mlx-{'q8' if opts.quantized == 8 else 'q4'}"
-    hub = _Hub(repo, progress)
+    hub = Hub(repo, progress)
     repo_config = None
     if config_path is None:
         config_file = hub.get("config.json", optional=True)
@@ -195,8 +154,8 @@ def resolve(opts: ModelOptions, progress: Progress | None = None) -> ResolvedMod
     if mimi is None:
         mimi = hub.get(names.get("mimi_name") or DEFAULT_MIMI_NAME)
     if moshi is None:
-        moshi, runtime = _hub_moshi(hub, opts.quantized, names.get("moshi_name"))
-        bits = runtime or opts.quantized or _name_bits(moshi.name)
+        moshi, runtime = hub_moshi(hub, opts.quantized, names.get("moshi_name"))
+        bits = runtime or opts.quantized or name_bits(moshi.name)
         kind = f"q{runtime}, quantized at load" if runtime else _bits_label(bits)
         label = f"{repo} ({kind})"
     else:
@@ -284,56 +243,6 @@ def _local_file(value: Path | str | None, what: str) -> Path | None:
     return path
 
 
-def load_lm_config(path: Path, what: str | None = None) -> dict:
-    """Read and check an LM config in Kyutai's config.json format."""
-    what = what or f"lm config {path}"
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ModelSourceError(f"{what} is not JSON (not UTF-8 text)") from None
-    except OSError as exc:
-        raise ModelSourceError(f"cannot read {what}: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelSourceError(
-            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    if isinstance(data, dict):
-        model_kind(data, what)  # a model this app cannot talk with: say what it is
-    check_lm_config(data, what)
-    return data
-
-
-def check_lm_config(data: Any, what: str = "lm config") -> None:
-    """The checks that make `LmConfig.from_config_dict` succeed, with readable messages."""
-    if not isinstance(data, dict):
-        raise ModelSourceError(f"{what} must be a JSON object, got {type(data).__name__}")
-    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in data]
-    if missing:
-        keys = ", ".join(repr(k) for k in missing)
-        raise ModelSourceError(f"{what} is missing key{'s' if len(missing) > 1 else ''} {keys}")
-    for key in _POSITIVE_INT_KEYS:
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ModelSourceError(f"{what}: {key!r} must be a positive integer, got {value!r}")
-    delays = data["delays"]
-    if not isinstance(delays, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in delays
-    ):
-        raise ModelSourceError(f"{what}: 'delays' must be a list of non-negative integers")
-    if len(delays) != data["n_q"] + 1:
-        raise ModelSourceError(
-            f"{what}: 'delays' has {len(delays)} entries, expected n_q + 1 = {data['n_q'] + 1}"
-            " (the text delay first)"
-        )
-    if data["dep_q"] > data["n_q"]:
-        raise ModelSourceError(f"{what}: 'dep_q' ({data['dep_q']}) exceeds 'n_q' ({data['n_q']})")
-    for dim, heads in (("dim", "num_heads"), ("depformer_dim", "depformer_num_heads")):
-        if data[dim] % data[heads]:
-            raise ModelSourceError(f"{what}: {dim!r} must be a multiple of {heads!r}")
-
-
 def _local_quantization(
     moshi: Path, quantized: int | None, progress: Progress | None
 ) -> tuple[int | None, str]:
@@ -344,7 +253,7 @@ def _local_quantization(
         # The loader reports the problem with its full context; keep the request as is.
         return quantized, _bits_label(quantized)
     if info.is_quantized:
-        bits = _name_bits(moshi.name)
+        bits = name_bits(moshi.name)
         if quantized is not None and bits is not None and bits != quantized:
             _say(progress, f"{moshi.name} is already {bits}-bit: -q {quantized} ignored")
         return None, f"q{bits}" if bits else "pre-quantized"
@@ -355,115 +264,6 @@ def _local_quantization(
 
 def _bits_label(bits: int | None) -> str:
     return f"q{bits}" if bits else "bf16"
-
-
-def _name_bits(name: str) -> int | None:
-    match = re.search(r"\.q(\d+)\.safetensors$", name)
-    return int(match.group(1)) if match else None
-
-
-def _hub_moshi(
-    hub: "_Hub", quantized: int | None, config_name: str | None
-) -> tuple[Path, int | None]:
-    """The LM weights file of a repo, like local.py / local_web.py choose it.
-
-    With -q N: `model.qN.safetensors` (or the config's moshi_name if it is that), else the
-    bf16 file quantized at load time.
-    """
-    if quantized is None:
-        name = config_name or _guess_repo_weights(hub.repo)
-        return hub.get(name), None
-    want = config_name if config_name and _name_bits(config_name) == quantized else None
-    want = want or f"model.q{quantized}.safetensors"
-    path = hub.get(want, optional=True)
-    if path is not None:
-        return path, None
-    bf16 = config_name if config_name and _name_bits(config_name) is None else BF16_NAME
-    path = hub.get(bf16, optional=True)
-    if path is not None:
-        return path, quantized
-    if hub.unreachable:  # absent or just not cached: we cannot tell, so say the hub is down
-        raise hub.unreachable_error()
-    raise ModelSourceError(
-        f"{hub.repo} has neither {want} nor {bf16}: try another -q value or --hf-repo"
-    )
-
-
-def _guess_repo_weights(repo: str) -> str:
-    bits = re.search(r"-q(\d+)$", repo)
-    return f"model.q{bits.group(1)}.safetensors" if bits else BF16_NAME
-
-
-class _Hub:
-    def __init__(self, repo: str, progress: Progress | None) -> None:
-        self.repo = repo
-        self.progress = progress
-        self.unreachable = False  # an optional file was neither cached nor downloadable
-
-    def unreachable_error(self) -> ModelSourceError:
-        return ModelSourceError(
-            f"cannot reach the Hugging Face hub for {self.repo} and its files are not cached:"
-            " use --demo, or local files with --moshi-weight/--mimi-weight/--tokenizer",
-            exit_code=1,
-        )
-
-    def get(self, filename: str, *, optional: bool = False) -> Path | None:
-        import huggingface_hub
-        from huggingface_hub import errors as hf_errors
-
-        cached = None
-        try:
-            cached = huggingface_hub.try_to_load_from_cache(self.repo, filename)
-        except (ValueError, OSError):
-            pass
-        if not isinstance(cached, str):
-            _say(self.progress, f"downloading {filename} from {self.repo}")
-        try:
-            return Path(huggingface_hub.hf_hub_download(self.repo, filename))
-        except hf_errors.LocalEntryNotFoundError:  # subclass of EntryNotFoundError: first
-            if optional:
-                self.unreachable = True
-                return None  # the files that matter will say the hub is unreachable
-            raise self.unreachable_error() from None
-        except hf_errors.EntryNotFoundError:
-            if optional:
-                return None
-            raise ModelSourceError(f"{self.repo} has no file {filename}") from None
-        except hf_errors.GatedRepoError:
-            raise ModelSourceError(
-                f"{self.repo} is gated: accept its terms on huggingface.co and log in"
-                " (huggingface-cli login)",
-                exit_code=1,
-            ) from None
-        except hf_errors.RepositoryNotFoundError:
-            raise ModelSourceError(
-                f"Hugging Face repo not found (or private): {self.repo}"
-            ) from None
-        except hf_errors.RevisionNotFoundError:
-            raise ModelSourceError(f"revision not found in {self.repo}") from None
-        except hf_errors.HFValidationError:
-            raise ModelSourceError(f"invalid Hugging Face repo id: {self.repo!r}") from None
-        except hf_errors.OfflineModeIsEnabled:
-            raise self.unreachable_error() from None
-        except hf_errors.HfHubHTTPError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelSourceError(
-                f"downloading {filename} from {self.repo} failed: {first}", exit_code=1
-            ) from None
-        except OSError as exc:
-            if _is_network_error(exc):
-                raise self.unreachable_error() from None
-            raise ModelSourceError(
-                f"downloading {filename} from {self.repo} failed: {exc}", exit_code=1
-            ) from None
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    try:
-        import requests
-    except ImportError:  # pragma: no cover - huggingface_hub depends on requests
-        return False
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout))
 
 
 def _say(progress: Progress | None, message: str) -> None:

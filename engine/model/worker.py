@@ -26,6 +26,7 @@ from engine.model.messages import (
     Result,
     Segment,
     Stop,
+    WorkerOptions,
 )
 from engine.model.sampling import Sampling
 from engine.telemetry.gcwatch import GcWatch, IdleCollector, settle
@@ -47,8 +48,8 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 class Stepper:
-    """The prepared LM (engine.model.lmcache) plus the segment logic: when the context is about
-    to fill, start a new segment. The KV caches stay allocated across segments."""
+    """The prepared LM (engine.model.graph.lm_step) plus the segment logic: when the context
+    is about to fill, start a new segment. The KV caches stay allocated across segments."""
 
     def __init__(self, model, max_steps: int, mode: str | None = None,
                  sampling: Sampling | None = None):
@@ -61,7 +62,7 @@ class Stepper:
         self.total_steps = 0
 
     def _prepare(self):
-        from engine.model.lmcache import prepare_lm
+        from engine.model.graph.lm_step import prepare_lm
 
         text, audio = self.sampling.samplers()
         return prepare_lm(self.model, self.max_steps, self._mode, text_sampler=text,
@@ -128,21 +129,21 @@ def _child_setup(conn):
     return send
 
 
-def _load_and_warm(resolved, options: dict, send):
+def _load_and_warm(resolved, options: WorkerOptions, send):
     """Load the LM exactly as every session does, then warm it: (stepper, load_ms, warm_ms)."""
-    from engine.model.lmcache import lm_mode_from, tune_mlx_env
+    from engine.model.graph.lm_step import lm_mode_from
+    from engine.model.mlx_env import tune_mlx_env
     from engine.model.load import load_lm
 
-    mode = lm_mode_from(options)
+    mode = lm_mode_from(options.lm_mode)
     tune_mlx_env()  # before MLX's first kernel
     t0 = time.perf_counter()
     model, cfg = load_lm(resolved, progress=lambda s: send(Progress(s)))
     load_ms = (time.perf_counter() - t0) * 1000.0
     send(Progress("warming up"))
     # A new segment starts when the LM context is full (Moshi v0.1: 3000 steps = 4 min).
-    sampling = Sampling.from_dict(options.get("sampling"))
-    stepper = Stepper(model, int(options.get("max_steps") or cfg.transformer.context), mode,
-                      sampling)
+    sampling = options.sampling
+    stepper = Stepper(model, int(options.max_steps or cfg.transformer.context), mode, sampling)
     if stepper.lm.note:
         send(Progress(stepper.lm.note))
     warm_ms = warm(stepper)
@@ -157,17 +158,14 @@ def seed_mlx(seed: int | None) -> None:
         mx.random.seed(int(seed))
 
 
-def model_main(conn, resolved, options: dict) -> None:
+def model_main(conn, resolved, options: WorkerOptions) -> None:
     """Entry point of the spawned model process of a session or of `serve`."""
     send = _child_setup(conn)
     try:
         from engine.errors import MoshiTuiError
 
         stepper, load_ms, warm_ms = _load_and_warm(resolved, options, send)
-        if options.get("step_delay_ms"):
-            delay = float(options["step_delay_ms"]) / 1000.0
-        else:
-            delay = 0.0
+        delay = float(options.step_delay_ms or 0.0) / 1000.0
         import mlx.core as mx
 
         # The collector walks only what the conversation allocates, and only between steps.
@@ -219,7 +217,7 @@ def model_main(conn, resolved, options: dict) -> None:
             stepper.reset()
         elif isinstance(msg, Configure):
             try:
-                stepper.configure(Sampling.from_dict(msg.sampling))
+                stepper.configure(msg.sampling)
             except Exception as e:
                 send(Failed(f"cannot configure the model: {type(e).__name__}: {e}"))
                 return
@@ -227,13 +225,13 @@ def model_main(conn, resolved, options: dict) -> None:
             return
 
 
-def bench_step_main(conn, resolved, options: dict) -> None:
+def bench_step_main(conn, resolved, options: WorkerOptions) -> None:
     """Entry point of the spawned process of `moshi-tui bench step`.
 
     Loads and warms the model exactly as `model_main` does (same `load_lm`, dtype, quantization,
-    `Stepper`, `warm`), then times `options["steps"]` calls of `Stepper.step` -- the prepared
-    LM's step (engine.model.lmcache) and its conversions, the span a session's "model" stage
-    measures -- on dummy codes, back to back.  Sends Progress..., then BenchDone or Failed.
+    `Stepper`, `warm`), then times `options.steps` calls of `Stepper.step` -- the prepared
+    LM's step (engine.model.graph.lm_step) and its conversions, the span a session's "model"
+    stage measures -- on dummy codes, back to back.  Sends Progress..., then BenchDone or Failed.
     """
     send = _child_setup(conn)
     try:
@@ -244,7 +242,7 @@ def bench_step_main(conn, resolved, options: dict) -> None:
         stepper, load_ms, warm_ms = _load_and_warm(resolved, options, send)
         import mlx.core as mx
 
-        steps = max(1, int(options.get("steps") or 100))
+        steps = max(1, int(options.steps or 100))
         send(Progress(f"timing {steps} steps"))
         codes = np.zeros((stepper.lm.n_other, 1), dtype=np.uint32)
         times_ns: list[int] = []

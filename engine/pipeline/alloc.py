@@ -2,23 +2,19 @@
 codec is dropped (at every segment, and per conversation in `moshi-tui serve`), and per-frame
 codec work allocates from the heap, not from fresh mmaps.
 
-A rustymimi codec allocates its long-lived buffers (the transformers' KV caches, ~8 MiB each,
-touched a little more every frame) on its first frames, then only per-frame activations.
-glibc's default dynamic mmap threshold rises to the size of the largest mmapped chunk freed,
-so the caches of every codec after the first came from the heap and stayed there when that
-codec was dropped: +330 MB RSS per segment.  The first fix, a fixed 1 MiB threshold for
-everything, kept RSS flat but sent every per-frame activation above 1 MiB through mmap/munmap
-and (mallopt fixes the trim threshold too) trimmed the heaps at 128 KiB, so per-frame buffers
-went back to the OS and were faulted in again every frame.
+A rustymimi codec allocates its long-lived buffers (the transformers' KV caches) on its first
+frames, then only per-frame activations.  glibc's default dynamic mmap threshold rises to the
+size of the largest mmapped chunk freed, so left alone the caches of every codec after the
+first would come from the heap and stay there when that codec is dropped.  A fixed low
+threshold for everything would instead send per-frame activations through mmap/munmap and
+(mallopt fixes the trim threshold too) trim the heaps so low that per-frame buffers go back to
+the OS and are faulted in again every frame.
 
-Now the threshold is low only while a codec is created and warmed (`codec_allocations()`), so
-its long-lived buffers are mmapped and unmapped when it goes; otherwise it is at glibc's ceiling
-and the trim threshold at 64 MiB, so per-frame buffers are recycled inside the heap; and the
-heaps are trimmed once after each codec swap (`release_free_memory()`).  Measured side by side
-(a 25 s session per variant, alternated, three rounds): processing p50 124-128 ms against
-129-140 ms, client CPU 128-130 % against 131-138 %.  The price: ~3 MB more RSS per codec
-swap (30 swaps in `bench soak --max-steps 40`: +87 MB, against flat), i.e. a few MB per hour
-with real 4-minute segments.  Elsewhere than glibc this is a no-op.
+So the mmap threshold is low only while a codec is created and warmed (`codec_allocations()`):
+its long-lived buffers are mmapped, and unmapped when it goes.  Otherwise it is at glibc's
+ceiling and the trim threshold at 64 MiB, so per-frame buffers are recycled inside the heap;
+and the heaps are trimmed once after each codec swap (`release_free_memory()`).  The price is
+a few MB of RSS per codec swap.  Elsewhere than glibc this is a no-op.
 """
 
 from __future__ import annotations

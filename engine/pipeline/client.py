@@ -1,17 +1,23 @@
-"""The client side of the pipeline: four loops around a streaming codec.
+"""The client side of the pipeline: four loops around a streaming codec, each on its own thread.
 
-    source callback -> input q -> [send] encode -> [send2] -> pipe -> model process
-    sink callback   <- output q <- [recv] decode <- [recv2] <- pipe <- model process
+    source callback -> input q -> [encode] encoder -> [send to model] -> pipe -> model process
+    sink callback   <- output q <- [decode] decoder <- [receive results] <- pipe <- model process
+
+- encode: frames from the input queue into the encoder (or dropped when the model is behind);
+- send to model: the encoder's codes, in order, to the model process;
+- receive results: the model's messages; a result's text token out, its audio into the decoder;
+- decode: the decoder's PCM, in order, into the output queue the sink callback pulls from.
 
 Kyutai's CLI polls each loop every 1 ms, all the time.  Here each loop blocks on the event it
 waits for (a queue item, a pipe message); only while the codec has work outstanding do the
-send2/recv loops poll its result, first sleeping most of the expected codec time (the running
-median), then in short steps.  Idle loops cost nothing; busy loops wake a few times per frame.
+send-to-model and decode loops poll its result, first sleeping most of the expected codec time
+(the running median), then in short steps.  Idle loops cost nothing; busy loops wake a few
+times per frame.
 
-Around the loops, each in its own module: the codec (codec.py), early encode (early.py), codec
-segments (segments.py), the input queue (input_queue.py) and the jitter buffer in front of the
-speaker (playout.py).  What happens is told to observers (events.py): the telemetry, the
-recorder, `serve`'s conversation.
+Around the loops, each in its own module: the codec (codec.py), the decoder's side
+(decoding.py), early encode (early.py), codec segments (segments.py), the input queue
+(input_queue.py) and the jitter buffer in front of the speaker (playout.py).  What happens is
+told to observers (events.py): the telemetry, the recorder, `serve`'s conversation.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 from engine.audio import FRAME, HEAD
 from engine.model.messages import Failed, Frame, Memory, Reset, Result, Segment
 from engine.pipeline.codec import StreamingCodec
+from engine.pipeline.decoding import Decoding
 from engine.pipeline.early import EarlyEncode
 from engine.pipeline.events import Observers, PipelineObserver
 from engine.pipeline.input_queue import InputQueue
@@ -41,29 +48,25 @@ class ClientPipeline:
         self.obs = Observers(*observers)
         # The encoder and decoder sides each hold their own direction: at a segment boundary
         # they move to a fresh codec at different frames (see engine.pipeline.segments).
-        self.codec = codec  # the one the decoder uses (the encoder moves first at a boundary)
-        self._next_codec: StreamingCodec | None = None
         self.enc = codec.encoder
-        self.dec = codec.decoder
         self.conn = conn
         self.spm = text_tokenizer
         self.early = EarlyEncode(early_encode)
         self.segments = segments
         self.input_q = InputQueue(input_max)
         self.output_q: deque = deque()  # (rec, pcm) decoded, for the speaker (or serve's writer)
-        self.output_max = output_max
         self.inflight_max = inflight_max
         self.codec_max = codec_max  # frames inside each codec direction at most
         self.playout = Playout()
         self.muted = False
         self.stop_ev = threading.Event()
         self.send_lock = threading.Lock()
+        self.decoding = Decoding(codec, self.obs, self.playout, self.output_q, self.stop_ev,
+                                 segments, codec_max, output_max)
         self._enc_pending: deque[FrameRecord] = deque()  # submitted, awaiting their codes
-        self._dec_pending: deque[FrameRecord] = deque()  # submitted, awaiting their PCM
         self._inflight: dict[int, FrameRecord] = {}  # sent to the model, awaiting its result
         self._enc_ev = threading.Event()
         self._enc_room = threading.Event()
-        self._dec_ev = threading.Event()
         # Frames sent to the server whose result has not come back = sent - returned; each
         # counter has a single writer thread, so no lock is needed.
         self._sent = 0
@@ -144,13 +147,13 @@ class ClientPipeline:
         return {
             "input": self.input_q.qsize() + len(self._enc_pending),
             "c2s": self.inflight,
-            "s2c": len(self._dec_pending),
+            "s2c": len(self.decoding.pending),
             "output": len(self.output_q),
         }
 
-    # ---------------------------------------------------------------- the four loops
-    def _send_loop(self) -> None:
-        """input q -> encode."""
+    # ------------------------------------------- the four loops (decode: Decoding.decode_loop)
+    def _encode_loop(self) -> None:
+        """input q -> encoder."""
         while not self.stop_ev.is_set():
             if len(self._enc_pending) >= self.codec_max:
                 # The codec is behind: leave frames in the bounded input queue (which drops the
@@ -179,7 +182,7 @@ class ClientPipeline:
             if new is not None:
                 new.encoder.inherit(self.enc)
                 self.enc = new.encoder
-                self._next_codec = new
+                self.decoding.next_codec = new
         rec.t_enc0 = time.monotonic_ns()
         self._enc_pending.append(rec)
         if t_head:
@@ -197,7 +200,7 @@ class ClientPipeline:
             self._enc_room.wait(0.05)
             self._enc_room.clear()
 
-    def _send2_loop(self) -> None:
+    def _send_to_model_loop(self) -> None:
         """Encoded codes -> model process."""
         while not self.stop_ev.is_set():
             if not self._enc_pending:
@@ -227,8 +230,8 @@ class ClientPipeline:
                 self._fail("connection to the model server lost")
                 return
 
-    def _recv2_loop(self) -> None:
-        """Model process -> text token + decode."""
+    def _receive_results_loop(self) -> None:
+        """Model process -> text token + decoder."""
         obs = self.obs
         while not self.stop_ev.is_set():
             try:
@@ -261,7 +264,7 @@ class ClientPipeline:
     def _place_result(self, msg: Result) -> None:
         obs = self.obs
         if self.segments is not None and self.segments.decoder_switch_due(msg.frame_id):
-            self._switch_decoder(msg.step)
+            self.decoding.switch(msg.step)
         rec = self._inflight.pop(msg.frame_id, None) or FrameRecord(frame=msg.frame_id)
         rec.step, rec.t_srv_in, rec.t_step0, rec.t_step1 = (msg.step, msg.t_srv_in, msg.t_step0,
                                                             msg.t_step1)
@@ -269,66 +272,7 @@ class ClientPipeline:
         if msg.text_token not in (0, 3):  # (0: end of padding, 3: padding)
             piece = self.spm.id_to_piece(msg.text_token).replace("\u2581", " ")
             obs.text_token(piece, msg.text_token, msg.step, msg.t_step1)
-        if msg.audio is None:
-            obs.delay_step(rec)
-            if self.playout.playing:
-                # A new segment's first step (the codebook delays): the model has no audio for
-                # this frame.  The speaker plays its 80 ms as silence at the frame's time, in
-                # order with the frames around it: a planned gap, not an underrun (which would
-                # also raise the jitter buffer's margin for nothing).
-                rec.silent = True
-                self._dec_pending.append(rec)
-                self._dec_ev.set()
-        elif len(self._dec_pending) >= self.codec_max:
-            # The decoder is behind: skip this frame rather than queue stale audio.
-            obs.dropped(rec, "decode", "output dropped: decoder behind real time")
-        else:
-            rec.has_audio = True
-            rec.t_dec0 = time.monotonic_ns()
-            self._dec_pending.append(rec)
-            self.dec.submit(msg.audio)
-            self._dec_ev.set()
-
-    def _switch_decoder(self, step: int) -> None:
-        """On the first result of the new segment: drain the old decoder, switch."""
-        while self._dec_pending and not self.stop_ev.is_set():
-            time.sleep(0.002)
-        old, self.codec, self._next_codec = self.codec, self._next_codec, None
-        self.codec.decoder.inherit(self.dec)
-        self.dec = self.codec.decoder
-        old.close()
-        self.segments.decoder_switched()
-        self.obs.segment_started(step, time.monotonic_ns())
-
-    def _recv_loop(self) -> None:
-        """Decoded PCM -> output q."""
-        while not self.stop_ev.is_set():
-            if not self._dec_pending:
-                self._dec_ev.wait(0.2)
-                self._dec_ev.clear()
-                continue
-            rec = self._dec_pending[0]
-            # (each frame leaves _dec_pending only once it is in the output queue: idle()
-            # never sees a frame in neither)
-            if rec.silent:  # nothing to decode: its silence goes out in its turn
-                self.output_q.append((rec, np.zeros(FRAME, np.float32)))
-                self._dec_pending.popleft()
-                continue
-            pcm = self.dec.wait(rec.t_dec0, self.stop_ev)
-            if pcm is None:
-                return
-            rec.t_dec = time.monotonic_ns()
-            pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
-            if rec.t_cap:
-                self.playout.observe(rec.t_dec, rec.t_dec - rec.t_cap)
-            self.output_q.append((rec, pcm))
-            self._dec_pending.popleft()
-            if self._dec_pending:
-                nxt = self._dec_pending[0]
-                nxt.t_dec0 = max(nxt.t_dec0, rec.t_dec)
-            self.obs.pcm_ready(rec, pcm)
-            while len(self.output_q) > self.output_max:
-                self.obs.dropped(self.output_q.popleft()[0], "output")
+        self.decoding.place(rec, msg.audio)
 
     # ---------------------------------------------------------------- lifecycle
     def _fail(self, message: str) -> None:
@@ -337,7 +281,8 @@ class ClientPipeline:
             self.obs.failed(message)
 
     def start(self) -> None:
-        for fn in (self._send_loop, self._send2_loop, self._recv2_loop, self._recv_loop):
+        for fn in (self._encode_loop, self._send_to_model_loop, self._receive_results_loop,
+                   self.decoding.decode_loop):
             name = fn.__name__.strip("_")
             t = threading.Thread(target=self._guarded, args=(fn, name), name=name, daemon=True)
             t.start()
@@ -355,26 +300,21 @@ class ClientPipeline:
     def idle(self) -> bool:
         """Nothing left in flight between capture and the output queue."""
         return (self.input_q.empty() and not self._enc_pending and self.inflight <= 0
-                and not self._dec_pending)
+                and not self.decoding.pending)
 
     def stop(self) -> None:
         # Collect outstanding codec results first: dropping a StreamTokenizer while its threads
         # still work makes rustymimi print "sending on a closed channel".
         deadline = time.monotonic() + 0.3
-        while (self._enc_pending or self._dec_pending) and time.monotonic() < deadline:
+        while (self._enc_pending or self.decoding.pending) and time.monotonic() < deadline:
             time.sleep(0.005)
         self.stop_ev.set()
         self._enc_ev.set()
-        self._dec_ev.set()
+        self.decoding.ev.set()
         for t in self.threads:
             t.join(timeout=1.0)
         # Frames the model stepped but the session ended before decoding: their stages up to
         # the model still count (the trace shows them too).
-        for rec in list(self._dec_pending):
-            if not rec.silent:
-                self.obs.abandoned(rec)
-        for codec in (self.codec, self._next_codec):
-            if codec is not None:
-                codec.close()
+        self.decoding.close()
         if self.segments is not None:
             self.segments.close()

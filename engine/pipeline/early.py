@@ -26,7 +26,7 @@ class EarlyEncode:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.lock = threading.Lock()  # one submitter at a time, in frame order
-        self.handled = -1  # the last frame the send loop encoded or dropped
+        self.handled = -1  # the last frame the encode loop encoded or dropped
         self.head_of: int | None = None  # the frame whose first half the encoder already has
         self._head_t = 0
         self._head_seen = 0  # when the last head was handed over (used or not)
@@ -56,7 +56,7 @@ class EarlyEncode:
     def offer(self, frame_id: int, t_ns: int, fits: Callable[[], bool],
               submit: Callable[[], None]) -> None:
         """The head of frame `frame_id` was captured at `t_ns`: `submit()` it when it helps and
-        `fits()`.  Never blocks (the send loop holding the lock means: the frame goes whole)."""
+        `fits()`.  Never blocks (the encode loop holding the lock means: the frame goes whole)."""
         if not self.enabled:
             return
         self._head_seen = t_ns
@@ -71,7 +71,7 @@ class EarlyEncode:
             self.lock.release()
 
     def take(self, frame: int) -> int:
-        """The send loop handles `frame` (holding `lock`): when its head went in early, when
+        """The encode loop handles `frame` (holding `lock`): when its head went in early, when
         (t_head), else 0."""
         early = self.head_of == frame
         self.head_of = None

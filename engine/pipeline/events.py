@@ -10,8 +10,9 @@ Events arrive on the thread where they happen (audio callbacks, codec loops): an
 never blocks.
 
     captured      a frame came from the source (rec.t_cap set; pcm after muting)
-    dropped       a frame will go no further: where = "input" | "decode" | "output"; `why` is
-                  the warning to show, or "" for a routine drop
+    dropped       a frame will go no further: where = "input" | "decode" | "output" | "offline"
+                  (captured while a remote session is disconnected); `why` is the warning to
+                  show, or "" for a routine drop
     early_encoded the frame's first half went into the encoder before the frame was complete
     early_encode  early encode turned on or off (heads arriving with their frames: off)
     queues        the depth of each queue, sampled once per captured frame
@@ -27,6 +28,8 @@ never blocks.
     abandoned     a frame the model stepped but the pipeline stopped before decoding
     model_memory  what MLX holds in the model process, in MB, at model step `step`, and its
                   garbage collector's figures (engine.telemetry.gcwatch) when it sends them
+    stage         a stage timed where it ran rather than from a frame's stamps: the echo
+                  canceller's work on the audio path ("aec"), a remote session's round trip
     warning       something the user should know, in words
     failed        the model process died or failed, or a loop raised: the conversation
                   cannot go on
@@ -58,6 +61,7 @@ class PipelineObserver:
     def retired(self, rec: FrameRecord) -> None: ...
     def abandoned(self, rec: FrameRecord) -> None: ...
     def model_memory(self, step: int, mb: float, gc: dict | None = None) -> None: ...
+    def stage(self, name: str, ms: float) -> None: ...
     def warning(self, text: str) -> None: ...
     def failed(self, message: str) -> None: ...
 

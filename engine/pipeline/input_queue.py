@@ -7,7 +7,7 @@ from collections import deque
 
 
 class InputQueue:
-    """Frames from the source callback to the send loop: bounded, the oldest dropped first, but
+    """Frames from the source callback to the encode loop: bounded, the oldest dropped first, but
     never the frame whose first half is already in the encoder (dropping it would leave half a
     frame in the codec's stream).  `put` never blocks."""
 

@@ -20,25 +20,21 @@ class Playout:
     starts at `start_margin_ms`, shrinks by 10 ms every `decay_s` without an underrun down to
     `min_margin_ms`, and grows by 20 ms (up to `max_margin_ms`) at each underrun, which also
     doubles the wait before the next shrink (up to a minute): a jittery machine settles on a
-    margin that keeps underruns rare.  The margin never goes below 30 ms: with none, every
-    frame slower than the slowest of the window is an underrun (on an H200, five in each of two
-    5-minute sessions whose frames took 32-36 ms at p50 and 66 at most), and playback may start half a
-    speaker block (10 ms) before the aim.  Replayed through this policy
-    (scripts/playout_replay.py), two such sessions' frame times give: the first (run with a
-    15 ms floor) 1 underrun with 15 ms and none with 20; the second (run with 20 ms) 1 with 15,
-    20 or 25 ms and none with 30, for 10 ms more mic-to-speaker delay (p50 54.6 -> 64.6 ms
-    replayed, against a budget of 80).  A gap in the speech is heard; 10 ms of delay are not.
+    margin that keeps underruns rare.  The margin never goes below `min_margin_ms`: with none,
+    every frame slower than the slowest of the window is an underrun, and playback may start
+    half a speaker block (10 ms) before the aim.  The 30 ms default is the floor that recorded
+    sessions' frame times, replayed through this policy (scripts/playout_replay.py), played
+    without an underrun: a gap in the speech is heard; 10 ms of delay are not.
 
     Playback starts at the speaker block nearest the moment the first frame's delay reaches the
-    aim.  A frame that is not ready
-    when the speaker reaches it is an underrun: the speaker plays silence one block at a time
-    (20 ms, or the device's callback size) and resumes once the late frame's delay reaches the
-    new aim, so the delay grows by just what that frame needed.  When the slow frames leave the
-    window the delay comes back down: a frame that would play later than aimed loses up to
-    `trim_ms` at its start (faded in over 2 ms), at most once every `trim_every` frames
-    (~30 ms per second), and when the delay is two frames or more too long (the machine got
-    faster), whole frames are dropped.
-    Thread-safe: `observe` runs in the decoder loop, `decide` in the audio callback.
+    aim.  A frame that is not ready when the speaker reaches it is an underrun: the speaker
+    plays silence one block at a time (20 ms, or the device's callback size) and resumes once
+    the late frame's delay reaches the new aim, so the delay grows by just what that frame
+    needed.  When the slow frames leave the window the delay comes back down: a frame that
+    would play later than aimed loses up to `trim_ms` at its start (faded in over 2 ms), at
+    most once every `trim_every` frames (~30 ms per second), and when the delay is two frames
+    or more too long (the machine got faster), whole frames are dropped.
+    Thread-safe: `observe` runs in the decode loop, `decide` in the audio callback.
     """
 
     def __init__(self, window_s: float = 20.0, min_margin_ms: float = 30.0,

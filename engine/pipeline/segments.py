@@ -1,12 +1,15 @@
 """Codec segments: every so many frames, a fresh codec and a fresh LM state.
 
-rustymimi's streaming codec stops for good after 4096 frames (5.5 min) and its KV caches grow
-~128 KB per frame until then; the LM has a fixed number of steps.  So every `frames` frames the
-pipeline starts a new segment: a fresh codec, loaded and warmed in the background beforehand,
-and a `Reset` of the LM.  The encoder switches first, at a frame boundary (never at a frame
+rustymimi's streaming codec stops for good after 4096 frames and its KV caches grow with every
+frame until then; the LM has a fixed number of steps.  So every `frames` frames the pipeline
+starts a new segment: a fresh codec, loaded and warmed in the background beforehand, and a
+`Reset` of the LM.  The encoder switches first, at a frame boundary (never at a frame
 whose first half is already in the old encoder), once every frame of the old segment has left
 the old encoder; the decoder switches when the first result of the new segment comes back,
 once the old decoder has drained.  At most two codecs are alive at a time.
+
+`codec_segments` is the rule for when a pipeline gets them: with rustymimi, every
+`min(max_steps - 2, CODEC_SEGMENT_FRAMES)` frames (8 at least).
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
+from engine.pipeline.alloc import release_free_memory
 from engine.pipeline.codec import StreamingCodec
 
-# rustymimi's streaming encoder fails once its transformer positions pass max_seq_len
-# (measured: 4096 frames), and its KV caches grow ~128 KB per frame until then.
+# rustymimi's streaming encoder fails once its transformer positions pass max_seq_len (4096
+# frames), and its KV caches grow with every frame until then.
 CODEC_SEGMENT_FRAMES = 3600
+DEFAULT_MAX_STEPS = 3000  # the LM's context when the model process did not say
 
 
 class Segments:
@@ -43,7 +48,7 @@ class Segments:
 
     def before_encode(self, frame: int, switch: bool, drain: Callable[[], None]
                       ) -> StreamingCodec | None:
-        """In the send loop, before `frame` is encoded: preload the next codec when the boundary
+        """In the encode loop, before `frame` is encoded: preload the next codec when the boundary
         nears; at the boundary (`switch`: not a frame whose first half is in the old encoder),
         `drain()` the old encoder and return the new codec for the encoder to use."""
         # (never more than two codecs alive: wait until the decoder has left the old one)
@@ -88,3 +93,20 @@ class Segments:
         nxt, self._next = self._next, None
         if nxt is not None:
             nxt.close()
+
+
+def codec_segments(backend: str, max_steps: int | None, open_codec: Callable[[], StreamingCodec],
+                   warn: Callable[[str], None]) -> Segments | None:
+    """The segments of a pipeline whose codec is `backend` and whose LM starts a new segment
+    after `max_steps` steps (what the model process's Ready says).
+
+    rustymimi's stream ends after 4096 frames and its caches grow until then: a fresh codec
+    with each new segment (the LM's step budget, or the codec's limit, first), freed memory
+    handed back to the OS once the old one is gone.  MLX's Mimi keeps bounded caches and no
+    position limit: None, the codec streams on, and the model process starts each new segment
+    itself when the LM context is full."""
+    if backend != "rustymimi":
+        return None
+    steps = int(max_steps or DEFAULT_MAX_STEPS)
+    return Segments(max(8, min(steps - 2, CODEC_SEGMENT_FRAMES)), open_codec,
+                    release_free_memory, warn)

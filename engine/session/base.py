@@ -37,26 +37,28 @@ class ConversationSession(ProcessFigures):
         self.folder: Path | None = None  # the session folder, when saving
         self.recorder = None  # engine.files.recorder.SessionRecorder once live, when saving
         self.muted = False
-        self.aec = None  # engine.audio.aec.EchoCanceller, while echo cancellation is wanted
+        self.aec = None  # engine.audio.aec.EchoStage, while echo cancellation is wanted
         self._stop_req = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
 
     # ------------------------------------------------------------------ setup
-    def prepare(self) -> None:
-        """Cheap validation: audio endpoints and the session folder. Raises MoshiTuiError."""
+    def prepare(self, endpoints=None) -> None:
+        """Cheap validation: audio endpoints and the session folder. Raises MoshiTuiError.
+        `endpoints`: a (source, sink) already opened, instead of the config's input and output
+        (the benches loop their input)."""
         from engine.audio.devices import open_endpoints
 
-        self.source, self.sink = open_endpoints(self.cfg.input, self.cfg.output,
-                                                demo=self.cfg.model.demo, warn=self.tel.warn)
-        self.tel.info.update(input=self.source.label, output=self.sink.label)
+        self.source, self.sink = endpoints or open_endpoints(
+            self.cfg.input, self.cfg.output, demo=self.cfg.model.demo, warn=self.tel.warn)
+        self.tel.info.input, self.tel.info.output = self.source.label, self.sink.label
         self._setup_aec()
         if self.cfg.save:
             from engine.files.recorder import prepare_session_dir
 
             self.folder = prepare_session_dir(self.cfg.session_dir)
-            self.tel.info["session_dir"] = str(self.folder)
+            self.tel.info.session_dir = str(self.folder)
 
     # ------------------------------------------------------------------ echo cancellation
     def _setup_aec(self) -> None:
@@ -64,46 +66,40 @@ class ConversationSession(ProcessFigures):
         --aec on; off for files and null."""
         from engine.audio.portaudio import DeviceSink
 
-        self.tel.info["aec"] = "off"
+        self.tel.info.aec = "off"
         if self.cfg.aec == "on" or (self.cfg.aec == "auto" and isinstance(self.sink, DeviceSink)):
             self.set_aec(True, strict=self.cfg.aec == "on")
 
     def set_aec(self, on: bool, strict: bool = False) -> None:
         """Turn echo cancellation on or off, live.  Without the livekit package: an AudioError
         when `strict` (--aec on), else a warning and no echo cancellation."""
-        from engine.audio.aec import EchoCanceller
+        from engine.audio.aec import EchoCanceller, EchoStage
         from engine.errors import AudioError
 
         if on and self.aec is None:
             try:
-                self.aec = EchoCanceller(
+                self.aec = EchoStage(EchoCanceller(
                     noise_suppression=self.cfg.noise_suppression,
                     output_latency_s=lambda: getattr(self.sink, "latency_s", 0.0),
-                    input_latency_s=lambda: getattr(self.source, "latency_s", 0.0))
+                    input_latency_s=lambda: getattr(self.source, "latency_s", 0.0)), self.tel)
             except AudioError as e:
                 if strict:
                     raise
                 self.tel.warn(str(e))
-                self.tel.info["aec"] = "off (unavailable)"
+                self.tel.info.aec = "off (unavailable)"
                 return
         if self.aec is not None:
             self.aec.enabled = on
         ns = " + noise suppression" if on and self.cfg.noise_suppression else ""
-        self.tel.info["aec"] = f"on{ns}" if on else "off"
+        self.tel.info.aec = f"on{ns}" if on else "off"
 
     def _mic_head(self, pcm, t_ns: int):
         """A frame's first half from the microphone, as the encoder gets it (echo removed)."""
-        return pcm if self.aec is None else self.aec.near_head(pcm, t_ns)
+        return pcm if self.aec is None else self.aec.head(pcm, t_ns)
 
     def _mic_frame(self, pcm, t_ns: int):
         """A frame from the microphone, as the pipeline gets it (echo removed)."""
-        aec = self.aec
-        if aec is None:
-            return pcm
-        out = aec.near_frame(pcm, t_ns)  # (also when off: it forgets a head cleaned before)
-        if aec.enabled:
-            self.tel.add_stage("aec", aec.cost_ms())
-        return out
+        return pcm if self.aec is None else self.aec.frame(pcm, t_ns)
 
     def _speaker(self, pcm, room: int, t_play: int):
         """What the speaker plays from `t_play` (the echo canceller's reference)."""
@@ -135,8 +131,29 @@ class ConversationSession(ProcessFigures):
         if self.folder is not None and self.recorder is None:
             from engine.files.recorder import SessionRecorder
 
-            self.recorder = SessionRecorder(self.folder, self.tel, self.cfg.options,
-                                            processes=self.process_figures)
+            self.recorder = SessionRecorder(
+                self.folder, self.tel, stats=lambda end_reason: self.stats(end_reason=end_reason))
+
+    # ------------------------------------------------------------------ what it leaves
+    def stats(self, *, options: dict | None = None, end_reason: str | None = None) -> dict:
+        """The session summary (stats.json, engine.telemetry.stats): the processes' figures
+        now, or at the end once stopped; by default the config's options and the session's
+        end reason."""
+        from engine.telemetry.stats import build_stats
+
+        try:
+            processes = self.cpu or self.process_figures()
+        except Exception:
+            processes = {}
+        return build_stats(self.tel, options=self.cfg.options if options is None else options,
+                           processes=processes,
+                           end_reason=self.end_reason if end_reason is None else end_reason)
+
+    def write_files(self, folder: Path | None = None, stats: dict | None = None) -> list[Path]:
+        """transcript.md, transcript.json and stats.json in `folder` (the session folder)."""
+        from engine.files.export import write_session_files
+
+        return write_session_files(folder or self.folder, self.stats() if stats is None else stats)
 
     # ------------------------------------------------------------------ control
     def snapshot(self) -> Snapshot:
@@ -190,18 +207,12 @@ class ConversationSession(ProcessFigures):
         if self.tel.state != "error":
             self.tel.set_state("stopped", self.end_reason)
         if self.recorder is not None:
-            self.recorder.processes = lambda: self.cpu
             self.recorder.close(self.end_reason, trace=self.cfg.keep_records)
         elif self.folder is not None:
             # Stopped before going live (quit while loading, a load error): the folder still
             # gets its transcript and stats, so the session is never silently lost.
-            from engine.files.export import write_session_files
-            from engine.telemetry.stats import build_stats
-
             try:
-                write_session_files(self.folder, build_stats(
-                    self.tel, options=self.cfg.options, processes=self.cpu,
-                    end_reason=self.end_reason))
+                self.write_files()
             except Exception as e:
                 self.tel.warn(f"cannot write the session files in {self.folder}: {e}")
         self.done.set()

@@ -1,5 +1,5 @@
-"""What a conversation is asked to do (`SessionConfig`), and `open_session`, which picks the
-local or the remote session for it."""
+"""What a conversation is asked to do (`SessionConfig`; engine.session.factory.open_session
+opens the session for it)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from engine.model.sampling import Sampling
 from engine.model.source import ModelOptions
-from engine.telemetry.collect import Telemetry
 
 
 @dataclass
@@ -30,13 +29,3 @@ class SessionConfig:
     aec: str = "auto"  # echo cancellation: "on", "off", "auto" (on when the output is a device)
     noise_suppression: bool = False  # WebRTC's noise suppressor on the microphone, with the AEC
 
-
-def open_session(cfg: SessionConfig, telemetry: Telemetry | None = None):
-    """A local `Session`, or a `RemoteSession` (same interface) with cfg.remote."""
-    from engine.session.local import Session
-
-    if cfg.remote:
-        from engine.session.remote.session import RemoteSession
-
-        return RemoteSession(cfg, cfg.remote, telemetry)
-    return Session(cfg, telemetry)

@@ -1,4 +1,4 @@
-"""A conversation with the model on this machine: the spawned model process, the client
+"""A conversation with the model on this machine: the model host (engine.session.host), the client
 pipeline, the audio source and sink (a `ConversationSession`, see engine.session.base).
 
 When the model process dies, `restart_server()` starts a new one behind the same audio
@@ -11,14 +11,12 @@ import threading
 import time
 
 from engine.errors import MoshiTuiError
-from engine.model.messages import Ready
-from engine.model.process import ModelProcess
-from engine.model.source import resolve, text_card
-from engine.pipeline.alloc import release_free_memory, tune_allocator
-from engine.pipeline.codec import choose_codec, open_codec
-from engine.pipeline.segments import CODEC_SEGMENT_FRAMES, Segments
+from engine.model.messages import WorkerOptions
+from engine.model.source import resolve
+from engine.pipeline.alloc import tune_allocator
 from engine.session.base import ConversationSession
 from engine.session.config import SessionConfig
+from engine.session.host import ModelHost
 from engine.telemetry.collect import Telemetry
 
 
@@ -27,7 +25,7 @@ class Session(ConversationSession):
         tune_allocator()
         super().__init__(cfg, telemetry or Telemetry())
         self.pipeline = None
-        self.server: ModelProcess | None = None
+        self.server: ModelHost | None = None  # (a new one after restart_server)
         self.resolved = None
 
     def _progress(self, text: str) -> None:
@@ -53,70 +51,55 @@ class Session(ConversationSession):
         self.done.set()
 
     def _startup(self, restart: bool = False) -> None:
-        from engine.model.load import load_text_tokenizer
-        from engine.model.worker import model_main
-
         tel = self.tel
         if not restart:
             tel.set_state("loading", "resolving model files")
             self.resolved = resolve(self.cfg.model, progress=self._progress)
-        tel.info["model"] = self.resolved.label
-        options = {"max_steps": self.cfg.max_steps, "step_delay_ms": self.cfg.step_delay_ms,
-                   "lm_mode": self.cfg.model.lm_step, "sampling": self.cfg.sampling.as_dict()}
-        server = ModelProcess(model_main, self.resolved, options)
-        # Started under the lock stop() takes: stop() sees no server or a started one (joining
-        # one that is not started yet fails), and no server starts after a stop.
-        with self._lock:
-            if self._stopped:
-                raise MoshiTuiError("stopped during loading", exit_code=1)
-            server.start()
-            self.server = server
-        tel.info["server_pid"] = server.pid
+        tel.info.model = self.resolved.label
+        options = WorkerOptions(max_steps=self.cfg.max_steps, step_delay_ms=self.cfg.step_delay_ms,
+                                lm_mode=self.cfg.model.lm_step, sampling=self.cfg.sampling)
+        host = ModelHost(self.resolved, options, codec=self.cfg.model.codec)
+
+        def started(host: ModelHost) -> None:
+            self.server = host
+
+        # Started under the lock stop() takes: stop() sees no server or a started one, and no
+        # server starts after a stop.
+        host.start(self._lock, lambda: self._stopped, started)
+        tel.info.server["pid"] = host.pid
         tel.set_state("loading", "loading model in the server process")
 
         # The codec and text tokenizer load here while the server loads the LM.
         if self._stop_req.is_set():
             raise MoshiTuiError("stopped during loading", exit_code=1)
-        self.codec_backend = choose_codec(self.cfg.model.codec)
-        tel.info["codec"] = self.codec_backend
+        tel.info.codec = host.codec_backend
         kind = self.resolved.kind
-        tel.info["mode"] = kind.mode
-        codec = open_codec(str(self.resolved.mimi_weight), self.codec_backend, kind.codebooks)
-        spm = load_text_tokenizer(self.resolved.tokenizer, text_card(self.resolved))
+        tel.info.mode = kind.mode
+        codec = host.new_codec()
+        host.load_tokenizer()
 
         # Wait for the server: it reports progress, then ready or an error.
         def progress(text: str) -> None:
             tel.set_state("warming up" if "warm" in text else "loading", text)
 
-        ready = server.wait_for(Ready, progress, should_stop=self._stop_req.is_set)
-        tel.info.update({f"server_{k}": v for k, v in ready.info.items()})
-        tel.info["codec_warmup_ms"] = round(codec.warm_ms, 1)
+        ready = host.wait_ready(progress, should_stop=self._stop_req.is_set)
+        tel.info.server.update(ready)
+        tel.info.codec_warmup_ms = round(codec.warm_ms, 1)
         # stop() runs either before this (then nothing starts: no device is opened after the
         # session was stopped) or after it (then it stops what started here).
         with self._lock:
             if self._stopped:
                 raise MoshiTuiError("stopped during loading", exit_code=1)
-            self._go_live(codec, spm, restart)
+            self._go_live(codec, restart)
 
-    def _go_live(self, codec, spm, restart: bool) -> None:
+    def _go_live(self, codec, restart: bool) -> None:
         from engine.pipeline.client import ClientPipeline
 
         tel = self.tel
-        tel.info["early_encode"] = self.cfg.early_encode  # (off later if heads do not help)
+        tel.info.early_encode = self.cfg.early_encode  # (off later if heads do not help)
         self._new_recorder()
-        # rustymimi's stream ends after 4096 frames and its caches grow until then: a fresh
-        # codec with each new segment (the LM's step budget, or the codec's limit, first).
-        # MLX's Mimi keeps bounded caches and no position limit: the codec streams on, and the
-        # model process starts each new segment itself when the LM context is full.
-        segments = None
-        if self.codec_backend == "rustymimi":
-            max_steps = int(tel.info.get("server_max_steps") or 3000)
-            mimi_path = str(self.resolved.mimi_weight)
-            segments = Segments(max(8, min(max_steps - 2, CODEC_SEGMENT_FRAMES)),
-                                lambda: open_codec(mimi_path, self.codec_backend,
-                                                   self.resolved.kind.codebooks),
-                                release_free_memory, tel.warn)
-        self.pipeline = ClientPipeline(codec, self.server.conn, spm, tel, self.recorder,
+        segments = self.server.codec_segments(tel.warn)
+        self.pipeline = ClientPipeline(codec, self.server.conn, self.server.spm, tel, self.recorder,
                                        early_encode=self.cfg.early_encode, segments=segments,
                                        input_max=self.cfg.input_max,
                                        inflight_max=self.cfg.inflight_max)

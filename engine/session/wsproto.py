@@ -56,10 +56,6 @@ CLIENT_KINDS = SPEC_KINDS | {COLORED_TEXT}  # what a client accepts from a serve
 CONTROL_ACTIONS = {"start": 0, "endTurn": 1, "pause": 2, "restart": 3}
 CONTROL_NAMES = {v: k for k, v in CONTROL_ACTIONS.items()}
 
-
-
-
-
 # Limits.  80 ms of Opus at its maximum bitrate (510 kb/s) is ~5 KB; a second of it is 64 KB.
 MAX_MESSAGE = 64 * 1024  # application limit: larger messages are rejected one by one
 MAX_TRANSPORT = 1024 * 1024  # websocket limit: larger frames close the connection (1009)

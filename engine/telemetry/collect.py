@@ -10,7 +10,6 @@ status printer) call `snapshot()`, which copies bounded windows and never blocks
 
 from __future__ import annotations
 
-import heapq
 import time
 from array import array
 from collections import deque
@@ -19,13 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.audio import rms
-from engine.telemetry.stages import ALL_STAGES, QUEUES, FrameRecord, percentiles
+from engine.telemetry.info import SessionInfo
+from engine.telemetry.stages import ALL_STAGES, COUNTERS, QUEUES, FrameRecord, percentiles
+from engine.telemetry.late_frames import SlowestFrames, Underruns, underrun_text
 
 WINDOW = 250  # frames in the rolling windows (20 s)
-SLOWEST = 12  # the slowest frames of a session kept whole, with their stages (stats.json)
-EXPLAINED = 200  # underruns explained (stats.json), the first of a session
-# the stages a frame passes before its PCM is ready, in order (processing = their sum)
-PATH_STAGES = ("encode", "uplink", "queue", "model", "decode")
+# the stages of a frame the model stepped, folded when its audio is not decoded
+SERVER_STAGES = ("encode", "uplink", "queue", "model", "encode_work")
 
 
 @dataclass
@@ -63,41 +62,47 @@ class Snapshot:
     output_level: float
     level_history: dict[str, list[float]]
     muted: bool
-    info: dict
+    info: SessionInfo
     error: str | None
     first_frame_ms: float | None
     startup_ms: float | None
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """What a kind of session measures besides the pipeline's stages (engine.telemetry.stages)
+    and counters."""
+
+    # more stages, each kept and summarised like the pipeline's (snapshots, stats.json)
+    stages: tuple[str, ...] = ()
+    counters: tuple[str, ...] = ()  # more counters, from 0
+    # A frame's stages are taken from its stamps when its PCM is ready and when it plays (the
+    # stages, the slowest frames, the playback stage, underrun times and explanations).  Off
+    # where frames are paired with the audio that comes back in arrival order: no stage may
+    # depend on that pairing, and the session reports its stages itself (the `stage` event)
+    frame_timeline: bool = True
+
+
 class Telemetry:
     """Collects stamps, stage durations, queue depths, counters and the transcript."""
 
-    def __init__(self, window: int = WINDOW):
+    def __init__(self, window: int = WINDOW, config: TelemetryConfig = TelemetryConfig()):
         self.window = window
+        self.config = config
+        self.stage_names = ALL_STAGES + tuple(s for s in config.stages if s not in ALL_STAGES)
         self.t_launch = time.monotonic_ns()
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # wall clock, for exports
         self.t_start: int | None = None  # first captured frame
         self.t_first_out: int | None = None  # first decoded frame
         self.frames: dict[int, FrameRecord] = {}
-        self.stage_hist: dict[str, deque] = {s: deque(maxlen=window) for s in ALL_STAGES}
-        self.stage_all: dict[str, array] = {s: array("d") for s in ALL_STAGES}
+        self.stage_hist: dict[str, deque] = {s: deque(maxlen=window) for s in self.stage_names}
+        self.stage_all: dict[str, array] = {s: array("d") for s in self.stage_names}
         self.queue_hist: dict[str, deque] = {q: deque(maxlen=window) for q in QUEUES}
         self.queue_depth: dict[str, int] = dict.fromkeys(QUEUES, 0)
         self.queue_max: dict[str, int] = dict.fromkeys(QUEUES, 0)
         self.level_hist: dict[str, deque] = {"input": deque(maxlen=window), "output": deque(maxlen=window)}
-        self.counters: dict[str, int] = {
-            "underruns": 0,  # output period with nothing to play after playback started
-            "drops_input": 0,  # captured frames dropped because the pipeline was behind
-            "drops_output": 0,  # decoded frames dropped to resynchronise playback
-            "drops_decode": 0,  # model frames not decoded because the decoder was behind
-            "overruns": 0,  # device input overflow flags
-            "underflows": 0,  # device output underflow flags
-            "delay_steps": 0,  # server steps that returned no audio (codebook delays)
-            "segments": 0,  # context resets
-            "trims_output": 0,  # frames shortened (<= 10 ms) to bring the playback delay down
-            "early_encodes": 0,  # frames whose first half was encoded before the frame was complete
-        }
+        self.counters: dict[str, int] = dict.fromkeys((*COUNTERS, *config.counters), 0)
         self.frames_captured = 0
         self.frames_processed = 0
         self.frames_played = 0
@@ -109,17 +114,16 @@ class Telemetry:
         self.state = "starting"
         self.state_detail = ""
         self.error: str | None = None
-        self.info: dict = {}
+        self.info = SessionInfo()
         self.input_level = 0.0
         self.output_level = 0.0
         self.muted = False
         self.warnings: deque[str] = deque(maxlen=8)
         self.done_frames: deque[FrameRecord] = deque()  # completed records, for the trace
         self.keep_records = False
-        self.underrun_times: list[float] = []  # seconds since the first capture (first 1000)
-        self.underruns_explained: list[dict] = []  # what made each underrun's frame late
-        self._underrun_pending: tuple[int, float | None] | None = None  # (t_ns, aim ms)
-        self._drops_at_play = 0  # frames dropped before the last frame played
+        self.underruns = Underruns()
+        self.underrun_times = self.underruns.times  # seconds since the first capture
+        self.underruns_explained = self.underruns.explained  # what made each one's frame late
         # The delay the jitter buffer aimed at (capture -> speaker), per played frame
         self.playout_hist: deque = deque(maxlen=window)
         self.playout_all = array("d")
@@ -127,7 +131,7 @@ class Telemetry:
         self.queue_samples: deque = deque()  # (t_ns, depths) per frame, with keep_records
         self.gc: dict[str, dict] = {}  # the model process's garbage collector ("server")
         self.gc_watch = None  # engine.telemetry.gcwatch.GcWatch of this process, once live
-        self.slowest: list = []  # min-heap of (processing_ms, frame, its stages): SLOWEST kept
+        self.slowest = SlowestFrames()
 
     # --- writers (called from audio callbacks and loops; never block) ---
     def set_state(self, state: str, detail: str = "") -> None:
@@ -135,11 +139,9 @@ class Telemetry:
         self.state_detail = detail
 
     def new_frame(self, frame: int, t_cap: int) -> FrameRecord:
+        """A frame captured at `t_cap`, its level not measured (the `captured` event's is)."""
         rec = FrameRecord(frame=frame, t_cap=t_cap)
-        self.frames[frame] = rec
-        if self.t_start is None:
-            self.t_start = t_cap
-        self.frames_captured += 1
+        self.captured(rec)
         return rec
 
     def sample_queues(self, depths: dict[str, int]) -> None:
@@ -174,47 +176,12 @@ class Telemetry:
                 self.warn(err)
         lat = getattr(sink, "latency_s", None)
         if lat is not None:
-            self.info["output_latency_ms"] = round(lat * 1000.0, 1)
+            self.info.output_latency_ms = round(lat * 1000.0, 1)
 
     def underrun_at(self, t_ns: int) -> None:
-        if len(self.underrun_times) < 1000:
-            self.underrun_times.append(round((t_ns - (self.t_start or t_ns)) / 1e9, 3))
-        if self._underrun_pending is None:  # (the frame played next is the one that was late)
+        if self.config.frame_timeline:
             aim = self.playout_hist[-1] if self.playout_hist else None
-            self._underrun_pending = (t_ns, aim)
-
-    def _drops(self) -> int:
-        c = self.counters
-        return c["drops_input"] + c["drops_decode"] + c["drops_output"]
-
-    def _explain_underrun(self, rec: FrameRecord) -> None:
-        """The speaker ran dry, and `rec` is the frame it played next: which of its stages took
-        longer than usual (their medians over the recent window), as a warning and in stats."""
-        t_ns, aim = self._underrun_pending
-        self._underrun_pending = None
-        if len(self.underruns_explained) >= EXPLAINED:
-            return
-        stages = rec.stages_ms()
-        # (in the speaker's callback: a copy of each window, which the decoder loop appends to)
-        hist = {n: list(self.stage_hist[n]) for n in PATH_STAGES + ("processing",)}
-        usual = {n: float(np.median(v)) for n, v in hist.items() if v}
-        excess = {n: stages[n] - usual[n] for n in PATH_STAGES if n in stages and n in usual}
-        worst = max(excess, key=excess.get) if excess else None
-        if worst is not None and excess[worst] < 5.0:
-            worst = None  # no stage stood out: the frame was as fast as usual, the aim too tight
-        proc = stages.get("processing")
-        # (when, after its capture, the speaker wanted it: the delay it was playing at)
-        due = (t_ns - rec.t_cap) / 1e6 if rec.t_cap else None
-        entry = {"t_s": round((t_ns - (self.t_start or t_ns)) / 1e9, 3), "frame": rec.frame,
-                 "step": rec.step, "processing_ms": None if proc is None else round(proc, 1),
-                 "due_ms": None if due is None else round(due, 1),
-                 "aim_ms": None if aim is None else round(aim, 1), "stage": worst,
-                 "stages_ms": {n: round(v, 1) for n, v in stages.items()
-                               if n in PATH_STAGES},
-                 "usual_ms": {n: round(v, 1) for n, v in usual.items()},
-                 "dropped_before": self._drops() - self._drops_at_play}
-        self.underruns_explained.append(entry)
-        self.warn(underrun_text(entry))
+            self.underruns.ran_dry(t_ns, self.t_start, aim)
 
     def playout_aim(self, ms: float) -> None:
         """A frame was played under a jitter buffer aiming at `ms` of mic-to-speaker delay."""
@@ -226,12 +193,9 @@ class Telemetry:
         src = self.playout_all if full else self.playout_hist
         return round(float(np.median(src)), 1) if len(src) else None
 
-    def _info(self) -> dict:
-        info = dict(self.info)
+    def _info(self) -> SessionInfo:
         aim = self.playout_p50()
-        if aim is not None:
-            info["playout_ms"] = aim
-        return info
+        return self.info.copy() if aim is None else self.info.copy(playout_ms=aim)
 
     def add_stage(self, name: str, ms: float) -> None:
         self.stage_hist[name].append(ms)
@@ -242,32 +206,22 @@ class Telemetry:
         if self.t_first_out is None:
             self.t_first_out = rec.t_dec
         self.frames_processed += 1
+        if not self.config.frame_timeline:
+            return
         stages = rec.stages_ms()
         for name, ms in stages.items():
             if name != "playback":
                 self.add_stage(name, ms)
-        proc = stages.get("processing")
-        if proc is not None and (len(self.slowest) < SLOWEST or proc > self.slowest[0][0]):
-            t_s = (rec.t_cap - (self.t_start or rec.t_cap)) / 1e9
-            entry = (proc, rec.frame, rec.step, t_s, stages)
-            if len(self.slowest) < SLOWEST:
-                heapq.heappush(self.slowest, entry)
-            else:
-                heapq.heapreplace(self.slowest, entry)
-
-    def slowest_frames(self) -> list[dict]:
-        """The session's slowest frames (capture -> decoded PCM), slowest first, each with when
-        it was captured and what each stage took: where a rare late frame lost its time."""
-        return [{"frame": frame, "step": step, "t_s": round(t_s, 3),
-                 **{k: round(v, 3) for k, v in stages.items() if k != "playback"}}
-                for _, frame, step, t_s, stages in sorted(self.slowest, reverse=True)]
+        self.slowest.add(rec, stages, (rec.t_cap - (self.t_start or rec.t_cap)) / 1e9)
 
     def frame_played(self, rec: FrameRecord) -> None:
         self.frames_played += 1
-        if self._underrun_pending is not None:
-            self._explain_underrun(rec)
-        self._drops_at_play = self._drops()
-        if rec.t_play and rec.t_cap:
+        c = self.counters
+        drops = c["drops_input"] + c["drops_decode"] + c["drops_output"]
+        explained = self.underruns.played(rec, self.stage_hist, self.t_start, drops)
+        if explained is not None:
+            self.warn(underrun_text(explained))
+        if rec.t_play and rec.t_cap and self.config.frame_timeline:
             self.add_stage("playback", (rec.t_play - rec.t_cap) / 1e6)
         self.frames.pop(rec.frame, None)
         if self.keep_records:
@@ -298,14 +252,13 @@ class Telemetry:
             self.warn(f"context full at step {step}: new segment started")
 
     # --- the pipeline's events (engine.pipeline.events): Telemetry is one of its observers ---
-    SERVER_STAGES = ("encode", "uplink", "queue", "model", "encode_work")
-
-    def captured(self, rec: FrameRecord, pcm) -> None:
+    def captured(self, rec: FrameRecord, pcm=None) -> None:
         self.frames[rec.frame] = rec
         if self.t_start is None:
             self.t_start = rec.t_cap
         self.frames_captured += 1
-        self.add_level("input", rms(pcm))
+        if pcm is not None:
+            self.add_level("input", rms(pcm))
 
     def dropped(self, rec: FrameRecord, where: str, why: str = "") -> None:
         if where == "decode":  # stepped by the model: its stages up to the model count
@@ -319,10 +272,7 @@ class Telemetry:
         self.count("early_encodes")
 
     def early_encode(self, on: bool) -> None:
-        self.info["early_encode"] = on
-
-    def queues(self, depths: dict[str, int]) -> None:
-        self.sample_queues(depths)
+        self.info.early_encode = on
 
     def stepped(self, rec: FrameRecord) -> None:
         self.steps = rec.step + 1
@@ -331,9 +281,6 @@ class Telemetry:
         self.count("delay_steps")
         self._fold_server_stages(rec)
         self.frame_retired(rec)
-
-    def text_token(self, piece: str, token_id: int, step: int, t_ns: int) -> None:
-        self.add_token(piece, token_id, step, t_ns)
 
     def pcm_ready(self, rec: FrameRecord, pcm) -> None:
         self.frame_decoded(rec)
@@ -353,22 +300,21 @@ class Telemetry:
     def trimmed(self, rec: FrameRecord) -> None:
         self.count("trims_output")
 
-    def segment_started(self, step: int, t_ns: int) -> None:
-        self.mark_segment(step, t_ns)
-
-    def retired(self, rec: FrameRecord) -> None:
-        self.frame_retired(rec)
-
     def abandoned(self, rec: FrameRecord) -> None:
         self._fold_server_stages(rec)
 
     def model_memory(self, step: int, mb: float, gc: dict | None = None) -> None:
-        self.info["server_mlx_active_mb"] = round(mb, 1)
+        self.info.server["mlx_active_mb"] = round(mb, 1)
         if gc is not None:
             self.gc["server"] = gc
 
-    def warning(self, text: str) -> None:
-        self.warn(text)
+    # (events that are writers above, under the pipeline's names)
+    queues = sample_queues  # (depths)
+    text_token = add_token  # (piece, token_id, step, t_ns)
+    segment_started = mark_segment  # (step, t_ns): the LM context filled
+    retired = frame_retired  # (rec)
+    stage = add_stage  # (name, ms)
+    warning = warn  # (text)
 
     def failed(self, message: str) -> None:
         self.error = message
@@ -377,7 +323,7 @@ class Telemetry:
     def _fold_server_stages(self, rec: FrameRecord) -> None:
         """Stages up to the model step of a frame whose audio will not be decoded."""
         for name, ms in rec.stages_ms().items():
-            if name in self.SERVER_STAGES:
+            if name in SERVER_STAGES:
                 self.add_stage(name, ms)
 
     # --- readers ---
@@ -387,7 +333,7 @@ class Telemetry:
 
     def stage_stats(self, full: bool = False) -> dict[str, dict[str, float | None]]:
         src = self.stage_all if full else self.stage_hist
-        return {s: percentiles(list(src[s])) for s in ALL_STAGES}
+        return {s: percentiles(list(src[s])) for s in self.stage_names}
 
     def snapshot(self) -> Snapshot:
         now = time.monotonic_ns()
@@ -436,26 +382,3 @@ class Telemetry:
             return None
         return (self.t_first_out - self.t_launch) / 1e6
 
-
-def underrun_text(e: dict) -> str:
-    """One line for an explained underrun (engine.telemetry.collect.Telemetry)."""
-    when = []
-    if e["due_ms"] is not None:
-        when.append(f"due {e['due_ms']:.0f} ms after capture")
-    if e["processing_ms"] is not None:
-        when.append(f"ready at {e['processing_ms']:.0f} ms")
-    why = []
-    if e.get("dropped_before"):
-        n = e["dropped_before"]
-        why.append(f"{n} frame{'s' if n != 1 else ''} dropped before it (the pipeline was behind)")
-    if e["stage"] is not None:
-        why.append(f"{e['stage']} took {e['stages_ms'][e['stage']]:.0f} ms, usually "
-                   f"{e['usual_ms'][e['stage']]:.0f}")
-    elif not why:
-        usual = e["usual_ms"].get("processing")
-        why.append("no stage slower than usual"
-                   + ("" if usual is None else f" (processing usually {usual:.0f} ms)")
-                   + ": the speaker's delay was too short for it")
-    why = "; ".join(why)
-    return (f"underrun at {e['t_s']:.1f} s: frame {e['frame']}"
-            + (f" ({', '.join(when)})" if when else "") + f": {why}")

@@ -1,10 +1,11 @@
 """The question this app exists for -- "is the model slow, or the plumbing?" -- answered in
 plain words.
 
-`diagnose(x)` takes live telemetry (a `telemetry.Snapshot`: rolling-window percentiles) or a
-statistics dict (`stats.build_stats`: whole-session percentiles; a `bench pipeline` JSON works
-too) and returns `Verdict`s, worst first.  Every rule reads the stage percentiles of the
-telemetry (engine.telemetry.stages) against the 80 ms frame budget; the thresholds are the constants below.
+`diagnose(x)` takes live telemetry (an engine.telemetry.collect.Snapshot: rolling-window
+percentiles) or a statistics dict (engine.telemetry.stats.build_stats: whole-session
+percentiles; a `bench pipeline` JSON works too) and returns `Verdict`s, worst first.  Every
+rule reads the stage percentiles of the telemetry (engine.telemetry.stages) against the 80 ms
+frame budget; the thresholds are the constants below.
 
 For a status line: `verdict_line(diagnose(snap))`, or a `Diagnoser` kept across snapshots,
 which also notices drops and underruns *rising* (not just having happened once at start-up):
@@ -68,7 +69,7 @@ class _View:
     playout_ms: float | None = None  # the jitter buffer's aim, median over recent/all frames
     output_latency_ms: float | None = None  # the output device's own latency
     mlx_device: str = ""  # where the model runs: "Device(gpu, 0)", "Device(cpu, 0)"
-    lm_mode: str = ""  # how it steps (engine.model.lmcache)
+    lm_mode: str = ""  # how it steps (engine.model.graph.lm_step)
 
 
 def _view(x) -> _View:
@@ -78,13 +79,13 @@ def _view(x) -> _View:
             counters=dict(x.counters or {}),
             error=x.error,
             elapsed_s=float(x.elapsed_s or 0.0),
-            model_label=str((x.info or {}).get("model", "")),
+            model_label=str(x.info.model or ""),
             captured=int(x.frames_captured or 0),
             processed=int(x.frames_processed or 0),
-            playout_ms=(x.info or {}).get("playout_ms"),
-            output_latency_ms=(x.info or {}).get("output_latency_ms"),
-            mlx_device=str((x.info or {}).get("server_mlx_device") or ""),
-            lm_mode=str((x.info or {}).get("server_lm_mode") or ""),
+            playout_ms=x.info.playout_ms,
+            output_latency_ms=x.info.output_latency_ms,
+            mlx_device=str(x.info.server.get("mlx_device") or ""),
+            lm_mode=str(x.info.server.get("lm_mode") or ""),
         )
     if isinstance(x, dict):
         breakdown = x.get("frame_breakdown_ms") or {}
@@ -117,7 +118,7 @@ def _view(x) -> _View:
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
 
 
-# The LM step mode auto picks on CUDA (engine.model.lmcache.CUDA_MODE; the telemetry layer
+# The LM step mode auto picks on CUDA (engine.model.graph.lm_step.CUDA_MODE; the telemetry layer
 # does not import the model's, tests/test_diagnose.py checks they agree).
 CUDA_FASTEST_STEP = "layered"
 

@@ -71,8 +71,8 @@ class ProcessFigures:
             if get is not None:
                 out["client"]["mlx_active_mb"] = round(get() / 2**20, 1)
         if "server" in out and self.tel is not None \
-                and self.tel.info.get("server_mlx_active_mb") is not None:
-            out["server"]["mlx_active_mb"] = self.tel.info["server_mlx_active_mb"]
+                and self.tel.info.server.get("mlx_active_mb") is not None:
+            out["server"]["mlx_active_mb"] = self.tel.info.server["mlx_active_mb"]
         return out
 
     def _cpu_end(self) -> None:

@@ -1,5 +1,5 @@
 """What is measured per frame: the stamps of a `FrameRecord`, the stages between them, the queue
-names, and the percentile summary every report uses."""
+and counter names, and the percentile summary every report uses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Stage name -> (start stamp, end stamp).  README.md's "How it works" defines each stage.
+# Stage name -> (start stamp, end stamp): encode (capture to codes ready), uplink (codes to the
+# model process), queue (waiting for the model), model (the LM step), decode (back to the client
+# and decoded), processing (capture to PCM ready), playback (capture to the speaker).
 STAGE_DEFS: dict[str, tuple[str, str]] = {
     "encode": ("t_cap", "t_enc"),
     "uplink": ("t_enc", "t_srv_in"),
@@ -27,6 +29,21 @@ STAGES = tuple(STAGE_DEFS)
 WORK_STAGES = ("encode_work", "decode_work", "aec")
 ALL_STAGES = STAGES + WORK_STAGES
 QUEUES = ("input", "c2s", "s2c", "output")
+
+# Counter -> what it counts (a kind of session can count more: engine.telemetry.collect's
+# TelemetryConfig)
+COUNTERS: dict[str, str] = {
+    "underruns": "output period with nothing to play after playback started",
+    "drops_input": "captured frames dropped because the pipeline was behind",
+    "drops_output": "decoded frames dropped to resynchronise playback",
+    "drops_decode": "model frames not decoded because the decoder was behind",
+    "overruns": "device input overflow flags",
+    "underflows": "device output underflow flags",
+    "delay_steps": "server steps that returned no audio (codebook delays)",
+    "segments": "context resets",
+    "trims_output": "frames shortened (<= 10 ms) to bring the playback delay down",
+    "early_encodes": "frames whose first half was encoded before the frame was complete",
+}
 
 
 def percentiles(values, qs=(50, 95, 99)) -> dict[str, float | None]:

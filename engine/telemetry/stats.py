@@ -31,18 +31,19 @@ def status_line(s: Snapshot) -> str:
 def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict | None = None,
                 end_reason: str = "") -> dict:
     snap = tel.snapshot()
+    info = snap.info.to_dict()
     stats = {
         "version": 1,
         "started_at": tel.started_at,
         "state": snap.state,
         "end_reason": end_reason,
         "error": snap.error,
-        "model": {k: v for k, v in snap.info.items()
+        "model": {k: v for k, v in info.items()
                   if k in ("model", "mode", "codec") or k.startswith("server_")},
-        "audio": {**{k: snap.info.get(k) for k in ("input", "output", "output_latency_ms", "aec",
+        "audio": {**{k: info.get(k) for k in ("input", "output", "output_latency_ms", "aec",
                                                    "early_encode")},
                   # (the jitter buffer's aim, median over the session's played frames)
-                  "playout_ms": tel.playout_p50(full=True) or snap.info.get("playout_ms")},
+                  "playout_ms": tel.playout_p50(full=True) or snap.info.playout_ms},
         "options": options or {},
         "duration_s": round(snap.elapsed_s, 3),
         "frames": {
@@ -55,13 +56,13 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
         "startup": {
             "launch_to_first_frame_ms": _r(snap.startup_ms),
             "first_capture_to_first_output_ms": _r(snap.first_frame_ms),
-            "codec_warmup_ms": snap.info.get("codec_warmup_ms"),
+            "codec_warmup_ms": snap.info.codec_warmup_ms,
         },
         "stages_ms": tel.stage_stats(full=True),
         "counters": snap.counters,
         "underrun_times_s": list(tel.underrun_times),
         "underruns_explained": list(tel.underruns_explained),
-        "slowest_frames": tel.slowest_frames(),
+        "slowest_frames": tel.slowest.frames(),
         "gc": {**({"client": tel.gc_watch.summary()} if tel.gc_watch is not None else {}),
                **tel.gc},
         "queues_max": dict(tel.queue_max),

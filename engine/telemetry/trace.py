@@ -37,8 +37,8 @@ def build_trace(tel: Telemetry) -> dict:
     t0 = tel.t_launch
     us = lambda t: (t - t0) / 1000.0  # noqa: E731
     ev: list[dict] = []
-    client_os_pid = tel.info.get("client_pid") or os.getpid()
-    server_os_pid = tel.info.get("server_pid")
+    client_os_pid = os.getpid()
+    server_os_pid = tel.info.server.get("pid")
     names = {
         CLIENT_PID: f"client (pid {client_os_pid})",
         SERVER_PID: f"server (MLX{f', pid {server_os_pid}' if server_os_pid else ''})",

@@ -1,4 +1,5 @@
-"""The export modal: it only chooses a path and a format; `engine.export` writes the file."""
+"""The export modal: it only chooses a path and a format; the session's runner writes the file
+(`engine.session.runner.SessionRunner.export`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
 
-from engine.files.export import EXTENSIONS
+from engine.telemetry.transcript import EXTENSIONS
 
 
 @dataclass(frozen=True)

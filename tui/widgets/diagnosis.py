@@ -1,4 +1,5 @@
-"""The seed's question answered live: engine.diagnose's verdicts, worst first, in plain words."""
+"""The question this app exists for ("is the model slow, or the plumbing?") answered live:
+engine.telemetry.diagnose's verdicts, worst first, in plain words."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class DiagnosisView(SteadyStatic):
     """
 
     verdicts: reactive[tuple[Verdict, ...]] = reactive(tuple, layout=False, repaint=False)
-    """Verdicts of engine.diagnose (bound to the app's)."""
+    """Verdicts of engine.telemetry.diagnose (bound to the app's)."""
 
     def watch_verdicts(self, verdicts: tuple[Verdict, ...]) -> None:
         self.set_content(self.describe(verdicts))

@@ -1,9 +1,9 @@
 """The Log panel: a RichLog whose lines wrap to the panel as it is now.
 
 RichLog renders each line once, at the width of the moment and never narrower than its
-`min_width` (78 by default), so a log in a 60-column side panel was cut on the right, and a
-log written before a resize kept the old wrapping.  This one keeps its entries and writes them
-again when its width changes.
+`min_width` (78 by default): in a 60-column side panel its lines would be cut on the right,
+and after a resize keep the old wrapping.  This one keeps its entries and writes them again
+when its width changes.
 """
 
 from __future__ import annotations

@@ -5,12 +5,11 @@ from __future__ import annotations
 from functools import partial
 
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.reactive import reactive
 
 from engine.telemetry.collect import Snapshot
 
 from ..format import FRAME_BUDGET_MS, NEAR_BUDGET, budget_level, ms
+from .panel import SnapshotPanel
 from .spark import budget_style, spark
 from .table_row import HeaderRow, PanelRow
 
@@ -47,11 +46,8 @@ class StageRow(PanelRow):
                           style=BUDGET_BARS if self.budgeted else PLAIN_BARS), numbers)
 
 
-class LatencyPanel(Vertical):
+class LatencyPanel(SnapshotPanel):
     """Per-stage latency of the last 20 s, in ms; the border turns red when `processing` is over."""
-
-    snapshot: reactive[Snapshot | None] = reactive(None)
-    """The latest telemetry snapshot (bound to the app's)."""
 
     def compose(self) -> ComposeResult:
         yield HeaderRow("stage", "last 20 s", ["p50", "p95", "p99"], optional=1)
@@ -63,23 +59,15 @@ class LatencyPanel(Vertical):
             yield row
 
     def on_mount(self) -> None:
-        self._drawn: tuple[int, int] | None = None
+        self._drawn = None
         self.border_title = "Latency (ms)"
         self.border_subtitle = f"budget {FRAME_BUDGET_MS:.0f} ms/frame"
 
-    def redraw(self) -> None:
-        """Draw the current snapshot now (after being hidden, when updates were skipped)."""
-        self._drawn = None
-        self.watch_snapshot(self.snapshot)
+    def changes(self, snap: Snapshot) -> tuple:
+        return (snap.frames_processed, snap.frames_played)  # a new frame
 
-    def watch_snapshot(self, snap: Snapshot | None) -> None:
-        if snap is None or not self.display:
-            return
-        key = (snap.frames_processed, snap.frames_played)
-        if key == getattr(self, "_drawn", None):  # no new frame since the last draw
-            return
-        self._drawn = key
-        device = (snap.info or {}).get("output_latency_ms")
+    def draw(self, snap: Snapshot) -> None:
+        device = snap.info.output_latency_ms
         subtitle = f"budget {FRAME_BUDGET_MS:.0f} ms/frame"
         if device:  # the speaker device's own latency, after mic→spk
             subtitle += f" · speaker device +{device:.0f} ms"

@@ -5,12 +5,11 @@ from __future__ import annotations
 from functools import partial
 
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.reactive import reactive
 
 from engine.telemetry.collect import Snapshot
 from engine.telemetry.stages import QUEUES
 
+from .panel import SnapshotPanel
 from .spark import spark
 from .steady import SteadyStatic
 from .table_row import HeaderRow, PanelRow
@@ -34,11 +33,8 @@ class QueueRow(PanelRow):
                   [(str(depth), "bold"), (str(max(history, default=0)), "")])
 
 
-class QueuesPanel(Vertical):
+class QueuesPanel(SnapshotPanel):
     """Frames waiting in each queue (sampled once per frame) over the last 20 s."""
-
-    snapshot: reactive[Snapshot | None] = reactive(None)
-    """The latest telemetry snapshot (bound to the app's)."""
 
     def compose(self) -> ComposeResult:
         yield HeaderRow("queue", "depth, last 20 s", ["now", "max"])
@@ -47,21 +43,13 @@ class QueuesPanel(Vertical):
         yield SteadyStatic(id="counters")
 
     def on_mount(self) -> None:
-        self._drawn: tuple | None = None
+        self._drawn = None
         self.border_title = "Queues (frames)"
 
-    def redraw(self) -> None:
-        """Draw the current snapshot now (after being hidden, when updates were skipped)."""
-        self._drawn = None
-        self.watch_snapshot(self.snapshot)
+    def changes(self, snap: Snapshot) -> tuple:
+        return (snap.frames_captured, snap.frames_processed, tuple(snap.counters.values()))
 
-    def watch_snapshot(self, snap: Snapshot | None) -> None:
-        if snap is None or not self.display:
-            return
-        key = (snap.frames_captured, snap.frames_processed, tuple(snap.counters.values()))
-        if key == self._drawn:  # nothing new since the last draw
-            return
-        self._drawn = key
+    def draw(self, snap: Snapshot) -> None:
         for row in self.query(QueueRow):
             row.update_from(snap.queues.get(row.queue, 0), snap.queue_history.get(row.queue, []))
         parts = []

@@ -7,6 +7,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from engine.telemetry.collect import Snapshot
+from engine.telemetry.info import SessionInfo
 
 from ..format import clock
 
@@ -39,8 +40,8 @@ class StatusBar(Widget):
     stopping: reactive[bool] = reactive(False, repaint=False)
     """Quit was requested and the session is shutting down."""
     verdicts: reactive[tuple] = reactive(tuple, repaint=False)
-    """engine.diagnose verdicts, worst first: when the screen is not wide (no Diagnosis panel),
-    the worst problem takes the place of the latest warning."""
+    """engine.telemetry.diagnose verdicts, worst first: when the screen is not wide (no
+    Diagnosis panel), the worst problem takes the place of the latest warning."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,13 +78,13 @@ class StatusBar(Widget):
         line1 = Content.assemble(
             (f"● {state.upper()}", f"bold {STATE_STYLE.get(state, '')}"),
             "  ", (clock(s.elapsed_s), "bold"),
-            sep, ("model ", "$text-muted"), info.get("model", "…"), *where(info),
-            *(((" · ", "$text-muted"), str(info["mode"])) if info.get("mode") == "translation"
-              else ()),
-            sep, ("in ", "$text-muted"), str(info.get("input", "?")),
-            ("  out ", "$text-muted"), str(info.get("output", "?")),
-            *((("  codec ", "$text-muted"), str(info["codec"])) if info.get("codec") else ()),
-            *((("  echo canc. ", "$text-muted"), str(info["aec"])) if "aec" in info else ()),
+            sep, ("model ", "$text-muted"), "…" if info.model is None else info.model,
+            *where(info),
+            *(((" · ", "$text-muted"), str(info.mode)) if info.mode == "translation" else ()),
+            sep, ("in ", "$text-muted"), "?" if info.input is None else str(info.input),
+            ("  out ", "$text-muted"), "?" if info.output is None else str(info.output),
+            *((("  codec ", "$text-muted"), str(info.codec)) if info.codec else ()),
+            *((("  echo canc. ", "$text-muted"), str(info.aec)) if info.aec is not None else ()),
         )
         badges: list[tuple[str, str] | str] = []
         if self.lag:
@@ -105,8 +106,8 @@ class StatusBar(Widget):
                                    Content.assemble(*badges).truncate(max(1, self.size.width), ellipsis=True)])
 
 
-def where(info: dict) -> tuple:
+def where(info: SessionInfo) -> tuple:
     """" on gpu": the MLX device the model runs on, once known."""
-    device = str(info.get("server_mlx_device") or "")
+    device = str(info.server.get("mlx_device") or "")
     kind = "gpu" if "gpu" in device else "cpu" if "cpu" in device else ""
     return ((" on ", "$text-muted"), kind) if kind else ()

@@ -13,7 +13,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
-from engine.files.export import PARAGRAPH_GAP_MS, mmss, segment_label, starts_paragraph
+from engine.telemetry.transcript import PARAGRAPH_GAP_MS, mmss, segment_label, starts_paragraph
 
 from .steady import SteadyStatic
 

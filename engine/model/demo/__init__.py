@@ -16,21 +16,18 @@ MLX and moshi_mlx are imported only while generating, so checking a ready cache 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
 import json
-import math
 import os
-import re
-import secrets
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import platformdirs
+
+from engine.model.demo.cache import atomic_write_text, file_sha256, lock, new_dir
+from engine.model.demo.weights import write_mimi, write_random_lm
 
 Progress = Callable[[str], None]
 DEMO_DIR_NAME = "demo-v1"
@@ -44,9 +41,6 @@ MOSHI_Q4_NAME = "model.q4.safetensors"
 MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
 TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
 
-
-# Group size per bit width, as Kyutai quantizes (and local.py expects).
-QUANT_GROUP_SIZE = {4: 32, 8: 64}
 LM_SEED = 20240917
 MIMI_SEED = 12500
 SPM_SEED = 1000
@@ -179,7 +173,7 @@ def ensure_demo(
     if not _damaged(root, verify):
         return files
     root.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(root.parent / f".{root.name}.lock", progress):
+    with lock(root.parent / f".{root.name}.lock", progress):
         damaged = _damaged(root, verify)  # another process may have finished meanwhile
         if damaged:
             _cleanup_stale(root)
@@ -204,16 +198,14 @@ def ensure_demo_hibiki(progress: Progress | None = None) -> HibikiDemoFiles:
                             demo.tokenizer)
     if files.lm_config.is_file() and files.model.is_file():
         return files
-    with _lock(root.parent / f".{root.name}.lock", progress):
+    with lock(root.parent / f".{root.name}.lock", progress):
         if files.lm_config.is_file() and files.model.is_file():
             return files
-        from engine.model.fullsize import build_lm
-
         _say(progress, "demo Hibiki: generating tiny random weights")
-        tmp = _new_dir(root, "hibiki")
+        tmp = new_dir(root, "hibiki")
         try:
-            build_lm(DEMO_HIBIKI_CONFIG, "bf16", seed=HIBIKI_SEED, save=tmp / MOSHI_BF16_NAME)
-            _atomic_write_text(tmp / CONFIG_NAME, json.dumps(DEMO_HIBIKI_CONFIG, indent=2))
+            write_random_lm(DEMO_HIBIKI_CONFIG, HIBIKI_SEED, tmp / MOSHI_BF16_NAME)
+            atomic_write_text(tmp / CONFIG_NAME, json.dumps(DEMO_HIBIKI_CONFIG, indent=2))
             shutil.rmtree(root, ignore_errors=True)
             os.replace(tmp, root)
         finally:
@@ -256,69 +248,11 @@ def _read_manifest(root: Path) -> dict[str, dict] | None:
 
 def _write_manifest(root: Path, entries: dict[str, dict]) -> None:
     data = {"format": MANIFEST_FORMAT, "files": {k: entries[k] for k in sorted(entries)}}
-    _atomic_write_text(root / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(root / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _describe(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": file_sha256(path)}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def _lock(path: Path, progress: Progress | None) -> Iterator[None]:
-    """An exclusive lock on `path`, released by the OS if the process dies."""
-    with open(path, "a+b") as fh:
-        try:
-            import fcntl
-        except ImportError:  # Windows
-            import msvcrt
-            import time
-
-            fh.seek(0)
-            waited = False
-            while True:
-                try:
-                    msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-                    break
-                except OSError:
-                    if not waited:
-                        _say(progress, "waiting for another process generating the demo model")
-                        waited = True
-                    time.sleep(0.2)
-            try:
-                yield
-            finally:
-                fh.seek(0)
-                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-            return
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            _say(progress, "waiting for another process generating the demo model")
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _cleanup_stale(root: Path) -> None:
@@ -332,7 +266,7 @@ def _regenerate(root: Path, damaged: set[str], progress: Progress | None) -> Non
     parts = [part for part, names in PARTS.items() if damaged.intersection(names)]
     manifest = _read_manifest(root)
     fresh = manifest is None or not root.is_dir()
-    tmp = _new_dir(root, "tmp")
+    tmp = new_dir(root, "tmp")
     try:
         if fresh:
             _say(progress, f"generating the demo model in {root} (one time, about 440 MB)")
@@ -343,7 +277,7 @@ def _regenerate(root: Path, damaged: set[str], progress: Progress | None) -> Non
         if fresh:
             _write_manifest(tmp, entries)
             if root.exists():  # a broken directory without a valid manifest
-                old = _new_dir(root, "old")
+                old = new_dir(root, "old")
                 os.replace(root, old / "x")
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, root)
@@ -356,13 +290,6 @@ def _regenerate(root: Path, damaged: set[str], progress: Progress | None) -> Non
         _say(progress, "demo model ready")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _new_dir(root: Path, kind: str) -> Path:
-    """A fresh sibling of `root` (made with the umask's permissions, unlike mkdtemp)."""
-    path = root.parent / f".{root.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
-    path.mkdir()
-    return path
 
 
 def write_demo_files(
@@ -387,11 +314,12 @@ def write_demo_files(
             written.append(path)
         elif part == "lm":
             _say(progress, "demo: language model (bf16, q8, q4)")
-            written.extend(_write_lm(dest))
+            written.extend(write_random_lm(DEMO_LM_CONFIG, LM_SEED, dest / MOSHI_BF16_NAME,
+                                           ((8, dest / MOSHI_Q8_NAME), (4, dest / MOSHI_Q4_NAME))))
         elif part == "mimi":
             _say(progress, "demo: Mimi codec with random weights (385 MB)")
             path = dest / MIMI_NAME
-            _write_mimi(path)
+            write_mimi(path, MIMI_SEED)
             written.append(path)
         else:
             raise ValueError(f"unknown demo part {part!r}")
@@ -432,192 +360,3 @@ def build_text_tokenizer(vocab_size: int | None = None) -> bytes:
         minloglevel=2,
     )
     return out.getvalue()
-
-
-def _write_lm(dest: Path) -> list[Path]:
-    import mlx.core as mx
-    import mlx.nn as nn
-    from moshi_mlx import models
-
-    cfg = models.LmConfig.from_config_dict(DEMO_LM_CONFIG)
-    bf16_path = dest / MOSHI_BF16_NAME
-    saved_key = save_random_key()  # don't disturb the caller's random stream
-    try:
-        mx.random.seed(LM_SEED)
-        model = models.Lm(cfg)
-        model.set_dtype(mx.bfloat16)
-        mx.eval(model.parameters())
-        model.save_weights(str(bf16_path))
-        paths = [bf16_path]
-        for bits, name in ((8, MOSHI_Q8_NAME), (4, MOSHI_Q4_NAME)):
-            qmodel = models.Lm(cfg)
-            qmodel.set_dtype(mx.bfloat16)
-            qmodel.load_weights(str(bf16_path), strict=True)
-            nn.quantize(qmodel, group_size=QUANT_GROUP_SIZE[bits], bits=bits)
-            mx.eval(qmodel.parameters())
-            qmodel.save_weights(str(dest / name))
-            paths.append(dest / name)
-    finally:
-        restore_random_key(saved_key)
-    return paths
-
-
-_ENCODER_INDEX = {"init_conv1d": 0, "final_conv1d": 14}
-_DECODER_INDEX = {"init_conv1d": 0, "final_conv1d": 14}
-
-
-def save_random_key() -> tuple[int, int]:
-    """MLX's global random key as two uint32 (reading `mx.random.state[0]` works on every
-    MLX; assigning to it is a TypeError on mlx >= 0.32)."""
-    import mlx.core as mx
-    import numpy as np
-
-    hi, lo = (int(x) for x in np.array(mx.random.state[0]).reshape(-1).tolist())
-    return hi, lo
-
-
-def restore_random_key(key: tuple[int, int]) -> None:
-    """Set the global random key back: `mx.random.seed(s)` makes the key
-    (s >> 32, s & 0xffffffff), so any saved key is one seed away."""
-    import mlx.core as mx
-
-    hi, lo = key
-    mx.random.seed((hi << 32) | lo)
-
-
-def mimi_torch_name(mlx_name: str) -> str:
-    """Invert the renaming of `moshi_mlx.models.mimi.Mimi.load_pytorch_weights`."""
-    name = mlx_name
-    m = re.match(r"^(encoder|decoder)\.(.*)$", name)
-    if m:
-        side, rest = m.groups()
-        fixed = _ENCODER_INDEX if side == "encoder" else _DECODER_INDEX
-        head, _, tail = rest.partition(".")
-        if head in fixed:
-            index = fixed[head]
-        else:
-            lm = re.match(r"^layers\.(\d+)\.(residuals\.0|downsample|upsample)\.(.*)$", rest)
-            if lm is None:
-                raise ValueError(f"unexpected Mimi parameter {mlx_name}")
-            layer, kind, tail = int(lm.group(1)), lm.group(2), lm.group(3)
-            if side == "encoder":  # 1 resblock, 2 elu, 3 downsample conv, ...
-                index = 3 * layer + (1 if kind == "residuals.0" else 3)
-            else:  # 2 upsample convtr, 3 resblock, ...
-                index = 3 * layer + (2 if kind == "upsample" else 3)
-        name = f"{side}.model.{index}.{tail}"
-    # In PyTorch the resblock is [elu, conv, elu, conv].
-    name = re.sub(r"\.block\.(\d+)\.", lambda b: f".block.{2 * int(b.group(1)) + 1}.", name)
-    name = name.replace(".gating.linear1.", ".linear1.").replace(".gating.linear2.", ".linear2.")
-    name = re.sub(r"\.self_attn\.in_proj\.weight$", ".self_attn.in_proj_weight", name)
-    name = name.replace(".codebook.", "._codebook.")
-    name = re.sub(r"\.initialized$", "._initialized", name)
-    return name
-
-
-def mimi_torch_shape(mlx_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Invert the layout changes of `Mimi.load_pytorch_weights` (MLX conv layouts)."""
-    if mlx_name.endswith((".conv.weight", ".output_proj.weight", ".input_proj.weight")):
-        return shape[:-2] + (shape[-1], shape[-2])  # (out, k, in) -> (out, in, k)
-    if mlx_name.endswith(".convtr.weight"):
-        a, b, c = shape  # (out/groups, k, in) -> (in, out/groups, k)
-        return (c, a, b)
-    return shape
-
-
-def mimi_tensor_specs(num_codebooks: int = 32) -> list[tuple[str, tuple[int, ...]]]:
-    """(PyTorch name, PyTorch shape) of every Mimi tensor, sorted by name."""
-    from mlx.utils import tree_flatten
-    from moshi_mlx.models.mimi import Mimi, mimi_202407
-
-    saved_key = save_random_key()  # building the module draws (lazy) random initial values
-    try:
-        model = Mimi(mimi_202407(num_codebooks))  # parameters stay lazy: no compute here
-    finally:
-        restore_random_key(saved_key)
-    specs = [
-        (mimi_torch_name(name), mimi_torch_shape(name, tuple(arr.shape)))
-        for name, arr in tree_flatten(model.parameters())
-    ]
-    return sorted(specs)
-
-
-def _mimi_init(name: str, shape: tuple[int, ...], fan_in: dict[str, int], rng) -> "np.ndarray":
-    import numpy as np
-
-    if name.endswith("._initialized") or name.endswith(".cluster_usage"):
-        return np.ones(shape, dtype=np.float32)
-    if name.endswith(".embedding_sum"):
-        emb = rng.standard_normal(shape, dtype=np.float32)
-        emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
-        return emb
-    if re.search(r"\.layer_scale_\d\.scale$", name):
-        return np.full(shape, 0.01, dtype=np.float32)  # larger values make the decoder blow up
-    if re.search(r"\.norm\d\.weight$", name):
-        return np.ones(shape, dtype=np.float32)
-    if re.search(r"\.norm\d\.bias$", name):
-        return np.zeros(shape, dtype=np.float32)
-    if name.endswith(".bias"):
-        fan = fan_in[name[: -len("bias")] + "weight"]
-    else:
-        fan = math.prod(shape[1:])  # Linear (out, in); conv (out, in/groups, k); convtr same
-    bound = 1.0 / math.sqrt(fan)
-    out = rng.random(shape, dtype=np.float32)
-    out *= 2 * bound
-    out -= bound
-    return out
-
-
-def _write_mimi(path: Path, num_codebooks: int = 32) -> None:
-    """Full-size Mimi with random weights, f32, streamed tensor by tensor (~2 s, 385 MB)."""
-    import numpy as np
-
-    specs = mimi_tensor_specs(num_codebooks)
-    fan_in = {n: math.prod(s[1:]) for n, s in specs if n.endswith(".weight") and len(s) > 1}
-    rng = np.random.Generator(np.random.PCG64(MIMI_SEED))
-
-    def tensors() -> Iterator[np.ndarray]:
-        for name, shape in specs:
-            yield _mimi_init(name, shape, fan_in, rng)
-
-    write_safetensors(path, [(n, s, "F32") for n, s in specs], tensors(), {"format": "pt"})
-
-
-_DTYPE_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "U8": 1, "I64": 8}
-
-
-def write_safetensors(
-    path: Path,
-    specs: list[tuple[str, tuple[int, ...], str]],
-    arrays: Iterable["np.ndarray"],
-    metadata: dict[str, str] | None = None,
-) -> None:
-    """Stream tensors (given in `specs` order) into a safetensors file.
-
-    The header (names, dtypes, shapes, offsets) is known from `specs`, so each tensor is
-    written as soon as it is made and never all held in memory.
-    """
-    import numpy as np
-
-    header: dict = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    offset = 0
-    for name, shape, dtype in specs:
-        nbytes = math.prod(shape) * _DTYPE_SIZES[dtype]
-        header[name] = {
-            "dtype": dtype,
-            "shape": list(shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(blob)))
-        fh.write(blob)
-        for (name, shape, dtype), arr in zip(specs, arrays, strict=True):
-            if tuple(arr.shape) != tuple(shape):
-                raise ValueError(f"{name}: shape {arr.shape} != {shape}")
-            data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-            fh.write(memoryview(data.reshape(-1).view("u1")))
-

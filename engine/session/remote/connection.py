@@ -60,7 +60,7 @@ class Connection:
     def retire(self) -> None:
         """Frames sent on this connection that will never come back."""
         while self.fifo:
-            self.tel.frame_retired(self.fifo.popleft())
+            self.tel.retired(self.fifo.popleft())
 
     async def converse(self, end: asyncio.Event, first: bool,
                        on_online: Callable[[bool], None]) -> bool:
@@ -97,9 +97,9 @@ class Connection:
                         rec, _ = self.inbox.popleft()
                     except IndexError:
                         break
-                    tel.frame_retired(rec)
+                    tel.retired(rec)
                 for conn_, rec, _ in self.jitter.clear():
-                    tel.frame_retired(rec)
+                    tel.retired(rec)
                 self.online = True
                 sender = asyncio.create_task(self._sender())
                 on_online(first)
@@ -142,18 +142,18 @@ class Connection:
                 rec.t_enc0 = time.monotonic_ns()
                 ogg = self.writer.append_pcm(np.ascontiguousarray(pcm, dtype=np.float32))
                 rec.t_enc = time.monotonic_ns()
-                tel.add_stage("encode_work", (rec.t_enc - rec.t_enc0) / 1e6)
-                tel.add_stage("encode", (rec.t_enc - rec.t_cap) / 1e6)
+                tel.stage("encode_work", (rec.t_enc - rec.t_enc0) / 1e6)
+                tel.stage("encode", (rec.t_enc - rec.t_cap) / 1e6)
                 if ogg:
                     try:
                         await ws.send_bytes(wsproto.encode_audio(ogg))
                     except (ConnectionError, RuntimeError) as e:
-                        tel.frame_retired(rec)
+                        tel.retired(rec)
                         raise ConnectionLost(f"send failed: {e}") from None
                 self.sent += 1
                 self.fifo.append(rec)
                 while len(self.fifo) > 256:  # a server that never answers: keep memory bounded
-                    tel.frame_retired(self.fifo.popleft())
+                    tel.retired(self.fifo.popleft())
 
     async def _pinger(self) -> None:
         """Websocket pings for the round trip time; a silent connection is declared dead."""
@@ -190,7 +190,7 @@ class Connection:
                 if len(data) == 8:
                     (t,) = struct.unpack("<Q", data)
                     if self.pings.pop(t, None) is not None:
-                        tel.add_stage("rtt", (time.monotonic_ns() - t) / 1e6)
+                        tel.stage("rtt", (time.monotonic_ns() - t) / 1e6)
             elif kind == aiohttp.WSMsgType.TEXT:
                 tel.count("protocol_errors")
                 tel.warn("the server sent a text websocket frame (the protocol is binary): ignored")
@@ -214,10 +214,10 @@ class Connection:
             self._on_audio(m.payload)
         elif k in (wsproto.TEXT, wsproto.COLORED_TEXT):
             if m.text:
-                tel.add_token(m.text, -1, tel.steps, time.monotonic_ns())
+                tel.text_token(m.text, -1, tel.steps, time.monotonic_ns())
         elif k == wsproto.HANDSHAKE:
             if not self.handshake.is_set():
-                tel.info["server_protocol_version"], tel.info["server_model_version"] = m.data
+                tel.info.server["protocol_version"], tel.info.server["model_version"] = m.data
                 self.handshake.set()
         elif k == wsproto.METADATA:
             self._on_metadata(m.data)
@@ -242,7 +242,7 @@ class Connection:
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         if pcm.size == 0:
             return
-        tel.add_stage("decode_work", (t1 - t0) / 1e6)
+        tel.stage("decode_work", (t1 - t0) / 1e6)
         self.last_audio_rx = time.monotonic()
         buf = np.concatenate((self.pending, pcm)) if self.pending.size else pcm
         n = buf.size // FRAME
@@ -251,14 +251,10 @@ class Connection:
             rec = self.fifo.popleft() if self.fifo else FrameRecord(frame=-1)
             rec.step = tel.steps
             rec.t_dec0, rec.t_dec, rec.has_audio = t0, t1, True
-            tel.steps += 1
-            tel.frames_processed += 1
-            if tel.t_first_out is None:
-                tel.t_first_out = t1
+            tel.stepped(rec)
+            tel.pcm_ready(rec, frame)
             for _c, old, _p in self.jitter.push((self, rec, frame)):
-                tel.count("drops_output")
-                tel.frame_retired(old)
-                tel.warn("playback resynchronised: stale output dropped")
+                tel.dropped(old, "output", "playback resynchronised: stale output dropped")
         self.pending = buf[n * FRAME:].copy() if buf.size % FRAME else np.zeros(0, np.float32)
 
     def _on_metadata(self, data) -> None:
@@ -270,8 +266,8 @@ class Connection:
             for key in ("model", "max_steps", "mlx_device", "version", "lm_step", "codec",
                         "sampling", "ignored_query"):
                 if key in ours:
-                    tel.info[f"server_{key}"] = ours[key]
-            tel.info["server_kind"] = "moshi-tui serve"
+                    tel.info.server[key] = ours[key]
+            tel.info.server["kind"] = "moshi-tui serve"
             if ours.get("timings_available") and self.ws is not None:
                 # Ask for the server's step timings (Kyutai's servers never see this message).
                 task = asyncio.ensure_future(
@@ -285,13 +281,13 @@ class Connection:
                 if isinstance(values, list):
                     for v in values:
                         if isinstance(v, (int, float)) and 0 <= v < 1e6:
-                            tel.add_stage(stage, float(v))
+                            tel.stage(stage, float(v))
         # Kyutai's Rust backend: sampling parameters and model files.
         for key, value in data.items():
             if key in ("moshi_tui", "timings", "build_info"):
                 continue
             if isinstance(value, (str, int, float, bool)):
-                tel.info[f"server_{key}"] = value
+                tel.info.server[key] = value
 
     async def _send_quiet(self, data: bytes) -> None:
         try:

@@ -8,7 +8,9 @@ the headless runner and the app drive it unchanged:
 
 The audio endpoints run in their own threads as in a local session; everything network-side
 (connect, handshake, Opus encode/decode, ping, reconnect) runs in one asyncio thread: this
-module connects and reconnects, engine.session.remote.connection runs one connection.
+module connects and reconnects, engine.session.remote.connection runs one connection.  What
+happens to a frame reaches the telemetry and the recorder as the pipeline's observer events
+(engine.pipeline.events), as in a local session.
 
 What the telemetry holds in this mode (only what can be measured from here):
   encode        capture -> Opus pages ready to send (queue wait + encode)
@@ -37,36 +39,27 @@ import random
 import socket
 import threading
 import time
-from array import array
 from collections import deque
 
 import numpy as np
 
-from engine.audio import FRAME, FRAME_MS, rms
+from engine.audio import FRAME, FRAME_MS
 from engine.errors import MoshiTuiError
+from engine.pipeline.events import Observers
 from engine.session import wsproto
 from engine.session.base import ConversationSession
 from engine.session.remote.connection import Connection
 from engine.session.remote.jitter import JitterBuffer
 from engine.session.remote.url import normalize_url, with_query
-from engine.telemetry.collect import Telemetry
-from engine.telemetry.stages import percentiles
+from engine.telemetry.collect import Telemetry, TelemetryConfig
+from engine.telemetry.stages import FrameRecord
 
-EXTRA_STAGES = ("rtt", "e2e")
-
-
-class RemoteTelemetry(Telemetry):
-    """Telemetry with the stages only a remote session has (rtt, e2e)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for s in EXTRA_STAGES:
-            self.stage_hist[s] = deque(maxlen=self.window)
-            self.stage_all[s] = array("d")
-
-    def stage_stats(self, full: bool = False):
-        src = self.stage_all if full else self.stage_hist
-        return {s: percentiles(list(v)) for s, v in src.items()}
+# What the telemetry measures here besides the pipeline's stages and counters (above); frames
+# are paired with the returned audio in arrival order, so no stage is timed from that pairing.
+REMOTE_TELEMETRY = TelemetryConfig(
+    stages=("rtt", "e2e"),
+    counters=("reconnects", "drops_offline", "protocol_errors", "server_errors"),
+    frame_timeline=False)
 
 
 class RemoteSession(ConversationSession):
@@ -85,13 +78,9 @@ class RemoteSession(ConversationSession):
         dead_after_s: float = 10.0,
         connect_timeout_s: float = 10.0,
     ):
-        super().__init__(cfg, telemetry or RemoteTelemetry())
-        for s in EXTRA_STAGES:  # a plain Telemetry passed in still gets the remote stages
-            if s not in self.tel.stage_hist:
-                self.tel.stage_hist[s] = deque(maxlen=self.tel.window)
-                self.tel.stage_all[s] = array("d")
-        for c in ("reconnects", "drops_offline", "protocol_errors", "server_errors"):
-            self.tel.counters.setdefault(c, 0)
+        # (a telemetry passed in measures REMOTE_TELEMETRY)
+        super().__init__(cfg, telemetry or Telemetry(config=REMOTE_TELEMETRY))
+        self.events = Observers(self.tel)  # the recorder joins when the session goes live
         self.url_arg = url
         self.url: str | None = None
         self.reconnect = reconnect
@@ -126,7 +115,7 @@ class RemoteSession(ConversationSession):
             self.tel.warn("model options are ignored with --remote: the server chooses the model")
         super().prepare()
         base = self.url.split("?", 1)[0]
-        self.tel.info.update(model=f"remote {base}", remote_url=self.url)
+        self.tel.info.model, self.tel.info.remote_url = f"remote {base}", self.url
 
     # ------------------------------------------------------------------ audio callbacks
     def on_frame(self, pcm: np.ndarray, t_cap: int) -> None:
@@ -136,16 +125,13 @@ class RemoteSession(ConversationSession):
         pcm = self._mic_frame(pcm, t_cap)
         if self.muted:
             pcm = np.zeros_like(pcm)
-        if self.recorder is not None:
-            self.recorder.input(pcm)
-        tel = self.tel
-        rec = tel.new_frame(self._frame_id, t_cap)
+        events = self.events
+        rec = FrameRecord(frame=self._frame_id, t_cap=t_cap)
         self._frame_id += 1
-        tel.add_level("input", rms(pcm))
+        events.captured(rec, pcm)
         conn = self._conn
         if conn is None or not conn.online:
-            tel.frame_retired(rec)
-            tel.count("drops_offline")
+            events.dropped(rec, "offline")
         else:
             self._in.append((rec, pcm))
             while len(self._in) > self.input_max:
@@ -153,33 +139,23 @@ class RemoteSession(ConversationSession):
                     old, _ = self._in.popleft()
                 except IndexError:
                     break
-                tel.frame_retired(old)
-                tel.count("drops_input")
-                tel.warn("input dropped: the network is behind real time")
+                events.dropped(old, "input", "input dropped: the network is behind real time")
             self._notify()
-        tel.sample_queues(self.depths())
+        events.queues(self.depths())
 
     def pull(self, t_play: int, room: int = FRAME):
         """Audio sink callback: the PCM to play from `t_play`, or None (`room` samples of
         silence)."""
         item, underrun = self.jitter.pop()
-        if underrun:
-            self.tel.count("underruns")
         if item is None:
-            self.tel.add_level("output", 0.0)
-            if self.recorder is not None:
-                self.recorder.output(None, room)
+            self.events.silence(room, t_play, underrun)
             return self._speaker(None, room, t_play)
         conn, rec, pcm = item
         rec.t_play = t_play
         # The web client's estimate: mic audio sent minus audio played before this frame.
-        self.tel.add_stage("e2e", (conn.sent - conn.played) * FRAME_MS)
+        self.events.stage("e2e", (conn.sent - conn.played) * FRAME_MS)
         conn.played += 1
-        self.tel.frames_played += 1
-        self.tel.frame_retired(rec)
-        self.tel.add_level("output", rms(pcm))
-        if self.recorder is not None:
-            self.recorder.output(pcm)
+        self.events.played(rec, pcm, None)
         return self._speaker(pcm, room, t_play)
 
     def depths(self) -> dict[str, int]:
@@ -297,7 +273,7 @@ class RemoteSession(ConversationSession):
                         await asyncio.wait_for(ws.close(), timeout=2.0)
                     except (asyncio.TimeoutError, Exception):
                         pass
-                tel.info["close_code"] = ws.close_code
+                tel.info.close_code = ws.close_code
                 conn.retire()
             if ok:
                 first = False
@@ -327,6 +303,7 @@ class RemoteSession(ConversationSession):
     def _go_live(self) -> None:
         tel = self.tel
         self._new_recorder()
+        self.events = Observers(tel, self.recorder)
         self._watch_gc()
         self._cpu_start()
         self.sink.start(self.pull)

@@ -1,5 +1,6 @@
-"""A private `jackd -d dummy` sound card: used by the device tests and by
-scripts/compare_official.py (both need real PortAudio callbacks on a machine without audio)."""
+"""A private `jackd -d dummy` sound card: used by the device tests (tests/conftest.py), by
+scripts.compare_official and scripts.bench_aec (all need real PortAudio callbacks on a machine
+without audio)."""
 
 from __future__ import annotations
 

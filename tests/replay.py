@@ -3,7 +3,7 @@
 `ReplaySession` drives a real `engine.telemetry.collect.Telemetry` through loading, warm-up and a live
 conversation on a fake clock: every `snapshot()` call advances it by one UI tick (125 ms), so
 what the app shows depends only on how many ticks it has read -- never on wall-clock time.
-Snapshot tests use it with a frozen app clock; `python -m tui.replay` previews the app with no model.
+Snapshot tests use it with a frozen app clock; `python -m tests.replay` previews the app with no model.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from engine.audio import FRAME_NS
 from engine.session.base import ConversationSession
 from engine.session.config import SessionConfig
 from engine.telemetry.collect import Snapshot, Telemetry
+from engine.telemetry.info import SessionInfo
 
 TICK_NS = 125_000_000  # one UI refresh at 8 Hz
 T0 = 1_000_000_000_000  # fake monotonic origin
@@ -45,9 +46,9 @@ class ReplaySession(ConversationSession):
                  error_at_s: float | None = None, end: str = "hold", seed: int = 4) -> None:
         super().__init__(SessionConfig(save=False), Telemetry())
         self.tel.t_launch = T0
-        self.tel.info.update(model="demo · tiny random Moshi (bf16)", codec="rustymimi",
-                             server_mlx_device="Device(cpu, 0)",
-                             input="speech.wav (file, real time)", output="null")
+        self.tel.info = SessionInfo(model="demo · tiny random Moshi (bf16)", codec="rustymimi",
+                                    server={"mlx_device": "Device(cpu, 0)"},
+                                    input="speech.wav (file, real time)", output="null")
         self.live_seconds = live_seconds
         self.loading_ticks = loading_ticks_per_step * len(LOADING)
         self.per_step = loading_ticks_per_step
@@ -186,7 +187,7 @@ def main() -> None:  # pragma: no cover - manual preview
     import tempfile
     from pathlib import Path
 
-    from .app import MoshiApp
+    from tui.app import MoshiApp
 
     app = MoshiApp(session_factory=lambda: ReplaySession(live_seconds=60.0),
                    session_dir=Path(tempfile.mkdtemp(prefix="moshi-tui-replay-")))
