@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROOTS = ("engine", "tui", "tests", "scripts", "locks", "screenshots", "docs", ".ci")
 TOP_FILES = ("README.md", "CHANGELOG.md", "pyproject.toml", ".gitignore")
 PACKAGES = ("engine", "tui")
+DOTTED_ROOTS = PACKAGES + ("scripts", "tests")  # dotted names checked: engine.x, scripts.x, ...
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".git", ".venv", "node_modules"}
 
 # Files of other projects the docs name by their bare name (Kyutai's moshi / moshi_mlx, the
@@ -45,7 +46,7 @@ SESSION_FILES = {"transcript.md"}
 # commands that measured its figures, as they ran.
 HISTORY = {"docs/benchmarks.md": {"scripts/gpu_step_probe.py", "gpu_step_probe.py"}}
 
-DOTTED = re.compile(r"(?<![\w.])(?:engine|tui)(?:\.[A-Za-z_]\w*)+")
+DOTTED = re.compile(r"(?<![\w./])(?:" + "|".join(DOTTED_ROOTS) + r")(?:\.[A-Za-z_]\w*)+")
 PATH = re.compile(
     r"(?<![\w./$~-])(?:" + "|".join(re.escape(r) for r in ROOTS) + r")/[\w./*-]*"
 )
