@@ -144,6 +144,8 @@ class TurnDetector:
         self._awaiting: float | None = None  # a user turn ended here, no answer yet
         self._in_turn: float | None = None  # Moshi's onset inside the user's turn, unresolved
         self._in_pause = False  # ... and it began while the user was silent
+        self._in_turn_end: float | None = None  # ... it ended here, inside that pause
+        self._resumed = False  # ... and the user spoke again: the pause was mid-turn
         self._interrupt: float | None = None  # the user began here while Moshi spoke
 
     # ---------------------------------------------------------------- input
@@ -206,12 +208,12 @@ class TurnDetector:
             return
         self._user_on = t
         if self._moshi_on is not None and self._in_turn is None:
-            self._interrupt = t
-        if self._user_off is not None:  # a pause inside the turn ended
-            if self._in_turn is not None and self._in_pause and self._moshi_long(t):
-                self._emit("takeover", self._in_turn, user=(self._turn_start, self._user_off),
-                           moshi=self._moshi_seg())
-                self._in_turn = None
+            self._interrupt = t  # Moshi had the floor
+        if self._user_off is not None:  # a pause inside the turn ended: it was mid-turn
+            if self._in_turn is not None and self._in_pause:
+                self._resumed = True
+                if self._in_turn_end is not None:  # Moshi spoke and stopped inside the pause
+                    self._resolve(self._in_turn_end)
             self._user_off = None
             return
         if self._awaiting is not None:
@@ -219,8 +221,16 @@ class TurnDetector:
             self._awaiting = None
         self._turn_start = t
 
-    def _moshi_long(self, t: float) -> bool:
-        return self._moshi_on is not None and t - self._moshi_on >= self.o.backchannel_ms
+    def _resolve(self, end: float | None) -> None:
+        """Moshi's speech that began inside the user's turn, which the turn went on past: a
+        backchannel when it was short, a takeover when it began in a pause and went on."""
+        on = self._in_turn
+        if end is not None and end - on < self.o.backchannel_ms:
+            self._emit("backchannel", on, user=(self._turn_start, None), moshi=(on, end))
+        elif self._in_pause and self._resumed:
+            self._emit("takeover", on, user=(self._turn_start, None), moshi=(on, end))
+        self._in_turn = self._in_turn_end = None
+        self._resumed = False
 
     def _moshi_edge(self, kind: str, t: float) -> None:
         if kind == "on":
@@ -229,8 +239,9 @@ class TurnDetector:
                 self._emit("response", t, t - self._awaiting, (self._turn_start, self._awaiting),
                            (t, None))
                 self._awaiting = None
-            elif self._user_on is not None or self._user_off is not None:
+            elif self._in_turn is None and (self._user_on is not None or self._user_off is not None):
                 self._in_turn, self._in_pause = t, self._user_on is None
+                self._in_turn_end, self._resumed = None, False
             return
         on, self._moshi_on = self._moshi_on, None
         if on is None:
@@ -238,26 +249,31 @@ class TurnDetector:
         if self._interrupt is not None:
             self._emit("stop", self._interrupt, t - self._interrupt, (self._interrupt, None), (on, t))
             self._interrupt = None
-        if self._in_turn is not None and t - on < self.o.backchannel_ms and (
-                self._user_on is not None or self._user_off is not None):
-            self._emit("backchannel", on, user=(self._turn_start, None), moshi=(on, t))
-            self._in_turn = None
-        elif self._in_turn is not None and not self._in_pause:
-            self._in_turn = None  # Moshi spoke over the user at length: overlap, not a turn
+        if self._in_turn is not None:
+            if self._in_pause and not self._resumed and self._user_off is not None:
+                self._in_turn_end = t  # the pause decides: response or mid-turn
+            else:
+                self._resolve(t)
 
     def _clock(self, t: float) -> None:
         """Time passed to `t` with no edge: pauses that end a turn, floors kept."""
         o = self.o
         if self._user_off is not None and t - self._user_off >= o.end_pause_ms:
             end, self._user_off = self._user_off, None
-            if self._in_turn is not None and self._in_pause:
+            if self._in_turn is not None and self._in_pause and not self._resumed:
                 # Moshi began inside the pause that ended the turn: its answer
                 on = self._in_turn
-                self._emit("response", on, on - end, (self._turn_start, end), (on, None))
-                self._in_turn = None
-            elif self._moshi_on is None:
+                self._emit("response", on, on - end, (self._turn_start, end),
+                           (on, self._in_turn_end))
+                self._in_turn = self._in_turn_end = None
+            elif self._moshi_on is None and self._in_turn is None:
                 self._awaiting = end
-            self._in_turn = None
+        if self._in_turn is not None and self._moshi_on is not None \
+                and t - self._moshi_on >= o.backchannel_ms:
+            if self._in_pause and self._resumed:
+                self._resolve(None)
+            elif not self._in_pause:
+                self._in_turn = None  # Moshi spoke over the user at length: overlap, not a turn
         if self._interrupt is not None and self._moshi_on is not None \
                 and t - self._interrupt >= o.yield_ms:
             self._emit("kept_floor", self._interrupt, user=(self._interrupt, None),

