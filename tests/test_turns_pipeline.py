@@ -10,17 +10,22 @@ sample; the stretches chosen have no gap a VAD could take for a pause."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import time
 
 import numpy as np
+import pytest
 
 from engine.audio import BUNDLED_SPEECH, FRAME, FRAME_NS, SAMPLE_RATE
 from engine.audio.paced import NullSink, WavFileSource
 from engine.audio.wavio import WavWriter, read_wav
 from engine.pipeline.client import ClientPipeline
 from engine.pipeline.codec import StreamingCodec
+from engine.files.export import transcript_json, transcript_markdown
 from engine.telemetry.collect import Telemetry
+from engine.telemetry.stats import build_stats
+from engine.telemetry.trace import build_trace
 from engine.telemetry.voice import OFFSET_LAG_MS
 from tests.fake_model import FakeServer, ScriptedCodec
 
@@ -45,7 +50,11 @@ def _place(n_s, parts):
     return track, spans
 
 
-def test_measured_response_and_stop_latencies_equal_the_scripted_ones(tmp_path):
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory):
+    """One scripted conversation through the pipeline: (telemetry, user spans, Moshi spans,
+    captured_ms, played_ms)."""
+    tmp_path = tmp_path_factory.mktemp("turns")
     x = read_wav(BUNDLED_SPEECH)
     a, b, c = _cut(x, A), _cut(x, B), _cut(x, C)
     # the user: a sentence with a 320 ms pause inside (shorter than the end-of-turn pause),
@@ -93,6 +102,11 @@ def test_measured_response_and_stop_latencies_equal_the_scripted_ones(tmp_path):
         r = by_step[i // FRAME]
         return (r.t_play + (i % FRAME) * 1e9 / SR) / 1e6 - t0_ms
 
+    return tel, user, moshi, captured_ms, played_ms
+
+
+def test_measured_response_and_stop_latencies_equal_the_scripted_ones(scripted):
+    tel, user, moshi, captured_ms, played_ms = scripted
     turns = tel.voice.detector.turns
     kinds = [t.kind for t in turns]
     assert kinds.count("response") == 1, kinds
@@ -105,3 +119,26 @@ def test_measured_response_and_stop_latencies_equal_the_scripted_ones(tmp_path):
     want = played_ms(moshi[0][1]) - captured_ms(user[2][0])
     assert abs(stop[0].latency_ms - want) <= TOL_MS, (stop[0], want)
     assert len(tel.stage_all["vad"]) > 100  # its cost per frame, a stage
+
+
+def test_stats_transcript_and_trace_show_the_same_turns(scripted):
+    tel = scripted[0]
+    stats = build_stats(tel)
+    rec = stats["turns"]
+    det = tel.voice.detector
+    assert [t["kind"] for t in rec["turns"]] == [t.kind for t in det.turns]
+    assert [t["latency_ms"] for t in rec["turns"]] == [t.to_dict()["latency_ms"] for t in det.turns]
+    summ = rec["summary"]
+    assert summ["counts"]["response"] == 1 and summ["response_ms"]["n"] == 1
+    assert summ["stop_ms"]["p50"] == next(t["latency_ms"] for t in rec["turns"] if t["kind"] == "stop")
+    # times in s since the first capture, as the transcript's: the user's first word near 0.48 s
+    assert abs(rec["speech_s"]["user"][0][0] - 0.48) <= 0.2
+    assert len(rec["speech_s"]["user"]) >= 2 and len(rec["speech_s"]["moshi"]) >= 1
+    md = transcript_markdown(stats)
+    assert "## Who spoke when" in md and "- **[00:00]** You," in md and "Moshi, " in md
+    assert f"| stop latency (ms) | {summ['stop_ms']['p50']:.0f} |" in md
+    assert json.loads(transcript_json(stats))["turns"] == json.loads(json.dumps(rec))
+    ev = build_trace(tel)["traceEvents"]
+    for side in ("user", "moshi"):
+        slices = [e for e in ev if e.get("name") == f"{side} speaking" and e["ph"] == "X"]
+        assert len(slices) == len(det.segments[side]) and all(e["dur"] > 0 for e in slices)

@@ -4,7 +4,7 @@ it (echo removed) and Moshi's audio as the speaker plays it.
 The pipeline's events hand over each frame (`captured`, `played`) and each stretch of silence the
 speaker plays (`silence`); `VoiceActivity.offer` copies the samples into a bounded queue and
 returns at once: an audio callback never waits.  When the queue is full the frame is skipped and
-counted (`vad_skipped`): voice activity degrades, the audio does not.  Its own thread (started
+counted (`skipped`): voice activity degrades, the audio does not.  Its own thread (started
 when audio comes, ended after a second without any) runs the VAD per frame, timed as the stage
 "vad", and walks the turn detector (engine.telemetry.turns).
 
@@ -107,6 +107,7 @@ class VoiceActivity:
         self.detector = TurnDetector(opts or turn_options())
         self.vad_factory = vad_factory
         self._vads: dict = {}
+        self._vad_lock = threading.Lock()
         self.q: queue.Queue = queue.Queue(queue_max)
         self.skipped = 0
         self.error: str | None = None
@@ -132,6 +133,19 @@ class VoiceActivity:
                     self._running = True
                     self._thread = threading.Thread(target=self._run, name="voice", daemon=True)
                     self._thread.start()
+
+    def prepare(self) -> None:
+        """Make both sides' VADs now (a few hundred ms of CPU, loading the model), so that the
+        first frames do not wait for it; the session does this while it loads."""
+        for side in SIDES:
+            self._vad(side)
+
+    def _vad(self, side: str):
+        with self._vad_lock:
+            vad = self._vads.get(side)
+            if vad is None:
+                vad = self._vads[side] = self.vad_factory()
+            return vad
 
     def close(self, timeout: float = 2.0) -> None:
         """Finish what is queued, then stop taking audio."""
@@ -165,9 +179,7 @@ class VoiceActivity:
     def _analyse(self, side: str, t_ns: int, pcm, dur_ns: int) -> None:
         active = False
         if pcm is not None:
-            vad = self._vads.get(side)
-            if vad is None:
-                vad = self._vads[side] = self.vad_factory()
+            vad = self._vad(side)
             t0 = time.perf_counter_ns()
             active = vad(pcm) > THRESHOLD
             self.stage("vad", (time.perf_counter_ns() - t0) / 1e6)
