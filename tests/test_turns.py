@@ -100,3 +100,21 @@ def test_nothing_is_decided_before_both_sides_are_known():
     for i in range(50):
         det.add("user", i * FRAME, FRAME, 10 <= i < 30)
     assert det.advance() == [] and det.now is None
+
+
+def _stats(resp_p50, pipe_p50):
+    return {"stages_ms": {}, "counters": {}, "turns": {"summary": {
+        "response_ms": {"p50": resp_p50, "p90": resp_p50, "n": 3},
+        "response_pipeline_ms": {"p50": pipe_p50, "p90": pipe_p50, "n": 3}}}}
+
+
+def test_the_diagnosis_splits_a_slow_answer_into_the_pipeline_and_the_models_wait():
+    from engine.telemetry.diagnose import diagnose
+
+    (v,) = [v for v in diagnose(_stats(2400.0, 300.0)) if v.rule == "answer"]
+    assert v.level == "warn"
+    assert "300 ms in the pipeline" in v.text and "2100 ms the model's own wait" in v.text
+    assert "the model waits" in v.text
+    (v,) = [v for v in diagnose(_stats(700.0, 500.0)) if v.rule == "answer"]
+    assert v.level == "ok" and "most of it is the pipeline" in v.text
+    assert not [v for v in diagnose({"stages_ms": {}, "counters": {}}) if v.rule == "answer"]

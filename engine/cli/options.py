@@ -11,7 +11,7 @@ from engine.model.source import ModelOptions
 from engine.session.config import SessionConfig
 from engine.session.runner import RunConfig
 
-PANELS = ("latency", "queues", "log")  # the app's panels: shown (on) or hidden (off) at start
+PANELS = ("latency", "queues", "log", "turns")  # the app's panels: shown (on) or hidden (off) at start
 
 
 class _Parser(argparse.ArgumentParser):

@@ -307,7 +307,8 @@ class Telemetry:
             self.playout_aim(aim_ms)
         self.add_level("output", rms(pcm))
         if self.voice is not None and rec.t_play:
-            self.voice.offer("moshi", rec.t_play, pcm, len(pcm) * 1_000_000_000 // SAMPLE_RATE)
+            delay = (rec.t_play - rec.t_cap) / 1e6 if rec.t_cap and self.config.frame_timeline else None
+            self.voice.offer("moshi", rec.t_play, pcm, len(pcm) * 1_000_000_000 // SAMPLE_RATE, delay)
 
     def silence(self, room: int, t_ns: int, underrun: bool) -> None:
         if underrun:
@@ -386,7 +387,7 @@ class Telemetry:
             first_frame_ms=self.first_frame_ms,
             startup_ms=self.startup_ms,
             warnings=list(self.warnings),
-            turns=self.voice.view() if self.voice is not None else None,
+            turns=self.voice.view(self.t_start) if self.voice is not None else None,
         )
 
     @property

@@ -41,6 +41,7 @@ INFLIGHT_SLACK = 8  # frames that may legitimately be in flight or in the codebo
 CPU_DEMAND_WARN_FRACTION = 0.7  # bench: codec + model CPU per frame above this share of the cores
 CPU_DEMAND_BAD_FRACTION = 1.0
 DEVICE_LATENCY_WARN_MS = 100.0  # the output device's own latency (Bluetooth: 150-300 ms)
+SLOW_ANSWER_MS = 1500.0  # Moshi's response latency (p50) above this feels slow
 LEVELS = ("ok", "warn", "bad")
 _RANK = {lvl: i for i, lvl in enumerate(LEVELS)}
 DROP_COUNTERS = ("drops_input", "drops_decode", "drops_output")
@@ -70,6 +71,7 @@ class _View:
     output_latency_ms: float | None = None  # the output device's own latency
     mlx_device: str = ""  # where the model runs: "Device(gpu, 0)", "Device(cpu, 0)"
     lm_mode: str = ""  # how it steps (engine.model.graph.lm_step)
+    answer: tuple | None = None  # (response latency p50, its pipeline part p50), ms, when measured
 
 
 def _view(x) -> _View:
@@ -86,6 +88,7 @@ def _view(x) -> _View:
             output_latency_ms=x.info.output_latency_ms,
             mlx_device=str(x.info.server.get("mlx_device") or ""),
             lm_mode=str(x.info.server.get("lm_mode") or ""),
+            answer=_answer(x.turns.response, x.turns.pipeline) if x.turns is not None else None,
         )
     if isinstance(x, dict):
         breakdown = x.get("frame_breakdown_ms") or {}
@@ -114,6 +117,8 @@ def _view(x) -> _View:
             output_latency_ms=(x.get("audio") or {}).get("output_latency_ms"),
             mlx_device=str((x.get("model") or {}).get("server_mlx_device") or ""),
             lm_mode=str((x.get("model") or {}).get("server_lm_mode") or ""),
+            answer=_answer(*(((x.get("turns") or {}).get("summary") or {}).get(k)
+                             for k in ("response_ms", "response_pipeline_ms"))),
         )
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
 
@@ -121,6 +126,28 @@ def _view(x) -> _View:
 # The LM step mode auto picks on CUDA (engine.model.graph.lm_step.CUDA_MODE; the telemetry layer
 # does not import the model's, tests/test_diagnose.py checks they agree).
 CUDA_FASTEST_STEP = "layered"
+
+
+def _answer(response: dict | None, pipeline: dict | None) -> tuple | None:
+    if not response or response.get("p50") is None:
+        return None
+    return (response["p50"], (pipeline or {}).get("p50"))
+
+
+def _answer_split(v: _View, add) -> None:
+    """How long Moshi takes to answer, split into the pipeline's part (mic -> speaker of the
+    frames that carried its answers) and the model's own wait (the rest)."""
+    if v.answer is None:
+        return
+    resp, pipe = v.answer
+    if pipe is None:
+        text = f"Moshi answers after {_ms(resp)} (p50)"
+    else:
+        wait = max(0.0, resp - pipe)
+        who = "the model waits before answering" if wait > pipe else "most of it is the pipeline"
+        text = (f"Moshi answers after {_ms(resp)} (p50): {_ms(pipe)} in the pipeline "
+                f"(mic → speaker), {_ms(wait)} the model's own wait — {who}")
+    add("warn" if resp > SLOW_ANSWER_MS else "ok", "answer", text)
 
 
 def _model_hint(v: _View) -> str:
@@ -278,6 +305,7 @@ def diagnose(x, previous=None) -> list[Verdict]:
 
     # --- counters -------------------------------------------------------------------------
     _counters(v, _view(previous) if previous is not None else None, add)
+    _answer_split(v, add)
 
     if not any(vd.level != "ok" for vd in out):
         if proc is None:

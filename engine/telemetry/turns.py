@@ -58,10 +58,13 @@ class Turn:
     latency_ms: float | None = None  # response and stop
     user_ms: tuple[float, float] | None = None  # the user's speech it relates to (start, end)
     moshi_ms: tuple[float, float | None] | None = None  # Moshi's segment (end None: speaking)
+    # a response's part spent in the pipeline: mic -> speaker of the frame that carried Moshi's
+    # first speech (the rest of its latency is the model's own wait); set by its observer
+    pipeline_ms: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("t_ms", "latency_ms"):
+        for k in ("t_ms", "latency_ms", "pipeline_ms"):
             if d[k] is not None:
                 d[k] = round(d[k], 1)
         for k in ("user_ms", "moshi_ms"):

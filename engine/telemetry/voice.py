@@ -83,12 +83,14 @@ class TurnsView:
     last: list[Turn] = field(default_factory=list)  # the most recent turns, oldest first
     response: dict = field(default_factory=dict)  # percentiles (p50, p90, n) of response ms
     stop: dict = field(default_factory=dict)  # ... of stop ms
+    pipeline: dict = field(default_factory=dict)  # ... of the responses' part in the pipeline
     counts: dict[str, int] = field(default_factory=dict)
     overlap_share: float | None = None
     # per side, the speech of the last STRIP_S seconds: (start, end) in s before now
     lanes: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     active: dict[str, bool] = field(default_factory=dict)  # speaking at the last frame
     skipped: int = 0
+    zero_ms: float = 0.0  # a turn's t_ms + this = ms since the session's first capture
 
     @property
     def last_response_ms(self) -> float | None:
@@ -108,6 +110,7 @@ class VoiceActivity:
         self.vad_factory = vad_factory
         self._vads: dict = {}
         self._vad_lock = threading.Lock()
+        self._delays: deque = deque(maxlen=256)  # Moshi's frames: (start, end ms, mic->speaker)
         self.q: queue.Queue = queue.Queue(queue_max)
         self.skipped = 0
         self.error: str | None = None
@@ -118,12 +121,14 @@ class VoiceActivity:
         self._closed = False
 
     # ------------------------------------------------------------ from the pipeline's events
-    def offer(self, side: str, t_ns: int, pcm: np.ndarray | None, dur_ns: int = FRAME_NS) -> None:
-        """`side`'s audio from `t_ns` (None: silence for `dur_ns`). Never blocks."""
+    def offer(self, side: str, t_ns: int, pcm: np.ndarray | None, dur_ns: int = FRAME_NS,
+              delay_ms: float | None = None) -> None:
+        """`side`'s audio from `t_ns` (None: silence for `dur_ns`); `delay_ms`: a played frame's
+        mic -> speaker delay, when it has one.  Never blocks."""
         if self._closed or self.error is not None:
             return
         try:
-            self.q.put_nowait((side, t_ns, None if pcm is None else pcm.copy(), dur_ns))
+            self.q.put_nowait((side, t_ns, None if pcm is None else pcm.copy(), dur_ns, delay_ms))
         except queue.Full:
             self.skipped += 1
             return
@@ -176,8 +181,10 @@ class VoiceActivity:
             finally:
                 self.q.task_done()
 
-    def _analyse(self, side: str, t_ns: int, pcm, dur_ns: int) -> None:
+    def _analyse(self, side: str, t_ns: int, pcm, dur_ns: int, delay_ms) -> None:
         active = False
+        if delay_ms is not None:
+            self._delays.append((t_ns / 1e6, (t_ns + dur_ns) / 1e6, delay_ms))
         if pcm is not None:
             vad = self._vad(side)
             t0 = time.perf_counter_ns()
@@ -185,13 +192,24 @@ class VoiceActivity:
             self.stage("vad", (time.perf_counter_ns() - t0) / 1e6)
         self.active[side] = active
         self.detector.add(side, t_ns / 1e6, dur_ns / 1e6, active)
-        self.detector.advance()
+        for turn in self.detector.advance():
+            if turn.kind == "response":
+                turn.pipeline_ms = self._delay_at(turn.t_ms + self.detector.t0_ms)
+
+    def _delay_at(self, t_ms: float) -> float | None:
+        """The mic -> speaker delay of Moshi's frame playing at `t_ms` (monotonic ms)."""
+        for a, b, d in reversed(self._delays):
+            if a <= t_ms + 1.0 and t_ms < b + 1.0:
+                return round(d, 1)
+        return None
 
     # ------------------------------------------------------------ readers
-    def view(self, n_last: int = 8) -> TurnsView:
+    def view(self, t_start_ns: int | None = None, n_last: int = 8) -> TurnsView:
+        """The recent turns and figures; `t_start_ns`: the session's first capture."""
         det = self.detector
         turns = list(det.turns)
         resp = [t.latency_ms for t in turns if t.kind == "response"]
+        pipe = [t.pipeline_ms for t in turns if t.kind == "response" and t.pipeline_ms is not None]
         stop = [t.latency_ms for t in turns if t.kind == "stop"]
         counts = dict.fromkeys(("response", "stop", "kept_floor", "takeover", "backchannel",
                                 "unanswered"), 0)
@@ -207,14 +225,20 @@ class VoiceActivity:
                     spans.append((max(0.0, (now - on) / 1000), max(0.0, (now - end) / 1000)))
             lanes[side] = spans
         return TurnsView(last=[replace(t) for t in turns[-n_last:]], response=p5090(resp),
+                         pipeline=p5090(pipe),
                          stop=p5090(stop), counts=counts, overlap_share=det.overlap_share,
-                         lanes=lanes, active=dict(self.active), skipped=self.skipped)
+                         lanes=lanes, active=dict(self.active), skipped=self.skipped,
+                         zero_ms=self._zero(t_start_ns))
+
+    def _zero(self, t_start_ns: int | None) -> float:
+        t0 = self.detector.t0_ms
+        return 0.0 if t0 is None or t_start_ns is None else t0 - t_start_ns / 1e6
 
     def record(self, t_start_ns: int | None) -> dict:
         """Every turn and the summary, for stats.json: times in s since `t_start_ns` (the
         session's first capture)."""
         det = self.detector
-        zero = 0.0 if det.t0_ms is None or t_start_ns is None else det.t0_ms - t_start_ns / 1e6
+        zero = self._zero(t_start_ns)
 
         def s(v):
             return None if v is None else round((v + zero) / 1000, 3)
@@ -237,6 +261,7 @@ class VoiceActivity:
             "turns": turns,
             "speech_s": {k: [[s(a), s(b)] for a, b in v] for k, v in det.segments.items()},
             "summary": {"counts": view.counts, "response_ms": view.response, "stop_ms": view.stop,
+                        "response_pipeline_ms": view.pipeline,
                         "overlap_share": view.overlap_share,
                         "speech_s": {k: round(v / 1000, 2) for k, v in det.speech_ms.items()},
                         "skipped_frames": self.skipped},
