@@ -61,3 +61,18 @@ def test_the_telemetry_hands_both_sides_over_with_their_times():
     tel.voice.close()
     ms = FRAME_NS / 1e6
     assert seen == [("user", 9 * ms, ms), ("moshi", 20 * ms, ms), ("moshi", 21 * ms, 20.0)]
+
+
+def test_a_vad_that_fails_is_said_once_and_the_audio_goes_on():
+    said = []
+
+    def broken():
+        raise RuntimeError("no model")
+
+    va = VoiceActivity(lambda name, ms: None, vad_factory=broken, warn=said.append)
+    pcm = np.zeros(FRAME, np.float32)
+    for i in range(5):
+        va.offer("user", i * FRAME_NS, pcm)
+    va.close()
+    assert said == ["voice activity stopped: no model"] and va.error == said[0]
+    va.offer("user", 9 * FRAME_NS, pcm)  # (still never raises into the callback)

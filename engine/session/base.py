@@ -112,8 +112,7 @@ class ConversationSession(ProcessFigures):
         if self.source is None:
             self.prepare()
         if self.tel.voice is not None:  # its VADs made while the model loads, not on live audio
-            threading.Thread(target=self.tel.voice.prepare, name="voice-prepare",
-                             daemon=True).start()
+            self.tel.voice.prepare_in_background()
         self._thread = threading.Thread(target=self._run, name="session", daemon=True)
         self._thread.start()
 

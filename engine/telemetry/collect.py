@@ -145,7 +145,7 @@ class Telemetry:
             if why:
                 self.warn(why)
             else:
-                self.voice = VoiceActivity(self.add_stage, config.turns)
+                self.voice = VoiceActivity(self.add_stage, config.turns, warn=self.warn)
 
     # --- writers (called from audio callbacks and loops; never block) ---
     def set_state(self, state: str, detail: str = "") -> None:

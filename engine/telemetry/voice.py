@@ -39,6 +39,7 @@ VAD_RATE = 16000
 QUEUE_MAX = 64  # items waiting for the VAD thread (frames and speaker silences)
 STRIP_S = 20.0  # the lanes of who spoke when cover this much
 IDLE_S = 1.0  # the thread ends after this long without audio
+_CREATE = threading.Lock()  # one VAD made at a time in the process (each loads its model)
 
 
 def turn_options(**kw) -> TurnOptions:
@@ -104,8 +105,10 @@ class VoiceActivity:
     """Both sides' voice activity on its own thread, and the turns made of it."""
 
     def __init__(self, stage, opts: TurnOptions | None = None, vad_factory=FrameVad,
-                 queue_max: int = QUEUE_MAX):
+                 queue_max: int = QUEUE_MAX, warn=None):
         self.stage = stage  # stage(name, ms): the VAD's cost per frame, for the telemetry
+        self.warn = warn  # warn(text): a failure, said once
+        self._preparing: threading.Thread | None = None
         self.detector = TurnDetector(opts or turn_options())
         self.vad_factory = vad_factory
         self._vads: dict = {}
@@ -141,19 +144,36 @@ class VoiceActivity:
 
     def prepare(self) -> None:
         """Make both sides' VADs now (a few hundred ms of CPU, loading the model), so that the
-        first frames do not wait for it; the session does this while it loads."""
-        for side in SIDES:
-            self._vad(side)
+        first frames do not wait for it."""
+        try:
+            for side in SIDES:
+                self._vad(side)
+        except Exception as e:
+            self._fail(e)
+
+    def prepare_in_background(self) -> None:
+        """`prepare()` on its own thread (the session does this while the model loads)."""
+        self._preparing = threading.Thread(target=self.prepare, name="voice-prepare", daemon=True)
+        self._preparing.start()
 
     def _vad(self, side: str):
         with self._vad_lock:
             vad = self._vads.get(side)
             if vad is None:
-                vad = self._vads[side] = self.vad_factory()
+                with _CREATE:
+                    vad = self._vads[side] = self.vad_factory()
             return vad
 
+    def _fail(self, e: Exception) -> None:
+        if self.error is None:
+            self.error = f"voice activity stopped: {e}"
+            if self.warn is not None:
+                self.warn(self.error)
+
     def close(self, timeout: float = 2.0) -> None:
-        """Finish what is queued, then stop taking audio."""
+        """Finish what is queued (and the VADs being made), then stop taking audio."""
+        if self._preparing is not None:
+            self._preparing.join(timeout)
         self.drain(timeout)
         self._closed = True
 
@@ -177,7 +197,7 @@ class VoiceActivity:
             try:
                 self._analyse(*item)
             except Exception as e:  # the VAD failed: say so once, and stop analysing
-                self.error = f"voice activity stopped: {e}"
+                self._fail(e)
             finally:
                 self.q.task_done()
 
