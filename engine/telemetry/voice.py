@@ -33,6 +33,7 @@ from engine.telemetry.stages import percentiles
 from engine.telemetry.turns import SIDES, Turn, TurnDetector, TurnOptions
 
 THRESHOLD = 0.5  # a window is speech above this score
+SILENT_PEAK = 1e-3  # a window whose peak is below this (-60 dBFS) is silence without asking
 ONSET_LAG_MS = 0.0  # the VAD's onset minus the true onset (docs/benchmarks.md)
 OFFSET_LAG_MS = 100.0  # the VAD's offset minus the true offset
 VAD_RATE = 16000
@@ -65,7 +66,9 @@ class FrameVad:
             return 0.0
         chunks = np.ascontiguousarray(np.clip(self.buf[:n * self.win], -1.0, 1.0))
         self.buf = self.buf[n * self.win:]
-        return max(self.vad.process(memoryview(c.data)) for c in chunks.reshape(n, self.win))
+        # a window with no sample above -60 dBFS is silence, not speech: not worth the model
+        return max((self.vad.process(memoryview(c.data)) if np.abs(c).max() >= SILENT_PEAK else 0.0)
+                   for c in chunks.reshape(n, self.win))
 
 
 def vad_available() -> str | None:

@@ -25,7 +25,7 @@ STAGES: dict[str, tuple[str, bool]] = {
 }
 # Shown only while measured: the echo canceller's work per frame (--aec, the a key), the voice
 # activity detector's per frame of either side (beside the audio path).
-EXTRA_STAGES: dict[str, tuple[str, bool]] = {"aec": ("echo canc", False), "vad": ("voice act", False)}
+EXTRA_STAGES: dict[str, tuple[str, bool]] = {"aec": ("echo canc", False), "vad": ("VAD", False)}
 LEVEL_STYLE = {"over": "bold $text-error", "near": "$text-warning", "ok": "", "none": "$text-muted"}
 BUDGET_BARS = budget_style(FRAME_BUDGET_MS * NEAR_BUDGET, FRAME_BUDGET_MS)
 PLAIN_BARS = budget_style(None, None)
