@@ -118,3 +118,28 @@ def test_the_diagnosis_splits_a_slow_answer_into_the_pipeline_and_the_models_wai
     (v,) = [v for v in diagnose(_stats(700.0, 500.0)) if v.rule == "answer"]
     assert v.level == "ok" and "most of it is the pipeline" in v.text
     assert not [v for v in diagnose({"stages_ms": {}, "counters": {}}) if v.rule == "answer"]
+
+
+def test_the_thresholds_come_from_the_command_line_with_the_vads_lag():
+    from engine.cli.options import build_parser, run_config
+    from engine.errors import UsageError
+    from engine.telemetry.voice import OFFSET_LAG_MS
+
+    args = build_parser().parse_args(["--demo", "--turn-pause-ms", "900", "--turn-min-speech-ms", "240"])
+    turns = run_config(args).session.turns
+    assert (turns.end_pause_ms, turns.min_utterance_ms) == (900.0, 240.0)
+    assert turns.offset_lag_ms == OFFSET_LAG_MS
+    with pytest.raises(UsageError, match="--turn-pause-ms must be between 0 and 60000 ms, not -1"):
+        run_config(build_parser().parse_args(["--demo", "--turn-pause-ms", "-1"]))
+
+
+def test_a_session_measures_turns_with_its_thresholds():
+    from engine.session.config import SessionConfig
+    from engine.session.local import Session
+    from engine.session.remote.session import RemoteSession
+    from engine.telemetry.voice import turn_options
+
+    opts = turn_options(end_pause_ms=900.0)
+    cfg = SessionConfig(turns=opts, save=False)
+    for s in (Session(cfg), RemoteSession(cfg, "ws://127.0.0.1:1/api/chat")):
+        assert s.tel.voice.detector.o == opts
