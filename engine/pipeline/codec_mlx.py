@@ -22,10 +22,11 @@ happens in the worker, with the default device (the GPU when MLX has one) or the
 given; the calling threads only touch numpy.
 
 The worker threads never end: a closed codec's thread frees the model, then waits in a
-process-wide pool for the next codec.  MLX's CUDA backend keeps per-thread state (command
-encoders with their own completion threads) that it tears down when a thread ends, and that
-teardown can still be running when the process exits, which then aborts ("terminate called
-without an active exception"); a thread that never ends leaves nothing to tear down.
+process-wide pool for the next codec.  MLX keeps per-thread state (its compile cache, which
+holds Python functions) that the C++ runtime frees when a thread ends; a thread ending while
+the interpreter shuts down cannot take the GIL to drop those functions, and the process
+aborts ("terminate called without an active exception").  A thread that never ends frees
+nothing at exit.
 
 The streaming maths (masked attention, exact GELU, bounded caches, dtype) are
 engine.model.graph.mimi's.  `warm()` pushes silent frames through the public interface, whole
