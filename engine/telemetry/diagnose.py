@@ -329,7 +329,7 @@ def _network(v: _View, add) -> None:
         if r95 is not None and r95 - rtt > RTT_JITTER_WARN_MS:
             add("warn", "rtt_jitter",
                 f"network round trip p95 {_ms(r95)} is {_ms(r95 - rtt)} above its p50: an "
-                "uneven network (the jitter buffer holds back more audio)")
+                "uneven network or a busy server (the jitter buffer holds back more audio)")
     e2e = _p(v, "e2e")
     if e2e is not None and e2e > E2E_WARN_MS:
         add("bad" if e2e > E2E_BAD_MS else "warn", "e2e",
