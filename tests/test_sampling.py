@@ -100,6 +100,7 @@ def test_a_bad_value_on_the_command_line_is_one_line():
 # Input frames a loaded host drops never reach the model, and every later code changes (the
 # codec's stream skips them): each test below compares what the model saw the same input for.
 CLIP_S = 3.0
+TRIES, LEAST = 3, 8  # a session's runs: tries, and steps of the same input compared at least
 
 
 @pytest.fixture(scope="module")
@@ -140,20 +141,24 @@ def test_a_session_with_a_seed_gives_the_same_text_and_another_seed_other_text(
     stepped).  The demo model's text is random tokens at Kyutai's temperature."""
 
     def run(seed):
-        stats, trace = _headless(demo_env, tmp_path, "--demo", "--input", str(clip),
-                                 "--seconds", str(CLIP_S + 1), "--seed", str(seed))
-        frame_of = {e["args"]["step"]: e["args"]["frame"] for e in trace["traceEvents"]
-                    if e.get("name") == "model step"}
-        same_input = 0  # steps 0..same_input-1 stepped frames 0..same_input-1
-        while frame_of.get(same_input) == same_input:
-            same_input += 1
-        return [(t["step"], t["id"]) for t in stats["transcript"]["tokens"]
-                if t["step"] < same_input]
+        for _ in range(TRIES):  # (a run that dropped one of its first frames is run again)
+            stats, trace = _headless(demo_env, tmp_path, "--demo", "--input", str(clip),
+                                     "--seconds", str(CLIP_S + 1), "--seed", str(seed))
+            frame_of = {e["args"]["step"]: e["args"]["frame"] for e in trace["traceEvents"]
+                        if e.get("name") == "model step"}
+            same_input = 0  # steps 0..same_input-1 stepped frames 0..same_input-1
+            while frame_of.get(same_input) == same_input:
+                same_input += 1
+            if same_input >= LEAST:
+                return [(t["step"], t["id"]) for t in stats["transcript"]["tokens"]
+                        if t["step"] < same_input]
+        pytest.fail(f"--seed {seed}: a frame among the first {LEAST} dropped in {TRIES} runs "
+                    "in a row (a host too loaded for the same input to reach the model)")
 
     a, b, c = run(7), run(7), run(8)
-    n = _common(a, b, 8)
+    n = _common(a, b, LEAST // 2)
     assert a[:n] == b[:n]
-    m = _common(a, c, 8)
+    m = _common(a, c, LEAST // 2)
     assert a[:m] != c[:m]
     assert len({tok for _, tok in a[:n]}) >= 3, a  # not one repeated token
 
