@@ -37,7 +37,7 @@ pytestmark = pytest.mark.gpu
 
 STEPS = 660  # past the 256-position KV block in each segment, across the reset at step 399
 MAX_STEPS = 400
-MIMI_FRAMES = 420  # 33.6 s of speech: 170 frames past the 250-step attention window
+MIMI_FRAMES = 420  # 33.6 s of speech; the 250-step window of the 25 Hz transformer is 125 frames
 # rustymimi computes in float32 on the CPU.  MLX on an NVIDIA GPU runs float32 matrix products
 # on TensorFloat-32 units unless MLX_ENABLE_TF32=0 (its default is on): their 10-bit mantissa
 # lowers the decoded SNR from full float32's ~120 dB to ~80 dB, and a code whose two nearest
@@ -131,7 +131,7 @@ def test_mlx_mimi_equals_rustymimi_past_the_attention_window(demo_files, long_sp
         f"{int(differ.sum())} of {differ.size} codes differ (frame, codebook): "
         f"{list(zip(*np.nonzero(differ.T)))[:10]}")
     assert _snr_db(ref_pcm, pcm) >= MIN_DECODE_SNR_DB
-    tail = slice(300 * 1920, None)  # the frames past the window alone
+    tail = slice(300 * 1920, None)  # frames 300 on: well past the window alone
     assert _snr_db(ref_pcm[tail], pcm[tail]) >= MIN_DECODE_SNR_DB
 
 
