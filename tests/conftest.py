@@ -154,7 +154,7 @@ def jack_server(jack_cards):
 @pytest.fixture
 def jack_card_20ms(jack_cards):
     """Like jack_server, with 20 ms (480-sample) periods: most real devices', and the card
-    behind the README's latency figures."""
+    behind the latency figures in docs/benchmarks.md."""
     return jack_cards.use(jackdummy.JACK_RATE, 480)
 
 
