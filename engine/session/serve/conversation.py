@@ -10,6 +10,12 @@ An app-level ping (0x06) is echoed.  A malformed message -- unknown kind, empty,
 not whole checksum-valid Ogg pages (a truncated page), undecodable Opus, bad UTF-8/JSON, a text
 websocket frame -- is answered with an error message (0x05) and dropped, before it reaches the
 Opus decoder; the conversation goes on, and the server too.
+
+The conversation runs on a codec the server prepared for it (`run(codec)`); the LM's fresh state
+(Configure, with this conversation's sampling) is asked for just before its first audio frame
+goes to the model, so a client that never sends audio costs the model nothing.  A conversation
+with no audio from its client for `idle_timeout_s` (IDLE_TIMEOUT_S unless told) is closed (1000,
+"idle"), from the handshake on: pings, metadata and malformed messages do not count as audio.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from engine.session.host import ModelHost
 from engine.telemetry.collect import Telemetry
 
 MAX_ERRORS = 100  # malformed messages tolerated per connection before it is closed (1008)
-IDLE_TIMEOUT_S = 30.0  # a conversation with no message from the client for this long is closed
+IDLE_TIMEOUT_S = 30.0  # a conversation with no audio from the client for this long is closed
 TIMINGS_EVERY_S = 0.25
 
 
@@ -39,15 +45,18 @@ def log(msg: str) -> None:
 
 class Conversation(PipelineObserver):
     """One websocket client: its Opus audio through the pipeline, text and audio back; an
-    observer of the pipeline (text tokens, decoded PCM and step timings go to the client)."""
+    observer of the pipeline (text tokens, decoded PCM and step timings go to the client).
+    `audio_pushed`: whether any audio reached the codec (else it is still a fresh one)."""
 
-    def __init__(self, host: ModelHost, ws, peer: str, index: int, query: dict | None = None):
+    def __init__(self, host: ModelHost, ws, peer: str, index: int, query: dict | None = None,
+                 *, idle_timeout_s: float = IDLE_TIMEOUT_S):
         import sphn
 
         self.host = host
         self.ws = ws
         self.peer = peer
         self.index = index
+        self.idle_timeout_s = idle_timeout_s
         # the sampling Kyutai's web UI asks for in the URL (UsageError when a value is bad)
         self.sampling, self.query_applied, self.query_ignored = host.options.sampling.with_query(
             dict(query or {}))
@@ -61,6 +70,8 @@ class Conversation(PipelineObserver):
         self.timings: dict[str, list] = {"model": [], "queue": []}
         self.want_timings = False
         self.fatal: str | None = None
+        self.audio_pushed = False
+        self._audio_at = 0.0  # when the client's last valid audio came
         self.pipeline = None
         self.tel = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,12 +96,12 @@ class Conversation(PipelineObserver):
             self.timings["queue"].append(round((rec.t_step0 - rec.t_srv_in) / 1e6, 3))
             self.timings["model"].append(round((rec.t_step1 - rec.t_step0) / 1e6, 3))
 
-    async def run(self) -> None:
+    async def run(self, codec) -> None:
+        """The conversation on `codec` (a fresh one: engine.session.host.ModelHost.new_codec),
+        until the client leaves, idles or the model fails."""
         from engine.pipeline.client import ClientPipeline
 
         self._loop = asyncio.get_running_loop()
-        codec = await self._loop.run_in_executor(None, self.host.new_codec)
-        self.host.configure(self.sampling)
         self.tel = Telemetry()
         segments = self.host.codec_segments(self.tel.warn)  # (as in a local session)
         self.pipeline = ClientPipeline(codec, self.host.conn, self.host.spm, self.tel, self,
@@ -100,8 +111,12 @@ class Conversation(PipelineObserver):
         ws = self.ws
         tasks = []
         try:  # from here on the pipeline must be stopped whatever happens (it shares the pipe)
-            await ws.send_bytes(wsproto.encode_handshake())
-            await ws.send_bytes(wsproto.encode_metadata(self._server_metadata()))
+            try:
+                await ws.send_bytes(wsproto.encode_handshake())
+                await ws.send_bytes(wsproto.encode_metadata(self._server_metadata()))
+            except ConnectionError:
+                log(f"conversation {self.index}: the client left before its handshake")
+                return
             tasks = [asyncio.create_task(c) for c in (self._reader(), self._writer(), self._watchdog())]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -155,13 +170,18 @@ class Conversation(PipelineObserver):
         import aiohttp
 
         ws = self.ws
+        self._audio_at = time.monotonic()  # (each valid audio message moves it on)
         while True:
-            try:
-                msg = await ws.receive(timeout=IDLE_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                log(f"conversation {self.index}: nothing from the client for {IDLE_TIMEOUT_S:.0f} s: closing")
+            left = self._audio_at + self.idle_timeout_s - time.monotonic()
+            if left <= 0:  # (checked before reading: a stream of other messages cannot delay it)
+                log(f"conversation {self.index}: no audio from the client for "
+                    f"{self.idle_timeout_s:g} s: closing")
                 await ws.close(code=1000, message=b"idle")
                 return
+            try:
+                msg = await ws.receive(timeout=left)
+            except asyncio.TimeoutError:
+                continue
             if msg.type == aiohttp.WSMsgType.BINARY:
                 await self._on_binary(msg.data)
             elif msg.type == aiohttp.WSMsgType.TEXT:
@@ -200,9 +220,14 @@ class Conversation(PipelineObserver):
                 self.reader = sphn.OpusStreamReader(SAMPLE_RATE)  # its stream state is now unusable
                 await self._reject(f"undecodable Opus audio: {e}")
                 return
+            self._audio_at = time.monotonic()
             pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
             if pcm.size == 0:
                 return
+            if not self.audio_pushed:  # a fresh LM state before the first frame reaches it
+                with self.pipeline.send_lock:
+                    self.host.configure(self.sampling)
+                self.audio_pushed = True
             t = time.monotonic_ns()
             for frame in self.chunker.push(pcm):
                 self.pipeline.on_frame(frame, t)
@@ -257,7 +282,7 @@ class Conversation(PipelineObserver):
         p.stop()
         # Anything the codec still holds belongs to this conversation.
         t_end = time.monotonic() + 0.5
-        while time.monotonic() < t_end and not codec.idle():
+        while self.audio_pushed and time.monotonic() < t_end and not codec.idle():
             pass
 
 
