@@ -11,9 +11,9 @@ not whole checksum-valid Ogg pages (a truncated page), undecodable Opus, bad UTF
 websocket frame -- is answered with an error message (0x05) and dropped, before it reaches the
 Opus decoder; the conversation goes on, and the server too.
 
-The conversation runs on a codec the server prepared for it (`run(codec)`); the LM's fresh state
-(Configure, with this conversation's sampling) is asked for just before its first audio frame
-goes to the model, so a client that never sends audio costs the model nothing.  A conversation
+The conversation runs on a codec the server prepared for it (`run(codec)`); its pipeline starts,
+and the LM's fresh state (Configure, with this conversation's sampling) is asked for, with the
+client's first audio, so a client that never sends audio costs the model nothing.  A conversation
 with no audio from its client for `idle_timeout_s` (IDLE_TIMEOUT_S unless told) is closed (1000,
 "idle"), from the handshake on: pings, metadata and malformed messages do not count as audio.
 """
@@ -46,7 +46,8 @@ def log(msg: str) -> None:
 class Conversation(PipelineObserver):
     """One websocket client: its Opus audio through the pipeline, text and audio back; an
     observer of the pipeline (text tokens, decoded PCM and step timings go to the client).
-    `audio_pushed`: whether any audio reached the codec (else it is still a fresh one)."""
+    `audio_pushed`: whether audio came and the pipeline started (else the codec is still a
+    fresh one)."""
 
     def __init__(self, host: ModelHost, ws, peer: str, index: int, query: dict | None = None,
                  *, idle_timeout_s: float = IDLE_TIMEOUT_S):
@@ -72,7 +73,8 @@ class Conversation(PipelineObserver):
         self.fatal: str | None = None
         self.audio_pushed = False
         self._audio_at = 0.0  # when the client's last valid audio came
-        self.pipeline = None
+        self.pipeline = None  # (from the first audio on)
+        self.codec = None
         self.tel = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -99,18 +101,12 @@ class Conversation(PipelineObserver):
     async def run(self, codec) -> None:
         """The conversation on `codec` (a fresh one: engine.session.host.ModelHost.new_codec),
         until the client leaves, idles or the model fails."""
-        from engine.pipeline.client import ClientPipeline
-
         self._loop = asyncio.get_running_loop()
         self.tel = Telemetry()
-        segments = self.host.codec_segments(self.tel.warn)  # (as in a local session)
-        self.pipeline = ClientPipeline(codec, self.host.conn, self.host.spm, self.tel, self,
-                                       segments=segments, input_max=8, inflight_max=4,
-                                       output_max=64)
-        self.pipeline.start()
+        self.codec = codec
         ws = self.ws
         tasks = []
-        try:  # from here on the pipeline must be stopped whatever happens (it shares the pipe)
+        try:  # once started, the pipeline is stopped whatever happens (it shares the pipe)
             try:
                 await ws.send_bytes(wsproto.encode_handshake())
                 await ws.send_bytes(wsproto.encode_metadata(self._server_metadata()))
@@ -133,7 +129,8 @@ class Conversation(PipelineObserver):
                     await ws.close(code=1011, message=b"model server failed")
                 except Exception:
                     pass
-            await self._loop.run_in_executor(None, self._finish, codec)
+            if self.pipeline is not None:
+                await self._loop.run_in_executor(None, self._finish, codec)
 
     def _server_metadata(self) -> dict:
         info = self.host.info
@@ -224,10 +221,8 @@ class Conversation(PipelineObserver):
             pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
             if pcm.size == 0:
                 return
-            if not self.audio_pushed:  # a fresh LM state before the first frame reaches it
-                with self.pipeline.send_lock:
-                    self.host.configure(self.sampling)
-                self.audio_pushed = True
+            if self.pipeline is None:
+                self._start_pipeline()
             t = time.monotonic_ns()
             for frame in self.chunker.push(pcm):
                 self.pipeline.on_frame(frame, t)
@@ -243,15 +238,28 @@ class Conversation(PipelineObserver):
                 self.want_timings = bool(req["timings"])
         # handshake, text, control, error from a client: valid, nothing to do in full streaming
 
+    def _start_pipeline(self) -> None:
+        """With the first audio: a fresh LM state asked for (before any of this conversation's
+        frames can reach the model), then the pipeline on this conversation's codec."""
+        from engine.pipeline.client import ClientPipeline
+
+        self.host.configure(self.sampling)
+        self.audio_pushed = True
+        segments = self.host.codec_segments(self.tel.warn)  # (as in a local session)
+        self.pipeline = ClientPipeline(self.codec, self.host.conn, self.host.spm, self.tel, self,
+                                       segments=segments, input_max=8, inflight_max=4,
+                                       output_max=64)
+        self.pipeline.start()
+
     async def _writer(self) -> None:
         ws = self.ws
-        q = self.pipeline.output_q
         last_timings = time.monotonic()
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self.texts:
                 await ws.send_bytes(wsproto.encode_text(self.texts.popleft()))
+            q = self.pipeline.output_q if self.pipeline is not None else ()
             while q:
                 _rec, pcm = q.popleft()
                 ogg = self.writer.append_pcm(np.ascontiguousarray(pcm, dtype=np.float32))
@@ -268,13 +276,15 @@ class Conversation(PipelineObserver):
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
-            if self.pipeline.error or not self.host.alive():
-                self.fatal = f"model server failed: {self.pipeline.error or 'process died'}"
+            error = self.pipeline.error if self.pipeline is not None else None
+            if error or not self.host.alive():
+                self.fatal = f"model server failed: {error or 'process died'}"
                 log(f"conversation {self.index}: {self.fatal}")
                 return
 
     def _finish(self, codec) -> None:
-        """Let in-flight frames come back (so the next conversation starts clean), then stop."""
+        """Let in-flight frames come back (so the next conversation starts clean), then stop the
+        pipeline."""
         p = self.pipeline
         deadline = time.monotonic() + 2.0
         while not p.idle() and time.monotonic() < deadline and not self.fatal:
@@ -282,7 +292,7 @@ class Conversation(PipelineObserver):
         p.stop()
         # Anything the codec still holds belongs to this conversation.
         t_end = time.monotonic() + 0.5
-        while self.audio_pushed and time.monotonic() < t_end and not codec.idle():
+        while time.monotonic() < t_end and not codec.idle():
             pass
 
 

@@ -269,6 +269,10 @@ class ChatServer:
         if tel is None:
             log(f"conversation {conv.index} ended before it started")
             return
+        if not conv.audio_pushed:
+            log(f"conversation {conv.index} ended before any audio ({conv.errors} rejected "
+                "messages): nothing to reset, its codec goes on to the next")
+            return
         st = tel.stage_stats()
         model = st.get("model", {}).get("p50")
         c = tel.counters
