@@ -10,16 +10,17 @@ The model runs in the same spawned model process as a local session (engine.sess
 by the same ClientPipeline, so the measured path is the same.  One conversation at a time, like
 Kyutai's servers.  Every other client is accepted and waits in line (no handshake yet), in the
 order it connected (FIFO); one peer address holds at most `max_waiting_per_client` places in
-line, and a connection over that gets an error message (0x05) and close code 1013 (try again
-later).  A waiting connection is watched: one that closes or is dropped leaves the line at once
-and costs the model nothing; anything it sends before its turn is dropped (clients wait for the
-handshake).  When its turn comes, a connection that is gone is skipped.
+line, and a connection over that (once a second has not freed one) gets an error message
+(0x05) and close code 1013 (try again later).  A waiting connection is watched: one that closes
+or is dropped leaves the line at once and costs the model nothing; anything it sends before its
+turn is dropped (clients wait for the handshake).  When its turn comes, a connection that is
+gone is skipped.
 
 Every conversation gets a fresh Mimi codec and a fresh LM state, but neither is made for a client
 that has left: the codec is prepared while no one talks (when serve starts, and right after each
 conversation that used its own), so a client's handshake does not wait for it, and a conversation
-that never sent audio hands its untouched codec on to the next; the LM's fresh state (Configure)
-is asked for with a conversation's first audio.  What one conversation sends and accepts, and
+that never sent audio hands its untouched codec on to the next; the pipeline starts, and the LM's
+fresh state (Configure) is asked for, with a conversation's first audio.  What one conversation sends and accepts, and
 when an idle one is closed: engine.session.serve.conversation.  A websocket frame over 1 MiB
 closes that connection (1009); that never stops the server either.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 from engine.errors import MoshiTuiError, UsageError
 from engine.model.messages import WorkerOptions
@@ -41,6 +43,7 @@ from engine.session.serve.conversation import IDLE_TIMEOUT_S, Conversation, log
 STOP_GRACE_S = 2.0  # how long the model process gets to exit when serve stops
 MAX_WAITING_PER_CLIENT = 1  # places in line one peer address may hold (serve's default)
 BUSY_CLOSE_CODE = 1013  # "try again later": a connection over its address's places in line
+BUSY_GRACE_S = 1.0  # how long such a connection waits for one of those places to be freed
 
 
 def run_server(model: ModelOptions, *, address: str, port: int, max_steps: int | None = None,
@@ -131,7 +134,7 @@ class ChatServer:
         ws = web.WebSocketResponse(max_msg_size=wsproto.MAX_TRANSPORT, autoping=True)
         await ws.prepare(request)
         peer = request.remote or "?"
-        held = self.waiting.get(peer, 0)
+        held = await self._places_held(peer)
         if held >= self.max_waiting_per_client:
             self.refused += 1
             log(f"connection from {peer} refused: {held} of its connections already wait")
@@ -155,6 +158,16 @@ class ChatServer:
         finally:
             self.lock.release()
         return ws
+
+    async def _places_held(self, peer: str) -> int:
+        """How many places in line `peer` holds, once a place it holds was given the time to be
+        freed (BUSY_GRACE_S: a client that reconnects at once may be seen before the close of
+        its previous connection)."""
+        deadline = time.monotonic() + BUSY_GRACE_S
+        limit = self.max_waiting_per_client
+        while self.waiting.get(peer, 0) >= limit and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.waiting.get(peer, 0)
 
     async def _wait_turn(self, ws, request, peer: str) -> bool:
         """Wait for the model's turn, in arrival order, reading the connection meanwhile: True
@@ -211,8 +224,8 @@ class ChatServer:
             codec = await self._take_codec()
         except Exception as e:  # the codec cannot be made: this client is told, serve goes on
             log(f"connection from {peer}: cannot prepare the audio codec: {e}")
-            await _close(ws, wsproto.encode_error(f"the server cannot prepare its audio codec: {e}"),
-                         1011)
+            await _close(ws, wsproto.encode_error(
+                f"the server cannot prepare its audio codec: {e}"), 1011)
             return
         self.conversations += 1
         log(f"conversation {conv.index} with {peer} started"
