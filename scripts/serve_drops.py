@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         waits = asyncio.run(measure("127.0.0.1", port, counts))
         for n, w in zip(counts, waits):
             print(f"{time.monotonic() - t0:8.2f} " if args.log else "", end="")
-            print(f"{n:3d} dropped connections: handshake after {w:.2f} s")
+            print(f"{n:3d} dropped connections: handshake after {w:.3f} s")
         return 0
     finally:
         proc.send_signal(signal.SIGINT)
