@@ -101,3 +101,26 @@ def speech_wav() -> Path:
     if not SPEECH_WAV.is_file():
         pytest.fail(f"missing {SPEECH_WAV}: run scripts/make_speech_wav.sh")
     return SPEECH_WAV
+
+
+def mlx_gpu() -> str | None:
+    """Why MLX cannot compute on a GPU here (None when it can)."""
+    try:
+        import mlx.core as mx
+    except Exception as e:  # noqa: BLE001
+        return f"MLX does not load here: {e}"
+    available = getattr(mx, "is_available", None)
+    if available is not None and not available(mx.gpu):
+        return "MLX has no GPU here"
+    if mx.default_device().type != mx.DeviceType.gpu:
+        return "MLX computes on the CPU here"
+    return None
+
+
+def pytest_runtest_setup(item):
+    """`gpu` tests (full size, the MLX codec at speed) run only where MLX has a GPU; elsewhere,
+    CI included, they skip with the reason."""
+    if item.get_closest_marker("gpu") is not None:
+        why = mlx_gpu()
+        if why is not None:
+            pytest.skip(f"gpu test: {why}")

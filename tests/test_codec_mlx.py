@@ -304,9 +304,13 @@ def test_the_codec_is_chosen_by_where_mlx_runs(monkeypatch):
     codec takes 8.6 / 6.7 ms per frame on an H200 against 246 / 475 ms on a 2-core CPU)."""
     from engine.errors import UsageError
     from engine.pipeline import codec
+    from tests.conftest import mlx_gpu
 
     assert codec.choose_codec("rustymimi") == "rustymimi" and codec.choose_codec("mlx") == "mlx"
-    assert codec.mlx_device_kind() == "cpu"  # this machine (CI has no GPU either)
+    here = "gpu" if mlx_gpu() is None else "cpu"  # (CI has no GPU; the GPU machine has one)
+    assert codec.mlx_device_kind() == here
+    assert codec.choose_codec("auto") == {"gpu": "mlx", "cpu": "rustymimi"}[here]
+    monkeypatch.setattr(codec, "mlx_device_kind", lambda: "cpu")
     assert codec.choose_codec("auto") == "rustymimi"
     monkeypatch.setattr(codec, "mlx_device_kind", lambda: "gpu")
     assert codec.choose_codec("auto") == "mlx"
