@@ -2,6 +2,7 @@
 through a simulated room on a private JACK dummy sound card, with and without AEC.
 
     .venv/bin/python -m scripts.bench_aec [--seconds 14] [--room living|pure] [--json PATH]
+                                          [--cost-target-ms 3]
 
 The sink (engine.audio.portaudio.DeviceSink, 20 ms blocks) plays the far speech (it stands for
 Moshi: engine/audio/data/speech.wav, looped, or --far WAV); the source (DeviceSource, 40 ms heads
@@ -34,10 +35,12 @@ per pass:
   the sink's DAC-based play stamps and the source's capture stamps compare with when the room
   took and emitted each sample.
 
-Targets: >= 25 dB once converged (<= 2 s), near speech kept >= 0.9, processing p50 <= 3 ms.
-Prints a table (and --json PATH: every figure and the options).  Exit status: 0 measured
-(whatever the figures), 1 JACK or the devices cannot run (one line), 2 bad options (one line),
-130 interrupted (Ctrl+C or SIGTERM; the streams, the room and jackd are stopped either way).
+Targets, checked on the "AEC on" pass: >= 25 dB once converged (<= 2 s), near speech kept
+>= 0.9, processing p50 <= 3 ms (--cost-target-ms sets another).  Prints a table (and --json
+PATH: every figure, the targets and the options).  Exit status: 0 every target met, 3 a target
+missed (the figures printed and written all the same, then one line naming each missed
+target), 1 JACK or the devices cannot run (one line), 2 bad options (one line), 130
+interrupted (Ctrl+C or SIGTERM; the streams, the room and jackd are stopped either way).
 Needs jackd (apt-get install jackd2), the JACK-Client and livekit packages (setup.sh).
 """
 
@@ -108,7 +111,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--far", type=Path, default=SPEECH, help="what the speaker plays (a WAV)")
     ap.add_argument("--near", type=Path, default=SECOND_TALKER, help="the user's voice (a WAV)")
     ap.add_argument("--json", metavar="PATH", help="write every figure and the options here")
+    ap.add_argument("--cost-target-ms", type=float, default=TARGET_COST_P50_MS, metavar="MS",
+                    help="the canceller's processing per frame, p50, this run must stay within "
+                         f"(default {TARGET_COST_P50_MS:g} ms)")
     args = ap.parse_args(argv)
+    if not 0.0 < args.cost_target_ms <= 80.0:
+        raise Usage(f"--cost-target-ms must be in (0, 80], not {args.cost_target_ms:g}")
     if not 16 <= args.period <= 8192:
         raise Usage(f"--period must be 16..8192 samples, not {args.period}")
     if not 0.0 < args.gain <= 2.0 or not 0.0 < args.near_gain <= 1.0:
@@ -558,10 +566,28 @@ def measure(p: dict, far: np.ndarray, near: np.ndarray, near_at: float) -> dict:
     }
 
 
+def missed_targets(on: dict, cost_target_ms: float = TARGET_COST_P50_MS) -> list[str]:
+    """The targets the "AEC on" pass's figures (`measure`'s) miss, each as its figure against
+    its target; [] when every one is met."""
+    cost = on["cost_ms"]["p50"]
+    checks = [
+        (on["erle_db"] is not None and on["erle_db"] >= TARGET_ERLE_DB,
+         f"echo reduction {on['erle_db']} dB < {TARGET_ERLE_DB:g} dB"),
+        (on["converged_s"] is not None and on["converged_s"] <= TARGET_CONVERGED_S,
+         f"converged from {on['converged_s']} s, not by {TARGET_CONVERGED_S:g} s"),
+        (on["kept"] is not None and on["kept"] >= TARGET_KEPT,
+         f"near speech kept {on['kept']} < {TARGET_KEPT:g}"),
+        (cost is not None and cost <= cost_target_ms,
+         f"aec ms per frame p50 {fmt(cost, 3)} > {cost_target_ms:g} ms"),
+    ]
+    return [what for ok, what in checks if not ok]
+
+
 def report(opts: dict, res: list[dict], setup: dict) -> str:
     """The passes side by side (PASSES' order); targets are checked on the last, "AEC on"."""
     on = res[-1]
     c_on = on["cost_ms"]
+    cost_target = opts.get("cost_target_ms", TARGET_COST_P50_MS)
 
     def mark(ok):
         return "ok" if ok else "MISSED"
@@ -579,8 +605,8 @@ def report(opts: dict, res: list[dict], setup: dict) -> str:
          f">= {TARGET_KEPT:g}  {mark(on['kept'] >= TARGET_KEPT)}"],
         ["near speech kept (raw mic)", *each(lambda r: f"{r['kept_raw']:.3f}"), ""],
         ["aec ms per frame p50", *each(lambda r: fmt(r["cost_ms"]["p50"], 2)),
-         f"<= {TARGET_COST_P50_MS:g}  "
-         + mark(c_on["p50"] is not None and c_on["p50"] <= TARGET_COST_P50_MS)],
+         f"<= {cost_target:g}  "
+         + mark(c_on["p50"] is not None and c_on["p50"] <= cost_target)],
         ["aec ms per frame p95 / max",
          *each(lambda r: "-" if r["cost_ms"]["p95"] is None
                else f"{fmt(r['cost_ms']['p95'], 2)} / {fmt(r['cost_ms']['max'], 2)}"), ""],
@@ -726,8 +752,12 @@ def main(argv=None) -> int:
         write_json_atomic(args.json, {
             "kind": "bench_aec", "options": opts, "setup": setup, "machine": machine_info(),
             "targets": {"erle_db": TARGET_ERLE_DB, "converged_s": TARGET_CONVERGED_S,
-                        "kept": TARGET_KEPT, "cost_p50_ms": TARGET_COST_P50_MS},
+                        "kept": TARGET_KEPT, "cost_p50_ms": args.cost_target_ms},
             **{mode: r for (mode, _), r in zip(PASSES, res)}})
+    missed = missed_targets(res[-1], args.cost_target_ms)
+    if missed:
+        print(f"bench_aec.py: target missed: {'; '.join(missed)}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 

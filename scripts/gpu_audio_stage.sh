@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A dummy sound card on a machine with no package registry and no audio (the GPU machine the
-# README's NVIDIA figures come from), for scripts/compare_official.py there:
+# A dummy sound card on a machine with no package registry and no audio (the GPU machine
+# docs/benchmarks.md's NVIDIA figures come from), for scripts/compare_official.py there:
 #   scripts/gpu_audio_stage.sh SRC_DIR [DEST_DIR] [SITE_DIR]
 # SRC_DIR holds Debian packages (jackd2, libjack-jackd2-0, libportaudio2, libasound2,
 # libopus0 and what jackd links to) and wheels (sounddevice, JACK-Client, cffi, pycparser),

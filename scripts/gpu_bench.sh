@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The figures README.md reports for a Linux machine with an NVIDIA GPU, in one run:
+# The figures docs/benchmarks.md reports for a Linux machine with an NVIDIA GPU, in one run:
 #   scripts/gpu_bench.sh OUT_DIR [SESSION_SECONDS] [SIDE_SECONDS]
 # Full-size Moshi v0.1 with random weights (--random), the MLX codec and rustymimi, q4/q8/bf16,
 # the weights written to disk and launched from there, and Kyutai's local.py side by side when

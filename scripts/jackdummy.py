@@ -19,7 +19,7 @@ ENV_KEYS = ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER", "JACK_NO_AUDIO_RESERV
 
 
 class JackUnavailable(RuntimeError):
-    """jackd, libjack/JACK-Client or PortAudio's JACK host API is missing."""
+    """jackd, libjack/JACK-Client, PortAudio or its JACK host API is missing."""
 
 
 class JackServer:
@@ -158,6 +158,11 @@ def start(log_dir: Path, period: int = JACK_PERIOD, rate: int = JACK_RATE) -> Ja
         import jack  # noqa: F401
     except Exception as e:  # OSError when libjack is missing
         raise JackUnavailable(f"JACK-Client is not usable: {e}") from None
+    try:
+        import sounddevice  # noqa: F401
+    except OSError as e:  # sounddevice raises OSError when the PortAudio library is missing
+        why = f"PortAudio is not usable: {e} (apt-get install libportaudio2)"
+        raise JackUnavailable(why) from None
 
     name = f"moshi-tui-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.environ["JACK_DEFAULT_SERVER"] = name

@@ -16,11 +16,14 @@ from textual.widgets import Input
 
 from engine.cli.options import build_parser, run_config
 from engine.session.runner import open_prepared
+from tests.test_serve import serve  # noqa: F401  (the fixture: `serve --demo` on loopback)
 from tui.app import MoshiApp
 from tui.screens.error import ErrorScreen
 from tui.screens.export import ExportScreen
-from tui.widgets.latency import StageRow
+from tui.widgets.diagnosis import DiagnosisView
+from tui.widgets.latency import RemoteRow, StageRow
 from tui.widgets.queues import QueueRow
+from tui.widgets.status_bar import StatusBar
 from tui.widgets.transcript import Paragraph
 
 pytestmark = pytest.mark.pilot
@@ -83,6 +86,7 @@ async def test_live_session_feeds_every_panel_and_exports(tmp_path, demo_cache, 
         await wait_for(pilot, lambda: app.snapshot.frames_processed >= 15, 20, "15 processed frames")
         # (the echo canceller's row stays hidden: no echo cancellation with a WAV in, null out)
         assert not app.query_one("#stage-aec", StageRow).display
+        assert not any(row.display for row in app.query(RemoteRow))  # (a remote session's)
         for row in app.query(StageRow):
             if row.stage not in ("playback", "aec"):
                 assert row.history, f"no data in the {row.stage} sparkline"
@@ -196,3 +200,40 @@ async def test_server_killed_then_restarted_from_the_error_modal(tmp_path, demo_
     while not server_gone(new_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server_gone(new_pid)
+
+
+async def test_remote_session_shows_and_judges_what_it_measures(tmp_path, serve, speech_wav):  # noqa: F811
+    """The app against `serve --demo` (which sends its step times): the latency panel has rows
+    for the round trip, the end-to-end estimate and the server's step, and none for the local
+    stages a remote session cannot time; the diagnosis judges those figures (never "0 frames
+    processed so far" while audio flows); the status bar says where the server's model runs."""
+    app = make_app(tmp_path, "--remote", serve.url, "--input", str(speech_wav), "--output", "null")
+    async with app.run_test(size=(120, 40)) as pilot:
+        rows = {row.stage: row for row in app.query(StageRow)}
+        remote = {row.stage: row for row in app.query(RemoteRow)}
+
+        def measured(row) -> bool:
+            return row.display and row.history and row.numbers[0][0].strip() not in ("", "–")
+
+        await wait_for(pilot, lambda: app.snapshot is not None and app.snapshot.state == "live", 30,
+                       "the remote session to go live")
+        await wait_for(pilot, lambda: all(measured(remote[s]) for s in ("rtt", "e2e", "decode_work"))
+                       and measured(rows["model"]) and measured(rows["encode"]), 30,
+                       "the round trip, the end-to-end estimate and the server's step in the panel")
+        assert [r.label for r in (remote["rtt"], remote["e2e"], rows["model"])] == [
+            "rtt", "e2e est", "srv step"]
+        for stage in ("decode", "processing", "playback", "aec"):  # not timed here: not shown
+            assert not rows[stage].display, stage
+        assert any(ch in str(remote["e2e"].render()) for ch in "▁▂▃▄▅▆▇█")
+
+        view = app.query_one(DiagnosisView)
+        await wait_for(pilot, lambda: app.verdicts and app.verdicts[0].rule != "measuring", 20,
+                       "a diagnosis of the remote figures")
+        shown = str(view.render())
+        assert "processed so far" not in shown and "measuring" not in shown, shown
+
+        device = "gpu" if "gpu" in str(app.snapshot.info.server["mlx_device"]) else "cpu"
+        bar = app.query_one(StatusBar).describe().plain
+        assert f"on the server's {device}" in bar, bar
+        await quit_app(pilot)
+    assert app.return_code == 0

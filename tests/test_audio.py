@@ -108,22 +108,41 @@ def test_wav_file_source_then_silence_never_finishes(tmp_path):
     assert not got.frames[1][FRAME - 5 :].any() and not any(f.any() for f in got.frames[2:])
 
 
+NO_MIC_WARNING = ("no input device: playing the bundled speech recording as the microphone, "
+                  "then silence")
+
+
+def _demo_plays_the_speech_instead(error: str, output=None) -> list[str]:
+    """The demo on default devices: the bundled speech stands in for the microphone (what it
+    warned is returned); without --demo the default input's `error` stands."""
+    warned = []
+    src, _sink = devices.open_endpoints(None, output, demo=True, warn=warned.append)
+    assert isinstance(src, WavFileSource) and src.path == devices.BUNDLED_SPEECH
+    assert src.then_silence and src.label == "speech.wav (bundled), then silence"
+    with pytest.raises(AudioError, match=error):
+        devices.open_endpoints(None, "null", demo=False, warn=print)
+    return warned
+
+
 def test_demo_without_a_microphone_plays_the_speech_then_silence(monkeypatch, speech_wav):
     def no_mic(*a, **k):
         raise AudioError("no audio input device found: use --input FILE.wav")
 
-    monkeypatch.setattr(devices, "DeviceSource", no_mic)
-    warned = []
-    src, sink = devices.open_endpoints(None, "null", demo=True, warn=warned.append)
-    assert isinstance(src, WavFileSource) and src.path == devices.BUNDLED_SPEECH
-    assert src.then_silence and src.label == "speech.wav (bundled), then silence"
-    assert warned == ["no input device: playing the bundled speech recording as the microphone, "
-                      "then silence"]
-    with pytest.raises(AudioError, match="no audio input device"):
-        devices.open_endpoints(None, "null", demo=False, warn=warned.append)
+    monkeypatch.setattr(devices, "load_sounddevice", lambda: fake_sounddevice(24000))
+    monkeypatch.setattr(devices, "DeviceSource", no_mic)  # (the default input cannot open)
+    warned = _demo_plays_the_speech_instead("no audio input device", output="null")
+    assert warned == [NO_MIC_WARNING]
     # a WAV given with --input ends at its end (headless runs and the tests rely on it)
     src, _ = devices.open_endpoints(str(speech_wav), "null", demo=True, warn=warned.append)
     assert not src.then_silence and not src.loop and src.label.startswith("file speech.wav (13.")
+
+
+def test_demo_without_portaudio_plays_the_speech_and_drops_the_audio(no_portaudio):
+    """A machine without the PortAudio library (a bare Linux box): the demo still runs on the
+    bundled speech, Moshi's audio goes nowhere, each said once; without --demo the error names
+    the package to install."""
+    warned = _demo_plays_the_speech_instead("PortAudio library not found.*libportaudio2")
+    assert warned == [NO_MIC_WARNING, "no output device: Moshi's audio is not played"]
 
 
 def test_silence_source_duration_and_endless():
@@ -490,7 +509,10 @@ def test_no_devices_at_all(monkeypatch):
     assert "no audio devices found" in format_devices([])
 
 
-def test_missing_portaudio_is_an_audio_error(monkeypatch):
+@pytest.fixture
+def no_portaudio(monkeypatch):
+    """sounddevice as on a machine without the PortAudio library: importing it raises the
+    OSError sounddevice raises there."""
     class NoPortAudio:
         def find_spec(self, name, path=None, target=None):
             if name == "sounddevice":
@@ -499,6 +521,9 @@ def test_missing_portaudio_is_an_audio_error(monkeypatch):
 
     monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
     monkeypatch.setattr(sys, "meta_path", [NoPortAudio()] + sys.meta_path)
+
+
+def test_missing_portaudio_is_an_audio_error(no_portaudio):
     with pytest.raises(AudioError, match="PortAudio library not found.*libportaudio2"):
         list_devices()
     with pytest.raises(AudioError, match="PortAudio library not found"):

@@ -165,7 +165,7 @@ def test_pipeline_stages(pipeline_run):
 
 
 def test_pipeline_floor_and_overhead(pipeline_run):
-    _, data, _ = pipeline_run
+    r, data, trace = pipeline_run
     s = data["summary"]
     floor = data["floor"]
     assert floor["step"]["steps"] == 10 and floor["codec"]["sync"]["frames"] == 5
@@ -174,8 +174,16 @@ def test_pipeline_floor_and_overhead(pipeline_run):
     # The floor's encode follows how the session encoded: the rest of a frame after its first
     # 40 ms when most frames went in early, else whole frames (a host too slow for real time
     # encodes whole: frames wait); the whole-frame floor (Kyutai's CLI) is reported beside it.
+    # The share is the session's: its frames that went in early (each one in the trace) over
+    # those it encoded.
+    early = data["session"]["counters"].get("early_encodes", 0)
+    encoded = data["session"]["stages_ms"]["encode_work"]["n"]
+    in_trace = {e["args"]["frame"] for e in json.loads(trace.read_text())["traceEvents"]
+                if e["name"] == "early encode (first 40 ms)" and e["ph"] == "X"}
+    assert len(in_trace) == early
     share = s["early_encode_share"]
-    assert 0.0 <= share <= 1.0
+    assert share == round(early / encoded, 3)
+    assert f"early encode: {100 * share:.1f} % of frames" in r.stdout
     assert s["floor_encode"] == ("rest" if share >= 0.5 else "whole")
     sync, step = floor["codec"]["sync"], floor["step"]["step_ms"]["p50"]
     enc = "encode_rest_ms" if share >= 0.5 else "encode_ms"

@@ -342,3 +342,79 @@ def test_session_info_in_stats_by_the_same_names():
                            "playout_ms"]
     assert stats["startup"]["codec_warmup_ms"] is None
     assert tel.snapshot().info.server is not tel.info.server  # a snapshot keeps its own copy
+
+
+# --------------------------------------------------------------------------- remote sessions
+
+
+def feed_remote(n: int = 40, *, rtt=20.0, e2e=200.0, model=None, enc_work=2.0, dec_work=1.0,
+                back: bool = True) -> Telemetry:
+    """n frames of a remote session (engine.session.remote), with the events it reports: Opus
+    work, the round trip (a pong every other frame), the end-to-end estimate when a frame plays,
+    the server's step when it sends one; `back=False`: nothing came back from the server."""
+    from engine.session.remote.session import REMOTE_TELEMETRY
+
+    tel = Telemetry(config=REMOTE_TELEMETRY)
+    tel.info.model, tel.info.remote_url = "remote ws://127.0.0.1:1/api/chat", "ws://127.0.0.1:1/api/chat"
+    for f in range(n):
+        rec = tel.new_frame(f, int((1000.0 + 80.0 * f) * MS))
+        tel.stage("encode_work", enc_work)
+        tel.stage("encode", enc_work + 0.5)
+        if f % 2 == 0:
+            tel.stage("rtt", rtt[(f // 2) % len(rtt)] if isinstance(rtt, list) else rtt)
+        if not back:
+            continue
+        if model is not None:
+            tel.stage("model", model)
+        tel.stage("decode_work", dec_work)
+        tel.frame_decoded(rec)
+        tel.stage("e2e", e2e)
+        tel.frame_played(rec)
+    return tel
+
+
+@pytest.mark.parametrize("form", [0, 1], ids=["snapshot", "stats"])
+class TestRemote:
+    """A remote session is judged on what it measures, not on the frame stages it cannot time."""
+
+    def test_all_within_budget_names_what_was_measured(self, form):
+        v = diagnose(both(feed_remote())[form])
+        assert [(x.level, x.rule) for x in v] == [("ok", "all_ok")]
+        assert v[0].text == ("all measured within budget: round trip p50 20 ms, end-to-end "
+                             "estimate 200 ms, Opus 2.0 ms + 1.0 ms")
+        with_step = diagnose(both(feed_remote(model=30.0))[form])
+        assert "server step 30 ms" in with_step[0].text and with_step[0].rule == "all_ok"
+
+    def test_nothing_back_yet_is_measuring_not_processing(self, form):
+        v = diagnose(both(feed_remote(n=5, back=False))[form])
+        assert [x.rule for x in v] == ["measuring"]
+        assert v[0].text.startswith("measuring: 0 frames back from the server so far")
+
+    def test_round_trip(self, form):
+        assert by_rule(diagnose(both(feed_remote(rtt=150.0))[form]), "rtt").level == "warn"
+        bad = by_rule(diagnose(both(feed_remote(rtt=400.0))[form]), "rtt")
+        assert bad.level == "bad" and bad.text.startswith("network round trip 400 ms")
+        assert "rtt" not in rules(diagnose(both(feed_remote(rtt=60.0))[form]))
+        # uneven: p50 20 ms, p95 well above it
+        uneven = diagnose(both(feed_remote(rtt=[20.0] * 7 + [200.0] * 3))[form])
+        assert by_rule(uneven, "rtt_jitter").level == "warn" and "rtt" not in rules(uneven)
+
+    def test_end_to_end_estimate(self, form):
+        assert by_rule(diagnose(both(feed_remote(e2e=600.0))[form]), "e2e").level == "warn"
+        bad = by_rule(diagnose(both(feed_remote(e2e=1500.0))[form]), "e2e")
+        assert bad.level == "bad" and bad.text.startswith("end-to-end estimate 1500 ms > 400 ms")
+        assert "e2e" not in rules(diagnose(both(feed_remote(e2e=300.0))[form]))
+
+    def test_server_step_over_budget(self, form):
+        m = by_rule(diagnose(both(feed_remote(model=120.0))[form]), "model_budget")
+        assert m.level == "bad" and m.text.startswith("server step 120 ms > 80 ms frame budget")
+        assert "on the server" in m.text and "-q" not in m.text  # no advice for the local model
+
+
+def test_remote_stall_blames_the_server():
+    tel = feed_remote(n=10)
+    before = tel.snapshot()
+    for f in range(10, 40):
+        tel.new_frame(f, int((1000.0 + 80.0 * f) * MS))
+    st = by_rule(diagnose(tel.snapshot(), previous=before), "stalled")
+    assert st.level == "bad" and "the server has stopped answering" in st.text

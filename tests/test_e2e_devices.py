@@ -33,7 +33,7 @@ CARDS = [("jack_server", 20), ("jack_card_20ms", 8), ("jack_card_48k", 8)]  # (c
 
 @pytest.mark.parametrize("card,seconds", CARDS, ids=[c for c, _ in CARDS])
 def test_session_on_jack_devices(card, seconds, request, demo_cache):
-    """A session on the 80 ms card for 20 s; shorter on a 20 ms card (the README's latency
+    """A session on the 80 ms card for 20 s; shorter on a 20 ms card (docs/benchmarks.md's latency
     figures) and on a 48 kHz card (both streams resampled through real PortAudio)."""
     jack_server = request.getfixturevalue(card)
     cfg = SessionConfig(

@@ -189,12 +189,22 @@ def test_full_cache_says_so(model):
     assert not isinstance(model.transformer_cache[0].self_attn, kv_cache.StaticKVCache)
 
 
+def _cuda_here() -> bool:
+    """MLX computes on an NVIDIA GPU in this process."""
+    import mlx.core as mx
+
+    from tests.conftest import mlx_gpu
+
+    cuda = getattr(mx, "cuda", None)
+    return mlx_gpu() is None and cuda is not None and bool(cuda.is_available())
+
+
 def test_mode_option_and_environment(monkeypatch):
     from engine.errors import UsageError
 
     monkeypatch.delenv("MOSHI_TUI_LM_MODE", raising=False)
     assert lm_step.lm_mode_from() == lm_step.DEFAULT_MODE == "auto"
-    assert lm_step.auto_mode() == "onesync"  # this CPU; layered on CUDA
+    assert lm_step.auto_mode() == ("layered" if _cuda_here() else "onesync")
     monkeypatch.setenv("MOSHI_TUI_LM_MODE", "stock")
     assert lm_step.lm_mode_from(None) == "stock"
     assert lm_step.lm_mode_from("layered") == "layered"

@@ -11,7 +11,9 @@ Only loopback addresses are used.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +32,7 @@ from engine.session.config import SessionConfig
 from engine.session.remote.jitter import JitterBuffer
 from engine.session.remote.session import RemoteSession
 from engine.session.remote.url import normalize_url
+from tests.test_serve import serve  # noqa: F401  (the fixture: `serve --demo` on loopback)
 
 pytest_plugins = ["conftest_models"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,6 +287,8 @@ def test_audio_and_text_through_a_protocol_server_then_clean_close():
         assert stats[stage]["n"] > 0, stage
     assert snap.counters["protocol_errors"] == 0
     assert snap.info.close_code == 1000
+    # shown as a server without step timings (Kyutai's) is: measured figures, not "-"
+    _assert_remote_figures(snap, server_step=False)
     # --trace: the frames' client-side stamps (encode, decode, wait for the speaker)
     from engine.telemetry.trace import build_trace
 
@@ -377,6 +382,24 @@ def test_messages_breaking_the_protocol_are_discarded_not_fatal():
     assert snap.error is None and snap.text == " still here"
     assert snap.counters["protocol_errors"] == 5 and snap.counters["server_errors"] == 1
     assert snap.info.server["instance_name"] == "rust" and snap.info.server["text_topk"] == 25
+
+
+def _assert_remote_figures(snap, *, server_step: bool) -> None:
+    """The headless status line and the diagnosis of a remote session name what it measured:
+    the round trip, the end-to-end estimate, the Opus work (and the server's step if sent)."""
+    from engine.telemetry.diagnose import diagnose
+    from engine.telemetry.stats import status_line
+
+    line = status_line(snap)
+    num = r" *\d+\.\d"
+    assert re.search(rf"\| rtt p50{num} e2e p50{num} ms \|", line), line
+    assert re.search(rf"\| opus{num} \+{num} ms \|", line), line
+    assert "processing" not in line and ("server step p50" in line) is server_step, line
+    verdicts = diagnose(snap)
+    assert "measuring" not in {v.rule for v in verdicts}, verdicts
+    ok = [v for v in verdicts if v.rule == "all_ok"]
+    if ok:  # (a loaded host may warn instead: then the warning is one of the remote rules')
+        assert "round trip p50" in ok[0].text and "end-to-end estimate" in ok[0].text, ok
 
 
 # --------------------------------------------------------------------------- Kyutai's local_web
@@ -486,8 +509,6 @@ def test_headless_cli_remote(local_web, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 0, r.stderr
-    import json
-
     data = json.loads(stats.read_text())
     assert data["model"]["model"] == f"remote {url}"
     assert data["stages_ms"]["encode_work"]["n"] > 0
@@ -515,3 +536,66 @@ async def test_the_app_drives_a_remote_session_unchanged(tmp_path):
         assert app.return_code == 0
         assert session.done.is_set() and session.snapshot().info.close_code == 1000
         assert _eventually(lambda: srv.close_codes == [1000])
+
+
+def test_headless_remote_against_serve_shows_and_judges_what_it_measures(serve, speech_wav, tmp_path):  # noqa: F811
+    """`--remote --headless` against `serve --demo` (which sends its step times): every status
+    line after the first second prints the round trip, the end-to-end estimate and the Opus
+    work, and the server's step once it comes; the diagnosis judges them, never "0 frames
+    processed so far" while audio flows."""
+    stats = tmp_path / "stats.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "--remote", serve.url, "--headless", "--input",
+         str(speech_wav), "--output", "null", "--seconds", "8", "--stats-json", str(stats),
+         "--no-save"],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    status = [ln for ln in r.stdout.splitlines() if re.match(r" *\d+\.\ds frames", ln)]
+    # (before the server's first audio has played there is no estimate yet)
+    flowing = [ln for ln in status if int(re.match(r" *[\d.]+s frames +(\d+)", ln).group(1)) > 0]
+    assert len(flowing) >= 3, r.stdout
+    num = r" *\d+\.\d"
+    for line in flowing[1:]:
+        assert re.search(rf"\| rtt p50{num} e2e p50{num} ms \|", line), line
+        assert re.search(rf"\| opus{num} \+{num} ms \|", line) and "processing" not in line, line
+    assert any(re.search(rf"\| server step p50{num} ms \|", ln) for ln in status), r.stdout
+    diagnoses = [ln for ln in r.stdout.splitlines() if "diagnosis:" in ln]
+    assert diagnoses and not any("processed so far" in ln for ln in diagnoses), r.stdout
+    assert "measuring" not in diagnoses[-1], r.stdout
+    data = json.loads(stats.read_text())
+    assert data["diagnosis"][0]["rule"] != "measuring", data["diagnosis"]
+    assert data["stages_ms"]["model"]["n"] > 0 and data["stages_ms"]["rtt"]["n"] > 0
+
+
+def test_kyutai_server_script_reads_the_servers_log_and_the_clients_stats(tmp_path, speech_wav):
+    """scripts/gpu_kyutai_server.sh's Python part (the GPU run itself needs a GPU): the input
+    WAV stretched to the session's length, and its figures from a `moshi.server` log (ANSI
+    colours included) and the client's stats.json."""
+    from scripts import gpu_kyutai_server as ks
+
+    wav = tmp_path / "in.wav"
+    assert ks.main(["wav", str(speech_wav), str(wav), "30"]) == 0
+    x = read_wav(wav)
+    assert x.size == 30 * 24000 and np.abs(x).max() > 0
+    blue = "\x1b[1;34m[Info]\x1b[0m"
+    log = tmp_path / "server.log"
+    log.write_text("\n".join([f"{blue} accepted connection", f"{blue} text token ' hi'",
+                              *(f"{blue} frame handled in {ms:.1f}ms" for ms in (40.0, 50.0, 90.0)),
+                              f"{blue} connection closed"]))
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({
+        "end_reason": "time limit", "frames": {"captured": 750, "processed": 740, "played": 735},
+        "stages_ms": {"rtt": {"p50": 0.4, "n": 59}, "e2e": {"p50": 160.0, "n": 735},
+                      "processing": {"n": 0}},
+        "model": {"model": "remote ws://x", "server_protocol_version": 0}, "counters": {}}))
+    out = tmp_path / "k.json"
+    assert ks.main(["figures", "--stats", str(stats), "--server-log", str(log), "--json", str(out)]) == 0
+    fig = json.loads(out.read_text())
+    assert fig["server"]["frame_handled_ms"] == {"n": 3, "p50": 50.0, "p95": 86.0, "p99": 89.2,
+                                                 "max": 90.0, "over_80ms": 1}
+    assert fig["server"]["text_tokens"] == 1 and fig["server"]["connections"] == 1
+    assert fig["client"]["frames"]["processed"] == 740 and set(fig["client"]["stages_ms"]) == {"rtt", "e2e"}
+    assert fig["client"]["server"] == {"server_protocol_version": 0}
+    assert ks.main(["figures", "--stats", str(tmp_path / "none.json"), "--server-log", str(log),
+                    "--json", str(out)]) == 2

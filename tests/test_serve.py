@@ -24,6 +24,7 @@ import pytest
 from engine.audio.wavio import WavWriter, read_wav
 from engine.session.config import SessionConfig
 from engine.session.remote.session import RemoteSession
+from scripts.serve_drops import handshake_wait, open_and_drop
 
 pytest_plugins = ["conftest_models"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,23 +294,61 @@ async def test_sampling_from_the_web_uis_query_parameters(serve):
 
 
 async def test_one_conversation_at_a_time(serve):
+    """One conversation at a time; the next client waits in line (no handshake) and one address
+    holds one place in line by default: a second waiting connection is told "busy" (0x05) and
+    closed with 1013, a connection that leaves the line frees its place."""
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
         a = await http.ws_connect(serve.url)
         assert (await SpecClient(a).first(1))[0][0] == 0x00
+        arrived, skipped = _count(serve, _ARRIVED), _count(serve, _FATES["skipped"])
         gone = await http.ws_connect(serve.url)  # waits for its turn, then gives up
-        await asyncio.sleep(0.2)
-        b = await http.ws_connect(serve.url)  # accepted, but waits for its turn
+        serve.wait_for(_ARRIVED, count=arrived + 1)
+        busy = await http.ws_connect(serve.url)  # a second place in line: refused
+        (err,) = await SpecClient(busy).first(1)
+        assert err[0] == 0x05 and b"busy" in err, err
+        assert (await busy.receive(timeout=10)).type.name == "CLOSE" and busy.close_code == 1013
+        await gone.close()  # leaves the line at once ...
+        serve.wait_for(_FATES["skipped"], count=skipped + 1)
+        b = await http.ws_connect(serve.url)  # ... so this one may wait
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(b.receive(), 1.0)
-        closing = asyncio.create_task(gone.close())  # its close frame waits in the socket
         await a.close()
         (handshake,) = await SpecClient(b).first(1, timeout=30)
         assert handshake[0] == 0x00
         await b.close()
-        await asyncio.wait_for(closing, 10)
     assert serve.proc.poll() is None
+
+
+async def test_dropped_connections_are_skipped(serve):
+    """20 connections opened and dropped without a word are skipped, refused or end as
+    conversations without audio, none of which resets anything: the next client is served
+    after them, and its conversation (no audio either) resets nothing."""
+    before = {k: _count(serve, p) for k, p in _FATES.items()}
+    unused = _count(serve, _UNUSED)
+    for _ in range(20):
+        await open_and_drop("127.0.0.1", _port(serve))
+    assert await _until(lambda: sum(_count(serve, p) - before[k] for k, p in _FATES.items()) >= 20,
+                        60), serve.log[-3000:]
+    await handshake_wait(serve.url)
+    started = _count(serve, _FATES["started"]) - before["started"]  # (the live client's too)
+    assert started >= 1
+    assert await _until(lambda: _count(serve, _UNUSED) - unused >= started, 60), serve.log[-3000:]
+
+
+_UNUSED = r"conversation \d+ ended before any audio .*: nothing to reset"
+_ARRIVED = r"connection from 127\.0\.0\.1$"
+_FATES = {"started": r"conversation \d+ with \S+ started", "skipped": r"left before its turn: skipped",
+          "refused": r"connection from \S+ refused"}
+
+
+def _count(sp: ServeProcess, pattern: str) -> int:
+    return len([ln for ln in list(sp.lines) if re.search(pattern, ln)])
+
+
+def _port(sp: ServeProcess) -> int:
+    return int(re.search(r":(\d+)/api/chat", sp.url).group(1))
 
 
 def test_our_client_against_serve(serve, speech_wav, tmp_path):
@@ -346,6 +385,7 @@ def test_our_client_against_serve(serve, speech_wav, tmp_path):
         (["--port", "70000"], "--port must be between 0 and 65535"),
         (["--static", "/nonexistent-dir"], "--static: no index.html"),
         (["--max-conversations", "0"], "--max-conversations must be at least 1"),
+        (["--max-waiting-per-client", "0"], "--max-waiting-per-client must be at least 1"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import MoshiTuiError, UsageError
-from engine.session.serve.server import run_server
+from engine.session.serve.server import BUSY_CLOSE_CODE, MAX_WAITING_PER_CLIENT, run_server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also serve a built web client (index.html) from DIR at /")
     g.add_argument("--max-conversations", type=int, metavar="N",
                    help="exit after N conversations (default: serve until interrupted)")
+    g.add_argument("--max-waiting-per-client", type=int, metavar="N",
+                   default=MAX_WAITING_PER_CLIENT,
+                   help="connections one address may have waiting for its turn (default "
+                   f"{MAX_WAITING_PER_CLIENT}); another gets an error message and close code "
+                   f"{BUSY_CLOSE_CODE} (try again later)")
     return p
 
 
@@ -45,11 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--static: no index.html in {args.static}")
     if args.max_conversations is not None and args.max_conversations < 1:
         raise UsageError("--max-conversations must be at least 1")
+    if args.max_waiting_per_client < 1:
+        raise UsageError("--max-waiting-per-client must be at least 1")
     if args.max_steps is not None and args.max_steps < 2:
         raise UsageError("--max-steps must be at least 2")
     return run_server(model_options(args), address=args.host, port=args.port,
                       max_steps=args.max_steps, sampling=sampling(args), static=args.static,
-                      max_conversations=args.max_conversations)
+                      max_conversations=args.max_conversations,
+                      max_waiting_per_client=args.max_waiting_per_client)
 
 
 def cli_main(argv: list[str] | None = None) -> int:

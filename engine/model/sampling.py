@@ -87,9 +87,12 @@ class Sampling:
         return replace(self, **changes), applied, ignored
 
     def to_query(self) -> dict[str, str]:
-        q = {"text_temperature": f"{self.text_temperature:g}", "text_topk": str(self.text_top_k),
-             "audio_temperature": f"{self.audio_temperature:g}",
-             "audio_topk": str(self.audio_top_k)}
+        """Every setting as query parameters: Kyutai's web UI's names, and `text_topp` /
+        `audio_topp` (serve's; Kyutai's servers have no top-p and ignore them)."""
+        q = {"text_temperature": f"{self.text_temperature!r}", "text_topk": str(self.text_top_k),
+             "text_topp": f"{self.text_top_p!r}",
+             "audio_temperature": f"{self.audio_temperature!r}",
+             "audio_topk": str(self.audio_top_k), "audio_topp": f"{self.audio_top_p!r}"}
         if self.seed is not None:
             q["text_seed"] = q["audio_seed"] = str(self.seed)
         return q

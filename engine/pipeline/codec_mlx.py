@@ -21,6 +21,13 @@ Mimi's weights and the arrays derived from them at load are such arrays.  Every 
 happens in the worker, with the default device (the GPU when MLX has one) or the `device`
 given; the calling threads only touch numpy.
 
+The worker threads never end: a closed codec's thread frees the model, then waits in a
+process-wide pool for the next codec.  MLX keeps per-thread state (its compile cache, which
+holds Python functions) that the C++ runtime frees when a thread ends; a thread ending while
+the interpreter shuts down cannot take the GIL to drop those functions, and the process
+aborts ("terminate called without an active exception").  A thread that never ends frees
+nothing at exit.
+
 The streaming maths (masked attention, exact GELU, bounded caches, dtype) are
 engine.model.graph.mimi's.  `warm()` pushes silent frames through the public interface, whole
 and in halves, then resets the streaming state to that of a freshly loaded codec (kernels,
@@ -65,12 +72,62 @@ def _shutdown(shared: _Shared) -> None:
     shared.jobs.put(None)
 
 
+class _PooledThread:
+    """A daemon thread that runs one function at a time, for ever; idle, it waits in `_IDLE`."""
+
+    def __init__(self):
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name="mlx-mimi", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            fn = self.calls.get()
+            try:
+                fn()
+            except BaseException:  # noqa: BLE001 (fn reports its own errors; the thread lives on)
+                pass
+            del fn
+            with _IDLE_LOCK:
+                _IDLE.append(self)
+
+
+_IDLE: list[_PooledThread] = []
+_IDLE_LOCK = threading.Lock()
+
+
+class _WorkerJob:
+    """One codec's worker on a pooled thread, seen as a thread: alive until the job ends."""
+
+    def __init__(self, fn):
+        self.done = threading.Event()
+        with _IDLE_LOCK:
+            pooled = _IDLE.pop() if _IDLE else None
+        self.pooled = pooled or _PooledThread()
+        self.ident = self.pooled.thread.ident
+
+        def run():
+            try:
+                fn()
+            finally:
+                self.done.set()
+
+        self.pooled.calls.put(run)
+
+    def is_alive(self) -> bool:
+        return not self.done.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.done.wait(timeout)
+
+
 def _worker(shared: _Shared, mimi_path: str, num_codebooks: int, opts: dict) -> None:
     """The thread that owns every MLX object: loads the model, then runs the queued jobs."""
     try:
         import mlx.core as mx
 
         t0 = time.perf_counter()
+        default_device = mx.default_device()  # (the pooled thread's, restored at the end)
         if opts["device"] is not None:
             mx.set_default_device(mx.gpu if opts["device"] == "gpu" else mx.cpu)
         dtype = opts["dtype"]
@@ -122,6 +179,7 @@ def _worker(shared: _Shared, mimi_path: str, num_codebooks: int, opts: dict) -> 
             gc.collect()
             clear = getattr(mx, "clear_cache", None) or mx.metal.clear_cache
             clear()
+            mx.set_default_device(default_device)
         except Exception:  # noqa: BLE001
             pass
 
@@ -151,10 +209,9 @@ class MlxMimiCodec:
         self._shared = sh = _Shared()
         self._closed = False
         self._close_lock = threading.Lock()
-        self._thread = threading.Thread(target=_worker, name="mlx-mimi", daemon=True,
-                                        args=(sh, self.mimi_path, num_codebooks, opts))
         self._finalizer = weakref.finalize(self, _shutdown, sh)
-        self._thread.start()
+        path = self.mimi_path  # (the job must not hold the codec: see _Shared)
+        self._thread = _WorkerJob(lambda: _worker(sh, path, num_codebooks, opts))
         if not sh.ready.wait(load_timeout_s):
             self.close(timeout_s=0)
             raise TimeoutError(f"MLX Mimi did not load within {load_timeout_s:.0f} s")
@@ -265,7 +322,7 @@ class MlxMimiCodec:
             if not self._closed:
                 self._closed = True
                 self._finalizer()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+        if self._thread.is_alive() and threading.get_ident() != self._thread.ident:
             self._thread.join(timeout_s)
 
     @property

@@ -5,7 +5,9 @@ plain words.
 percentiles) or a statistics dict (engine.telemetry.stats.build_stats: whole-session
 percentiles; a `bench pipeline` JSON works too) and returns `Verdict`s, worst first.  Every
 rule reads the stage percentiles of the telemetry (engine.telemetry.stages) against the 80 ms
-frame budget; the thresholds are the constants below.
+frame budget; the thresholds are the constants below.  A remote session (engine.session.remote)
+cannot time a frame end to end: it is judged on what it measures (the network round trip, the
+web client's end-to-end estimate, the server's step when the server sends it, the Opus work).
 
 For a status line: `verdict_line(diagnose(snap))`, or a `Diagnoser` kept across snapshots,
 which also notices drops and underruns *rising* (not just having happened once at start-up):
@@ -19,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from engine.audio import FRAME_MS
+from engine.telemetry.voice import answer_of, answer_verdict
 
 # --- thresholds (milliseconds unless named otherwise) ---------------------------------------
 BUDGET_MS = FRAME_MS  # one 80 ms frame: every stage must keep up with this to stay real time
@@ -41,7 +44,13 @@ INFLIGHT_SLACK = 8  # frames that may legitimately be in flight or in the codebo
 CPU_DEMAND_WARN_FRACTION = 0.7  # bench: codec + model CPU per frame above this share of the cores
 CPU_DEMAND_BAD_FRACTION = 1.0
 DEVICE_LATENCY_WARN_MS = 100.0  # the output device's own latency (Bluetooth: 150-300 ms)
-SLOW_ANSWER_MS = 1500.0  # Moshi's response latency (p50) above this feels slow
+# remote sessions
+RTT_MIN_SAMPLES = 3  # the round trip is pinged once a second: judged from this many pongs
+RTT_WARN_MS = 100.0  # rtt p50: the network alone adds this to every reply
+RTT_BAD_MS = 250.0
+RTT_JITTER_WARN_MS = 50.0  # rtt p95 - p50: the jitter buffer must hold back this much more
+E2E_WARN_MS = 400.0  # end-to-end estimate p50 (Moshi's own delay is 160-200 ms of it)
+E2E_BAD_MS = 1000.0
 LEVELS = ("ok", "warn", "bad")
 _RANK = {lvl: i for i, lvl in enumerate(LEVELS)}
 DROP_COUNTERS = ("drops_input", "drops_decode", "drops_output")
@@ -72,6 +81,7 @@ class _View:
     mlx_device: str = ""  # where the model runs: "Device(gpu, 0)", "Device(cpu, 0)"
     lm_mode: str = ""  # how it steps (engine.model.graph.lm_step)
     answer: tuple | None = None  # (response latency p50, its pipeline part p50), ms, when measured
+    remote: bool = False  # a remote session: the model runs on a server
 
 
 def _view(x) -> _View:
@@ -88,7 +98,8 @@ def _view(x) -> _View:
             output_latency_ms=x.info.output_latency_ms,
             mlx_device=str(x.info.server.get("mlx_device") or ""),
             lm_mode=str(x.info.server.get("lm_mode") or ""),
-            answer=_answer(x.turns.response, x.turns.pipeline) if x.turns is not None else None,
+            answer=answer_of(x.turns.response, x.turns.pipeline) if x.turns is not None else None,
+            remote=x.info.remote_url is not None,
         )
     if isinstance(x, dict):
         breakdown = x.get("frame_breakdown_ms") or {}
@@ -104,12 +115,13 @@ def _view(x) -> _View:
         for work, service in (("encode_work", "encode_service"), ("decode_work", "decode_service")):
             if (breakdown.get(service) or {}).get("n"):
                 stages[work] = breakdown[service]
+        label = str((x.get("model") or {}).get("model", ""))
         return _View(
             stages=stages,
             counters=dict(x.get("counters") or {}),
             error=x.get("error"),
             elapsed_s=float(x.get("duration_s") or x.get("elapsed_s") or 0.0),
-            model_label=str((x.get("model") or {}).get("model", "")),
+            model_label=label,
             cpu_demand=demand,
             captured=int((x.get("frames") or {}).get("captured") or 0),
             processed=int((x.get("frames") or {}).get("processed") or 0),
@@ -117,8 +129,9 @@ def _view(x) -> _View:
             output_latency_ms=(x.get("audio") or {}).get("output_latency_ms"),
             mlx_device=str((x.get("model") or {}).get("server_mlx_device") or ""),
             lm_mode=str((x.get("model") or {}).get("server_lm_mode") or ""),
-            answer=_answer(*(((x.get("turns") or {}).get("summary") or {}).get(k)
+            answer=answer_of(*(((x.get("turns") or {}).get("summary") or {}).get(k)
                              for k in ("response_ms", "response_pipeline_ms"))),
+            remote=label.startswith("remote ") or bool((stages.get("rtt") or {}).get("n")),
         )
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
 
@@ -128,33 +141,14 @@ def _view(x) -> _View:
 CUDA_FASTEST_STEP = "layered"
 
 
-def _answer(response: dict | None, pipeline: dict | None) -> tuple | None:
-    if not response or response.get("p50") is None:
-        return None
-    return (response["p50"], (pipeline or {}).get("p50"))
-
-
-def _answer_split(v: _View, add) -> None:
-    """How long Moshi takes to answer, split into the pipeline's part (mic -> speaker of the
-    frames that carried its answers) and the model's own wait (the rest)."""
-    if v.answer is None:
-        return
-    resp, pipe = v.answer
-    if pipe is None:
-        text = f"Moshi answers after {_ms(resp)} (p50)"
-    else:
-        wait = max(0.0, resp - pipe)
-        who = "the model waits before answering" if wait > pipe else "most of it is the pipeline"
-        text = (f"Moshi answers after {_ms(resp)} (p50): {_ms(pipe)} in the pipeline "
-                f"(mic → speaker), {_ms(wait)} the model's own wait — {who}")
-    add("warn" if resp > SLOW_ANSWER_MS else "ok", "answer", text)
-
-
 def _model_hint(v: _View) -> str:
     """What to try when the step is slow, from where the model runs (measured: on a CPU the
     quantized steps are slower than bf16; on CUDA bf16, q8 and q4 step alike, bound by the
     host building each step, so only a step with less host work helps; on Metal q4 reads fewer
-    bytes)."""
+    bytes).  A remote server's model is out of this client's hands."""
+    if v.remote:
+        where = f" ({v.mlx_device})" if v.mlx_device else ""
+        return f"the server{where} needs a faster machine or a smaller model"
     quantized = any(q in v.model_label for q in ("q4", "q8"))
     if "cpu" in v.mlx_device:
         if quantized:
@@ -171,9 +165,9 @@ def _model_hint(v: _View) -> str:
     return "try -q 4"
 
 
-def _p(v: _View, stage: str, q: str = "p50") -> float | None:
+def _p(v: _View, stage: str, q: str = "p50", min_n: int = MIN_FRAMES) -> float | None:
     st = v.stages.get(stage) or {}
-    if (st.get("n") or 0) < MIN_FRAMES:
+    if (st.get("n") or 0) < min_n:
         return None
     val = st.get(q)
     return None if val is None else float(val)
@@ -200,19 +194,21 @@ def diagnose(x, previous=None) -> list[Verdict]:
     model = _p(v, "model")
     if model is not None:
         hint = _model_hint(v)
+        step, where = (("server step", "on the server") if v.remote
+                       else ("model step", "on this machine"))
         if model > BUDGET_MS:
             add("bad", "model_budget",
-                f"model step {_ms(model)} > {BUDGET_MS:.0f} ms frame budget: the model is too "
-                f"slow for real time on this machine — {hint}")
+                f"{step} {_ms(model)} > {BUDGET_MS:.0f} ms frame budget: the model is too "
+                f"slow for real time {where} — {hint}")
         elif model > HEADROOM_FRACTION * BUDGET_MS:
             add("warn", "model_headroom",
-                f"model step {_ms(model)} uses {100 * model / BUDGET_MS:.0f}% of the "
+                f"{step} {_ms(model)} uses {100 * model / BUDGET_MS:.0f}% of the "
                 f"{BUDGET_MS:.0f} ms frame budget: little headroom — {hint}")
         else:
             m95 = _p(v, "model", "p95")
             if m95 is not None and m95 > BUDGET_MS:
                 add("warn", "model_p95",
-                    f"model step p95 {_ms(m95)} > {BUDGET_MS:.0f} ms budget: some frames are late")
+                    f"{step} p95 {_ms(m95)} > {BUDGET_MS:.0f} ms budget: some frames are late")
     codec_ok = True
     for stage, what in (("encode_work", "encode"), ("decode_work", "decode")):
         w = _p(v, stage)
@@ -303,12 +299,18 @@ def diagnose(x, previous=None) -> list[Verdict]:
             f"the output device adds {_ms(dev_ms)} after the speaker stage (Bluetooth or a large "
             "buffer): a wired device makes the conversation snappier")
 
+    if v.remote:
+        _network(v, add)
+
     # --- counters -------------------------------------------------------------------------
     _counters(v, _view(previous) if previous is not None else None, add)
-    _answer_split(v, add)
+    if v.answer is not None:  # how long Moshi takes to answer: the pipeline, the model
+        add(*answer_verdict(*v.answer))
 
     if not any(vd.level != "ok" for vd in out):
-        if proc is None:
+        if v.remote:
+            add("ok", *_remote_ok(v, model, enc_w, dec_w))
+        elif proc is None:
             n = (v.stages.get("processing") or {}).get("n") or 0
             add("ok", "measuring", f"measuring: {n} frame{'s' if n != 1 else ''} processed so far")
         else:
@@ -320,6 +322,45 @@ def diagnose(x, previous=None) -> list[Verdict]:
             add("ok", "all_ok", "all stages within budget: " + ", ".join(parts))
     out.sort(key=lambda vd: -_RANK[vd.level])
     return out
+
+
+def _network(v: _View, add) -> None:
+    """A remote session's own measures: the round trip and the end-to-end estimate."""
+    rtt = _p(v, "rtt", min_n=RTT_MIN_SAMPLES)
+    if rtt is not None and rtt > RTT_WARN_MS:
+        add("bad" if rtt > RTT_BAD_MS else "warn", "rtt",
+            f"network round trip {_ms(rtt)}: every reply reaches you that much later (a server "
+            "nearer to you, or a faster network, helps)")
+    elif rtt is not None:
+        r95 = _p(v, "rtt", "p95", min_n=RTT_MIN_SAMPLES)
+        if r95 is not None and r95 - rtt > RTT_JITTER_WARN_MS:
+            add("warn", "rtt_jitter",
+                f"network round trip p95 {_ms(r95)} is {_ms(r95 - rtt)} above its p50: an "
+                "uneven network or a busy server (the jitter buffer holds back more audio)")
+    e2e = _p(v, "e2e")
+    if e2e is not None and e2e > E2E_WARN_MS:
+        add("bad" if e2e > E2E_BAD_MS else "warn", "e2e",
+            f"end-to-end estimate {_ms(e2e)} > {E2E_WARN_MS:.0f} ms: replies come late (the "
+            "network, the server or the model are behind)")
+
+
+def _remote_ok(v: _View, model, enc_w, dec_w) -> tuple[str, str]:
+    """(rule, text) of a remote session with nothing wrong: what was measured, or that nothing
+    has come back yet."""
+    rtt, e2e = _p(v, "rtt", min_n=RTT_MIN_SAMPLES), _p(v, "e2e")
+    parts = []
+    if rtt is not None:
+        parts.append(f"round trip p50 {_ms(rtt)}")
+    if e2e is not None:
+        parts.append(f"end-to-end estimate {_ms(e2e)}")
+    if model is not None:
+        parts.append(f"server step {_ms(model)}")
+    if enc_w is not None and dec_w is not None:
+        parts.append(f"Opus {_ms(enc_w)} + {_ms(dec_w)}")
+    if not parts or e2e is None:
+        got = f"{v.processed} frame{'s' if v.processed != 1 else ''} back from the server"
+        return "measuring", f"measuring: {got} so far" + (f" ({', '.join(parts)})" if parts else "")
+    return "all_ok", "all measured within budget: " + ", ".join(parts)
 
 
 def _counters(v: _View, prev: _View | None, add) -> None:
@@ -352,9 +393,10 @@ def _counters(v: _View, prev: _View | None, add) -> None:
     if prev is not None:
         got, out_ = v.captured - prev.captured, v.processed - prev.processed
         if got >= STALL_FRAMES and out_ == 0:
+            what = ("the server has stopped answering (its model or the network)" if v.remote
+                    else "a stage has stopped (codec or model)")
             add("bad", "stalled",
-                f"nothing came out of the pipeline{since} while {got} frames were captured: a "
-                "stage has stopped (codec or model)")
+                f"nothing came out of the pipeline{since} while {got} frames were captured: {what}")
     elif v.captured >= 4 * STALL_FRAMES:
         share = (v.processed + INFLIGHT_SLACK) / v.captured
         if share < THROUGHPUT_WARN:

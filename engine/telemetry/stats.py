@@ -11,21 +11,30 @@ from engine.telemetry.stages import QUEUES
 
 
 def status_line(s: Snapshot) -> str:
+    """One line of the headless status: the frame's stages of a local session; the round trip,
+    the end-to-end estimate, the server's step (once the server sends one) and the Opus work of
+    a remote session, which cannot time a frame end to end."""
     st = s.stage_stats
-    proc, model = st.get("processing", {}), st.get("model", {})
 
-    def f(v):
+    def f(stage: str, q: str = "p50") -> str:
+        v = (st.get(stage) or {}).get(q)
         return "  -  " if v is None else f"{v:5.1f}"
 
     q = s.queues
     c = s.counters
-    line = (
-        f"{s.elapsed_s:6.1f}s frames {s.frames_processed:5d} | processing p50 {f(proc.get('p50'))}"
-        f" p95 {f(proc.get('p95'))} ms | model p50 {f(model.get('p50'))} ms"
+    drops = c["drops_input"] + c["drops_output"] + c["drops_decode"] + c.get("drops_offline", 0)
+    if s.info.remote_url is None:
+        timing = (f"processing p50 {f('processing')} p95 {f('processing', 'p95')} ms"
+                  f" | model p50 {f('model')} ms")
+    else:
+        server = f" | server step p50 {f('model')} ms" if (st.get("model") or {}).get("n") else ""
+        timing = (f"rtt p50 {f('rtt')} e2e p50 {f('e2e')} ms{server}"
+                  f" | opus {f('encode_work').strip()} + {f('decode_work').strip()} ms")
+    return (
+        f"{s.elapsed_s:6.1f}s frames {s.frames_processed:5d} | {timing}"
         f" | queues in {q['input']} c2s {q['c2s']} s2c {q['s2c']} out {q['output']}"
-        f" | underruns {c['underruns']} drops {c['drops_input'] + c['drops_output'] + c['drops_decode']}"
+        f" | underruns {c['underruns']} drops {drops}"
     )
-    return line
 
 
 def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict | None = None,

@@ -1,4 +1,8 @@
-"""Latency panel: one sparkline per pipeline stage with its p50/p95 against the frame budget."""
+"""Latency panel: one sparkline per pipeline stage with its p50/p95 against the frame budget.
+
+A remote session cannot time a frame end to end: its panel shows what it measures instead (the
+Opus work, the network round trip, the web client's end-to-end estimate, the server's step when
+the server sends it) and hides the local stages it has no figures for."""
 
 from __future__ import annotations
 
@@ -26,16 +30,27 @@ STAGES: dict[str, tuple[str, bool]] = {
 # Shown only while measured: the echo canceller's work per frame (--aec, the a key), the voice
 # activity detector's per frame of either side (beside the audio path).
 EXTRA_STAGES: dict[str, tuple[str, bool]] = {"aec": ("echo canc", False), "vad": ("VAD", False)}
+# A remote session's own rows (engine.session.remote.session): the Opus decoder's work, the
+# websocket round trip, the end-to-end estimate (which holds Moshi's own delay: no frame budget).
+REMOTE_STAGES: dict[str, tuple[str, bool]] = {
+    "decode_work": ("opus dec", True),
+    "rtt": ("rtt", False),
+    "e2e": ("e2e est", False),
+}
+# Of the local stages, those a remote session measures, under its own name; "model" is the
+# server's step, shown only when the server sends it.
+REMOTE_SHOWS = {"encode": "encode", "model": "srv step"}
 LEVEL_STYLE = {"over": "bold $text-error", "near": "$text-warning", "ok": "", "none": "$text-muted"}
 BUDGET_BARS = budget_style(FRAME_BUDGET_MS * NEAR_BUDGET, FRAME_BUDGET_MS)
 PLAIN_BARS = budget_style(None, None)
 
 
-class StageRow(PanelRow):
-    def __init__(self, stage: str) -> None:
-        label, self.budgeted = {**STAGES, **EXTRA_STAGES}[stage]
-        super().__init__(label, optional=1, id=f"stage-{stage}")
-        self.stage = stage
+class TimedRow(PanelRow):
+    """A row of durations: their sparkline and p50/p95/p99 (in budget colours if `budgeted`)."""
+
+    def __init__(self, stage: str, label: str, budgeted: bool, id: str) -> None:
+        super().__init__(label, optional=1, id=id)
+        self.stage, self.budgeted = stage, budgeted
 
     def update_from(self, history: list[float], stats: dict) -> None:
         numbers = []
@@ -47,6 +62,23 @@ class StageRow(PanelRow):
                           style=BUDGET_BARS if self.budgeted else PLAIN_BARS), numbers)
 
 
+class StageRow(TimedRow):
+    """A pipeline stage (engine.telemetry.stages) or the echo canceller's work."""
+
+    def __init__(self, stage: str) -> None:
+        label, budgeted = {**STAGES, **EXTRA_STAGES}[stage]
+        super().__init__(stage, label, budgeted, id=f"stage-{stage}")
+        self.local_label = label
+
+
+class RemoteRow(TimedRow):
+    """What only a remote session measures (REMOTE_STAGES); hidden in a local one."""
+
+    def __init__(self, stage: str) -> None:
+        label, budgeted = REMOTE_STAGES[stage]
+        super().__init__(stage, label, budgeted, id=f"remote-{stage}")
+
+
 class LatencyPanel(SnapshotPanel):
     """Per-stage latency of the last 20 s, in ms; the border turns red when `processing` is over."""
 
@@ -56,6 +88,10 @@ class LatencyPanel(SnapshotPanel):
             yield StageRow(stage)
         for stage in EXTRA_STAGES:
             row = StageRow(stage)
+            row.display = False
+            yield row
+        for stage in REMOTE_STAGES:
+            row = RemoteRow(stage)
             row.display = False
             yield row
 
@@ -73,11 +109,24 @@ class LatencyPanel(SnapshotPanel):
         if device:  # the speaker device's own latency, after mic→spk
             subtitle += f" · speaker device +{device:.0f} ms"
         self.border_subtitle = subtitle
-        for row in self.query(StageRow):
+        remote = snap.info.remote_url is not None
+        for row in self.query(TimedRow):
             history = snap.stage_history.get(row.stage, [])
-            if row.stage in EXTRA_STAGES:
-                row.display = bool(history)
+            row.display = _shown(row, remote, bool(history))
+            if isinstance(row, StageRow):
+                row.label = REMOTE_SHOWS.get(row.stage, row.local_label) if remote else row.local_label
             row.update_from(history, snap.stage_stats.get(row.stage, {}))
-        level = budget_level(snap.stage_stats.get("processing", {}).get("p95"))
+        # the border follows the frame's processing; a remote session's, the server's step
+        level = budget_level(snap.stage_stats.get("model" if remote else "processing", {}).get("p95"))
         self.set_class(level == "over", "-over")
         self.set_class(level == "near", "-near")
+
+
+def _shown(row: TimedRow, remote: bool, measured: bool) -> bool:
+    """Whether a row is shown: the local stages in a local session, the remote rows (and the
+    server's step once it comes) in a remote one, the echo canceller's while it works."""
+    if isinstance(row, RemoteRow):
+        return remote
+    if row.stage in EXTRA_STAGES or (remote and row.stage == "model"):
+        return measured
+    return not remote or row.stage in REMOTE_SHOWS

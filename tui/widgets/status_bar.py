@@ -108,9 +108,13 @@ class StatusBar(Widget):
 
 
 def where(info: SessionInfo) -> tuple:
-    """" on gpu": the MLX device the model runs on, once known."""
+    """Where the model runs, once known: " on gpu" (the MLX device of the model process); for a
+    remote session, the server's device as its metadata says (" on the server's gpu"), else
+    " on the remote server"."""
     device = str(info.server.get("mlx_device") or "")
     kind = "gpu" if "gpu" in device else "cpu" if "cpu" in device else ""
+    if info.remote_url is not None:
+        return ((" on ", "$text-muted"), f"the server's {kind}" if kind else "the remote server")
     return ((" on ", "$text-muted"), kind) if kind else ()
 
 

@@ -10,6 +10,12 @@ An app-level ping (0x06) is echoed.  A malformed message -- unknown kind, empty,
 not whole checksum-valid Ogg pages (a truncated page), undecodable Opus, bad UTF-8/JSON, a text
 websocket frame -- is answered with an error message (0x05) and dropped, before it reaches the
 Opus decoder; the conversation goes on, and the server too.
+
+The conversation runs on a codec the server prepared for it (`run(codec)`); its pipeline starts,
+and the LM's fresh state (Configure, with this conversation's sampling) is asked for, with the
+client's first audio, so a client that never sends audio costs the model nothing.  A conversation
+with no audio from its client for `idle_timeout_s` (IDLE_TIMEOUT_S unless told) is closed (1000,
+"idle"), from the handshake on: pings, metadata and malformed messages do not count as audio.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from engine.session.host import ModelHost
 from engine.telemetry.collect import Telemetry
 
 MAX_ERRORS = 100  # malformed messages tolerated per connection before it is closed (1008)
-IDLE_TIMEOUT_S = 30.0  # a conversation with no message from the client for this long is closed
+IDLE_TIMEOUT_S = 30.0  # a conversation with no audio from the client for this long is closed
 TIMINGS_EVERY_S = 0.25
 
 
@@ -39,15 +45,19 @@ def log(msg: str) -> None:
 
 class Conversation(PipelineObserver):
     """One websocket client: its Opus audio through the pipeline, text and audio back; an
-    observer of the pipeline (text tokens, decoded PCM and step timings go to the client)."""
+    observer of the pipeline (text tokens, decoded PCM and step timings go to the client).
+    `audio_pushed`: whether audio came and the pipeline started (else the codec is still a
+    fresh one)."""
 
-    def __init__(self, host: ModelHost, ws, peer: str, index: int, query: dict | None = None):
+    def __init__(self, host: ModelHost, ws, peer: str, index: int, query: dict | None = None,
+                 *, idle_timeout_s: float = IDLE_TIMEOUT_S):
         import sphn
 
         self.host = host
         self.ws = ws
         self.peer = peer
         self.index = index
+        self.idle_timeout_s = idle_timeout_s
         # the sampling Kyutai's web UI asks for in the URL (UsageError when a value is bad)
         self.sampling, self.query_applied, self.query_ignored = host.options.sampling.with_query(
             dict(query or {}))
@@ -61,7 +71,10 @@ class Conversation(PipelineObserver):
         self.timings: dict[str, list] = {"model": [], "queue": []}
         self.want_timings = False
         self.fatal: str | None = None
-        self.pipeline = None
+        self.audio_pushed = False
+        self._audio_at = 0.0  # when the client's last valid audio came
+        self.pipeline = None  # (from the first audio on)
+        self.codec = None
         self.tel = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -85,23 +98,21 @@ class Conversation(PipelineObserver):
             self.timings["queue"].append(round((rec.t_step0 - rec.t_srv_in) / 1e6, 3))
             self.timings["model"].append(round((rec.t_step1 - rec.t_step0) / 1e6, 3))
 
-    async def run(self) -> None:
-        from engine.pipeline.client import ClientPipeline
-
+    async def run(self, codec) -> None:
+        """The conversation on `codec` (a fresh one: engine.session.host.ModelHost.new_codec),
+        until the client leaves, idles or the model fails."""
         self._loop = asyncio.get_running_loop()
-        codec = await self._loop.run_in_executor(None, self.host.new_codec)
-        self.host.configure(self.sampling)
         self.tel = Telemetry()
-        segments = self.host.codec_segments(self.tel.warn)  # (as in a local session)
-        self.pipeline = ClientPipeline(codec, self.host.conn, self.host.spm, self.tel, self,
-                                       segments=segments, input_max=8, inflight_max=4,
-                                       output_max=64)
-        self.pipeline.start()
+        self.codec = codec
         ws = self.ws
         tasks = []
-        try:  # from here on the pipeline must be stopped whatever happens (it shares the pipe)
-            await ws.send_bytes(wsproto.encode_handshake())
-            await ws.send_bytes(wsproto.encode_metadata(self._server_metadata()))
+        try:  # once started, the pipeline is stopped whatever happens (it shares the pipe)
+            try:
+                await ws.send_bytes(wsproto.encode_handshake())
+                await ws.send_bytes(wsproto.encode_metadata(self._server_metadata()))
+            except ConnectionError:
+                log(f"conversation {self.index}: the client left before its handshake")
+                return
             tasks = [asyncio.create_task(c) for c in (self._reader(), self._writer(), self._watchdog())]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -118,7 +129,8 @@ class Conversation(PipelineObserver):
                     await ws.close(code=1011, message=b"model server failed")
                 except Exception:
                     pass
-            await self._loop.run_in_executor(None, self._finish, codec)
+            if self.pipeline is not None:
+                await self._loop.run_in_executor(None, self._finish, codec)
 
     def _server_metadata(self) -> dict:
         info = self.host.info
@@ -155,13 +167,18 @@ class Conversation(PipelineObserver):
         import aiohttp
 
         ws = self.ws
+        self._audio_at = time.monotonic()  # (each valid audio message moves it on)
         while True:
-            try:
-                msg = await ws.receive(timeout=IDLE_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                log(f"conversation {self.index}: nothing from the client for {IDLE_TIMEOUT_S:.0f} s: closing")
+            left = self._audio_at + self.idle_timeout_s - time.monotonic()
+            if left <= 0:  # (checked before reading: a stream of other messages cannot delay it)
+                log(f"conversation {self.index}: no audio from the client for "
+                    f"{self.idle_timeout_s:g} s: closing")
                 await ws.close(code=1000, message=b"idle")
                 return
+            try:
+                msg = await ws.receive(timeout=left)
+            except asyncio.TimeoutError:
+                continue
             if msg.type == aiohttp.WSMsgType.BINARY:
                 await self._on_binary(msg.data)
             elif msg.type == aiohttp.WSMsgType.TEXT:
@@ -200,9 +217,12 @@ class Conversation(PipelineObserver):
                 self.reader = sphn.OpusStreamReader(SAMPLE_RATE)  # its stream state is now unusable
                 await self._reject(f"undecodable Opus audio: {e}")
                 return
+            self._audio_at = time.monotonic()
             pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
             if pcm.size == 0:
                 return
+            if self.pipeline is None:
+                self._start_pipeline()
             t = time.monotonic_ns()
             for frame in self.chunker.push(pcm):
                 self.pipeline.on_frame(frame, t)
@@ -218,15 +238,28 @@ class Conversation(PipelineObserver):
                 self.want_timings = bool(req["timings"])
         # handshake, text, control, error from a client: valid, nothing to do in full streaming
 
+    def _start_pipeline(self) -> None:
+        """With the first audio: a fresh LM state asked for (before any of this conversation's
+        frames can reach the model), then the pipeline on this conversation's codec."""
+        from engine.pipeline.client import ClientPipeline
+
+        self.host.configure(self.sampling)
+        self.audio_pushed = True
+        segments = self.host.codec_segments(self.tel.warn)  # (as in a local session)
+        self.pipeline = ClientPipeline(self.codec, self.host.conn, self.host.spm, self.tel, self,
+                                       segments=segments, input_max=8, inflight_max=4,
+                                       output_max=64)
+        self.pipeline.start()
+
     async def _writer(self) -> None:
         ws = self.ws
-        q = self.pipeline.output_q
         last_timings = time.monotonic()
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self.texts:
                 await ws.send_bytes(wsproto.encode_text(self.texts.popleft()))
+            q = self.pipeline.output_q if self.pipeline is not None else ()
             while q:
                 _rec, pcm = q.popleft()
                 ogg = self.writer.append_pcm(np.ascontiguousarray(pcm, dtype=np.float32))
@@ -243,13 +276,15 @@ class Conversation(PipelineObserver):
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
-            if self.pipeline.error or not self.host.alive():
-                self.fatal = f"model server failed: {self.pipeline.error or 'process died'}"
+            error = self.pipeline.error if self.pipeline is not None else None
+            if error or not self.host.alive():
+                self.fatal = f"model server failed: {error or 'process died'}"
                 log(f"conversation {self.index}: {self.fatal}")
                 return
 
     def _finish(self, codec) -> None:
-        """Let in-flight frames come back (so the next conversation starts clean), then stop."""
+        """Let in-flight frames come back (so the next conversation starts clean), then stop the
+        pipeline."""
         p = self.pipeline
         deadline = time.monotonic() + 2.0
         while not p.idle() and time.monotonic() < deadline and not self.fatal:
