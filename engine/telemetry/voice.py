@@ -295,3 +295,30 @@ class VoiceActivity:
 def p5090(values) -> dict:
     p = percentiles(values, qs=(50, 90))
     return {"p50": p["p50"], "p90": p["p90"], "n": p["n"]}
+
+
+SLOW_ANSWER_MS = 1500.0  # Moshi's response latency (p50) above this feels slow
+
+
+def answer_of(response: dict | None, pipeline: dict | None) -> tuple | None:
+    """(response latency p50, its pipeline part p50 or None) from their percentiles."""
+    if not response or response.get("p50") is None:
+        return None
+    return (response["p50"], (pipeline or {}).get("p50"))
+
+
+def answer_verdict(resp: float, pipe: float | None) -> tuple[str, str, str]:
+    """(level, rule, text) of the diagnosis: how long Moshi takes to answer, split into the
+    pipeline's part (mic -> speaker of the frames that carried its answers) and the model's own
+    wait (the rest)."""
+    def ms(x):
+        return f"{x:.0f} ms"
+
+    if pipe is None:
+        text = f"Moshi answers after {ms(resp)} (p50)"
+    else:
+        wait = max(0.0, resp - pipe)
+        who = "the model waits before answering" if wait > pipe else "most of it is the pipeline"
+        text = (f"Moshi answers after {ms(resp)} (p50): {ms(pipe)} in the pipeline "
+                f"(mic → speaker), {ms(wait)} the model's own wait — {who}")
+    return ("warn" if resp > SLOW_ANSWER_MS else "ok", "answer", text)
