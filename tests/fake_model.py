@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from engine.audio import HEAD
+from engine.audio import FRAME, HEAD
 from engine.model.messages import Frame, Reset, Result
 
 
@@ -66,3 +66,37 @@ def wait_handled(pipe, server: FakeServer, i: int, timeout_s: float = 20.0) -> N
     while (len(server.order) <= i or not pipe.idle()) and time.monotonic() < deadline:
         time.sleep(0.005)
     assert len(server.order) == i + 1 and pipe.idle(), f"frame {i} not handled"
+
+
+class ScriptedCodec:
+    """A stand-in codec backend (rustymimi's surface) for a model that speaks on a script: each
+    frame encodes to zeros, and step k's codes (`step_codes(k)`) decode to `track`'s k-th 80 ms
+    (silence past its end).  With `FakeServer(audio=step_codes)` Moshi says `track`, a frame
+    per model step.  Whole frames only (early encode off)."""
+
+    def __init__(self, track: np.ndarray):
+        from collections import deque
+
+        self.track = np.asarray(track, np.float32)
+        self.enc: deque = deque()
+        self.dec: deque = deque()
+
+    @staticmethod
+    def step_codes(step: int) -> np.ndarray:
+        return np.full((1, 8), step, np.uint32)
+
+    def encode(self, pcm) -> None:
+        self.enc.append(np.zeros((1, 8), np.uint32))
+
+    def get_encoded(self):
+        return self.enc.popleft() if self.enc else None
+
+    def decode(self, codes) -> None:
+        k = int(np.asarray(codes).reshape(-1)[0])
+        out = np.zeros(FRAME, np.float32)
+        part = self.track[k * FRAME:(k + 1) * FRAME]
+        out[:part.size] = part
+        self.dec.append(out)
+
+    def get_decoded(self):
+        return self.dec.popleft() if self.dec else None

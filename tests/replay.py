@@ -34,6 +34,8 @@ SCRIPT = [
     (11.0, 0, "Latency matters a lot in a real conversation, so let's look at every stage."),
     (17.2, 1, "Sure. Every frame has eighty milliseconds, and the queues tell you where it waits."),
 ]
+# (start s, end s) -- when the person talks: answered, answered, interrupting Moshi, answered
+USER_SPEECH = [(2.6, 4.4), (9.0, 10.2), (12.2, 13.0), (15.6, 16.6), (21.0, 23.0)]
 SEGMENT_AT_S = 17.0
 SLOW_FRAMES = range(150, 156)  # an encode hiccup: over budget, an input drop
 UNDERRUN_FRAMES = (158, 159)
@@ -174,9 +176,14 @@ class ReplaySession(ConversationSession):
             "output": 0 if i in UNDERRUN_FRAMES else (1 if rng.random() < 0.7 else 2),
         })
         speaking = any(f <= i < f + 2 for f, _, _ in self._words)
-        user = (int(t_s / 3.0) % 2 == 1)  # the person talks every other 3 s
+        user = any(a <= t_s < b for a, b in USER_SPEECH)
         tel.add_level("input", (0.05 + 0.1 * rng.random()) if user else 0.002 * rng.random())
         tel.add_level("output", (0.08 + 0.12 * rng.random()) if speaking else 0.001)
+        if tel.voice is not None:  # both sides' voice activity, as the VAD would find it
+            det = tel.voice.detector
+            det.add("user", (t_cap - FRAME_NS) / 1e6, 80.0, user)
+            det.add("moshi", t_cap / 1e6 + 120.0, 80.0, speaking)
+            det.advance()
         for f, segment, piece in self._words:
             if f == i:
                 tel.segment = segment

@@ -71,7 +71,7 @@ async def test_loading_then_live_transcript_and_panels(tmp_path):
         assert first.startswith("[00:00] Hello, I'm Moshi.")
         assert app.transcript.count == len(app.session.tel.tokens)
         for row in app.query(StageRow):
-            if row.stage != "aec":  # (shown only with echo cancellation on)
+            if row.stage not in ("aec", "vad"):  # (shown only while measured)
                 assert len(row.history) == 250  # a full 20 s window
         assert not app.query_one("#stage-aec", StageRow).display
         model = app.query_one("#stage-model", StageRow)
@@ -382,7 +382,7 @@ async def test_help_lists_every_key(tmp_path):
         await pilot.press("f1")
         assert isinstance(app.screen, HelpScreen)
         keys = [row[0] for row in app.screen.rows]
-        for key in ("l", "u", "g", "m", "a", "p", "e", "f8", "f1", "q"):
+        for key in ("l", "u", "t", "g", "m", "a", "p", "e", "f8", "f1", "q"):
             assert key in keys
         # and how the model samples (Kyutai's defaults here)
         hints = " ".join(str(w.render()) for w in app.screen.query(".dialog-hint"))
@@ -553,3 +553,33 @@ async def test_transcript_follows_after_a_resize_makes_it_overflow(tmp_path):
         await pilot.pause()
         await pilot.pause()
         assert view.max_scroll_y > 0 and view.scroll_y == view.max_scroll_y
+
+
+async def test_the_turns_key_shows_who_spoke_when_and_the_latencies(tmp_path):
+    from tui.widgets.turns import TurnsPanel
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 45)) as pilot:
+        await play(pilot)
+        panel = app.query_one(TurnsPanel)
+        assert not panel.display  # hidden at start; the footer lists its key
+        await pilot.press("t")
+        await pilot.pause()
+        assert panel.display
+        turns = app.session.tel.voice.detector.turns
+        responses = [t.latency_ms for t in turns if t.kind == "response"]
+        assert len(responses) == 3
+        lanes, figures, last = (str(w.render()) for w in panel.query("SteadyStatic"))
+        you, moshi = lanes.splitlines()
+        assert you.startswith("you") and "█" in you and "█" in moshi
+        answer = next(line for line in figures.splitlines() if line.startswith("answer"))
+        assert answer.split()[1:4] == [f"{sorted(responses)[1]:.0f}", answer.split()[2], "3"]
+        assert "stopped" in last and "answered" in last
+        assert f"answer {responses[-1]:.0f} ms" in status_text(app)
+        await pilot.press("t")
+        await pilot.pause()
+        assert not panel.display
+        await pilot.press("f1")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        assert "Turns" in " ".join(str(r) for r in app.screen.rows)

@@ -91,3 +91,7 @@ def test_export_modal_80x24(snap_compare):
         await pilot.pause()
 
     assert snap_compare(make_app(), run_before=run_before, terminal_size=(80, 24))
+
+
+def test_turns_shown_160x48(snap_compare):
+    assert snap_compare(make_app(), run_before=play(), press=["t"], terminal_size=(160, 48))

@@ -134,7 +134,7 @@ def test_frames_in_causal_order(traced):
     ev = traced[0]["traceEvents"]
     frames: dict[int, dict[str, dict]] = defaultdict(dict)
     for e in ev:
-        if e["ph"] == "X":
+        if e["ph"] == "X" and e.get("cat") == "frame":
             frames[e["args"]["frame"]][e["name"]] = e
     complete = 0
     for f, sl in frames.items():
@@ -152,7 +152,7 @@ def test_capture_instants(traced):
     ev = traced[0]["traceEvents"]
     caps = [e for e in ev if e["ph"] == "i" and e["name"] == "capture"]
     assert caps
-    slices_frames = {e["args"]["frame"] for e in ev if e["ph"] == "X"}
+    slices_frames = {e["args"]["frame"] for e in ev if e["ph"] == "X" and e.get("cat") == "frame"}
     cap_frames = {e["args"]["frame"] for e in caps}
     assert slices_frames <= cap_frames
 

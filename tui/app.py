@@ -44,6 +44,7 @@ from .widgets.loading import LoadingView
 from .widgets.queues import QueuesPanel
 from .widgets.status_bar import StatusBar
 from .widgets.transcript import TranscriptView
+from .widgets.turns import TurnsPanel
 
 REFRESH_HZ = 8  # (BEHIND_HZ while the pipeline is behind: tui.monitor.DisplayRate)
 DIAGNOSTICS_EVERY = 2  # the panels are redrawn every 2nd refresh
@@ -59,13 +60,17 @@ class MoshiApp(App[int]):
     BINDINGS = [
         Binding("l", "toggle('show_latency')", "Latency", tooltip="Show/hide the per-stage latency panel"),
         Binding("u", "toggle('show_queues')", "Queues", tooltip="Show/hide the queue depths panel"),
+        Binding("t", "toggle('show_turns')", "Turns",
+                tooltip="Show/hide the turns: who spoke when, how fast Moshi answers"),
         Binding("g", "toggle('show_log')", "Log", tooltip="Show/hide the log of state changes and warnings"),
         Binding("m", "toggle_mute", "Mute", tooltip="Mute/unmute the microphone (Moshi hears silence)"),
         Binding("a", "toggle_aec", "Echo", tooltip="Echo cancellation on/off: with speakers instead "
                 "of headphones, it keeps Moshi from hearing itself"),
         Binding("p", "toggle('paused')", "Pause", tooltip="Freeze/resume the display; the audio keeps going"),
         Binding("e", "export", "Export", tooltip="Save the transcript as Markdown or JSON"),
-        Binding("f8", "screenshot", "Shot", tooltip="Save an SVG screenshot in the session folder"),
+        # (in F1's list, not the footer: 80 columns hold the other keys with q last)
+        Binding("f8", "screenshot", "Shot", tooltip="Save an SVG screenshot in the session folder",
+                show=False),
         Binding("f1", "help", "Help", tooltip="List every key"),
         Binding("q", "quit", "Quit", tooltip="Stop the session, save its files and quit"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
@@ -78,6 +83,7 @@ class MoshiApp(App[int]):
     diagnostics: reactive[Snapshot | None] = reactive(None, init=False, repaint=False)
     show_latency: reactive[bool] = reactive(True, repaint=False)  # latency panel visible
     show_queues: reactive[bool] = reactive(True, repaint=False)  # queues panel visible
+    show_turns: reactive[bool] = reactive(False, repaint=False)  # turns panel visible
     show_log: reactive[bool] = reactive(False, repaint=False)  # log panel (on wide screens)
     paused: reactive[bool] = reactive(False, repaint=False)  # display frozen, session running
     muted: reactive[bool] = reactive(False, init=False, repaint=False)  # microphone muted
@@ -130,6 +136,7 @@ class MoshiApp(App[int]):
                 yield DiagnosisView(id="diagnosis").data_bind(MoshiApp.verdicts)
                 yield LatencyPanel(id="latency").data_bind(snapshot=MoshiApp.diagnostics)
                 yield QueuesPanel(id="queues").data_bind(snapshot=MoshiApp.diagnostics)
+                yield TurnsPanel(id="turns").data_bind(snapshot=MoshiApp.snapshot)
                 yield EventLog(id="log")
         yield Footer(compact=True)
 
@@ -148,6 +155,8 @@ class MoshiApp(App[int]):
         self.show_log = self.size.width >= 120 if show_log is None else show_log
         self.show_latency = self._panels.get("latency", self.show_latency)
         self.show_queues = self._panels.get("queues", self.show_queues)
+        self.show_turns = self._panels.get("turns", self.show_turns)
+        self._toggle_panel("#turns", self.show_turns, "-no-turns")
         if self.session_dir is not None:
             if error := self.runner.make_folder():
                 self.log_event(error, "bold red")
@@ -238,6 +247,9 @@ class MoshiApp(App[int]):
     def watch_show_queues(self, show: bool) -> None:
         self._toggle_panel("#queues", show, "-no-queues")
 
+    def watch_show_turns(self, show: bool) -> None:
+        self._toggle_panel("#turns", show, "-no-turns")
+
     def watch_show_log(self, show: bool) -> None:
         self._toggle_panel("#log", show, "-no-log")
 
@@ -268,7 +280,7 @@ class MoshiApp(App[int]):
 
     def action_help(self) -> None:
         rows = [(self.get_key_display(b), b.description, b.tooltip)
-                for b in self.BINDINGS if isinstance(b, Binding) and b.show]
+                for b in self.BINDINGS if isinstance(b, Binding) and (b.show or b.tooltip)]
         info = self.session.tel.info
         sampling = info.server.get("sampling_text") or self.session.cfg.sampling.describe()
         self.push_screen(HelpScreen(rows, sampling))

@@ -1,9 +1,10 @@
-"""`moshi-tui bench step|codec|pipeline|soak`: where the time goes, one command away.
+"""`moshi-tui bench step|codec|pipeline|soak|turns`: where the time goes, one command away.
 
     bench step     [model options] [--steps N]                 LmGen.step in a server process
     bench codec    [--mimi-weight PATH | model options] [--frames N]   Mimi per frame
     bench pipeline [model options] [--seconds N] [--input ..]  floor + a full headless session
     bench soak     [model options] [--minutes N] [--input ..]  a long session, minute by minute
+    bench turns    [model options] [--scenario S] [--repeats N]  turn-taking on scripted speech
 
 Each prints an aligned table (progress goes to stderr) and, with `--json PATH`, writes the
 figures with the machine, the versions and the exact options.
@@ -135,7 +136,7 @@ def _cmd_pipeline(args, argv) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="moshi-tui bench", description="Measure where the time goes.")
-    sub = p.add_subparsers(dest="command", metavar="step|codec|pipeline|soak")
+    sub = p.add_subparsers(dest="command", metavar="step|codec|pipeline|soak|turns")
     sub.required = True
 
     s = sub.add_parser("step", help="LmGen.step in a server process, on dummy codes")
@@ -172,7 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--max-steps", type=int, help="LM context length before a new segment")
     k.add_argument("--minute-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
     k.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    t = sub.add_parser("turns", help="turn-taking on scripted conversations, in real time")
+    add_model_options(t)
+    t.add_argument("--scenario", action="append", metavar="NAME",
+                   help="question, pause, interrupt or backchannel (repeatable; default: all)")
+    t.add_argument("--repeats", type=int, default=3, help="times each scenario is played (3)")
+    t.add_argument("--output", "-o", metavar="DEV|FILE.wav", default="null",
+                   help="output device, WAV file, or 'null' (null)")
+    t.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     return p
+
+
+def _cmd_turns(args, argv) -> int:
+    from engine.bench.turns import SCENARIOS, format_turns, run_turns
+
+    check_writable(args.json, "--json")
+    out = _envelope("turns", args, argv)
+    r = run_turns(model_options(args), scenarios=args.scenario or list(SCENARIOS),
+                  repeats=args.repeats, output_spec=args.output, progress=_progress)
+    if args.demo:
+        out["note"] = "the demo model babbles random audio: its turn figures say nothing about Moshi"
+    text = format_turns(r) + (f"\n{out['note']}" if args.demo else "")
+    return _report_session(args, out, r, text)
 
 
 def _cmd_soak(args, argv) -> int:
@@ -193,5 +215,5 @@ def main(argv: list[str]) -> int:
     argv = list(argv)
     args = build_parser().parse_args(argv)
     cmd = {"step": _cmd_step, "codec": _cmd_codec, "pipeline": _cmd_pipeline,
-           "soak": _cmd_soak}[args.command]
+           "soak": _cmd_soak, "turns": _cmd_turns}[args.command]
     return cmd(args, argv)

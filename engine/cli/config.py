@@ -95,7 +95,7 @@ def config_argv(parser: argparse.ArgumentParser, path: Path | None = None) -> tu
 
 def _panels(value, path: Path) -> list[str]:
     if not isinstance(value, dict):
-        raise UsageError(f"config file {path}: [panels] must be a table (latency, queues, log)")
+        raise UsageError(f"config file {path}: [panels] must be a table ({', '.join(PANELS)})")
     tokens = []
     for name, shown in value.items():
         if name not in PANELS or not isinstance(shown, bool):

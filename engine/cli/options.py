@@ -11,7 +11,7 @@ from engine.model.source import ModelOptions
 from engine.session.config import SessionConfig
 from engine.session.runner import RunConfig
 
-PANELS = ("latency", "queues", "log")  # the app's panels: shown (on) or hidden (off) at start
+PANELS = ("latency", "queues", "log", "turns")  # the app's panels: shown (on) or hidden (off) at start
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,6 +102,10 @@ def add_session_options(p: argparse.ArgumentParser) -> None:
                    "audio device, off for files and null; the a key toggles it live")
     g.add_argument("--noise-suppression", action="store_true",
                    help="also WebRTC's noise suppressor on the microphone (with --aec)")
+    g.add_argument("--turn-pause-ms", type=float, default=600.0, metavar="MS",
+                   help="turn-taking: your silence that ends your turn (600)")
+    g.add_argument("--turn-min-speech-ms", type=float, default=160.0, metavar="MS",
+                   help="turn-taking: shorter speech is noise, not an utterance (160)")
     g.add_argument("--debug-step-delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
@@ -171,7 +175,20 @@ def session_config(args) -> SessionConfig:
         aec=args.aec,
         sampling=sampling(args),
         noise_suppression=args.noise_suppression,
+        turns=turn_thresholds(args),
     )
+
+
+def turn_thresholds(args):
+    """--turn-pause-ms and --turn-min-speech-ms as the turn detector's options."""
+    from engine.errors import UsageError
+    from engine.telemetry.voice import turn_options
+
+    for flag, v in (("--turn-pause-ms", args.turn_pause_ms),
+                    ("--turn-min-speech-ms", args.turn_min_speech_ms)):
+        if not (v > 0 and v < 60_000):
+            raise UsageError(f"{flag} must be between 0 and 60000 ms, not {v:g}")
+    return turn_options(end_pause_ms=args.turn_pause_ms, min_utterance_ms=args.turn_min_speech_ms)
 
 
 def run_config(args) -> RunConfig:

@@ -93,6 +93,7 @@ def transcript_markdown(stats: dict) -> str:
             lines += [f"*— {p.segment_label} starts —*", ""]
         lines += [f"**[{mmss(p.t_ms)}]** {p.text}", ""]
 
+    lines += _turn_lines(stats.get("turns"))
     if stats.get("diagnosis"):
         lines += ["## Diagnosis", ""]
         lines += [f"- **{d.get('level', '?')}**: {d.get('text', '')}" for d in stats["diagnosis"]]
@@ -125,7 +126,42 @@ def transcript_markdown(stats: dict) -> str:
 
 
 JSON_KEYS = ("model", "audio", "duration_s", "end_reason", "error", "frames", "startup", "stages_ms",
-             "counters", "queues_max", "warnings", "processes", "machine", "options")
+             "counters", "queues_max", "warnings", "processes", "machine", "options", "turns")
+
+SPEAKERS = {"user": "You", "moshi": "Moshi"}
+
+
+def _turn_lines(turns: dict | None) -> list[str]:
+    """Who spoke when (each stretch of speech, both sides in time order) and the turn-taking
+    summary, from stats.json's "turns"."""
+    if not turns:
+        return []
+    spans = sorted((a, b, side) for side, v in (turns.get("speech_s") or {}).items()
+                   for a, b in v if a is not None)
+    lines = ["## Who spoke when", ""]
+    if not spans:
+        lines += ["*(no speech heard on either side)*", ""]
+    for a, b, side in spans:
+        length = "…" if b is None else f"{b - a:.1f} s"
+        lines.append(f"- **[{mmss(a * 1000)}]** {SPEAKERS.get(side, side)}, {length}")
+    summ = turns.get("summary") or {}
+    resp, stop = summ.get("response_ms") or {}, summ.get("stop_ms") or {}
+    counts = summ.get("counts") or {}
+    lines += ["", "| turn-taking | p50 | p90 | n |", "|---|---:|---:|---:|",
+              f"| response latency (ms) | {_num(resp.get('p50'), 0)} | {_num(resp.get('p90'), 0)} "
+              f"| {resp.get('n') or 0} |",
+              f"| stop latency (ms) | {_num(stop.get('p50'), 0)} | {_num(stop.get('p90'), 0)} "
+              f"| {stop.get('n') or 0} |", ""]
+    lines.append("Kept the floor {kept_floor}, takeovers {takeover}, backchannels {backchannel}, "
+                 "unanswered {unanswered}; overlap {ov}.".format(
+                     ov="–" if summ.get("overlap_share") is None
+                     else f"{100 * summ['overlap_share']:.0f} %",
+                     **{k: counts.get(k, 0) for k in ("kept_floor", "takeover", "backchannel",
+                                                       "unanswered")}))
+    lag = turns.get("lag_ms") or {}
+    lines += ["", f"(The voice activity detector's lag is taken out: onset {_num(lag.get('onset'), 0)} ms, "
+              f"offset {_num(lag.get('offset'), 0)} ms.)", ""]
+    return lines
 
 
 def transcript_json(stats: dict) -> str:

@@ -111,6 +111,8 @@ class ConversationSession(ProcessFigures):
         """Load and go live in a background thread."""
         if self.source is None:
             self.prepare()
+        if self.tel.voice is not None:  # its VADs made while the model loads, not on live audio
+            self.tel.voice.prepare_in_background()
         self._thread = threading.Thread(target=self._run, name="session", daemon=True)
         self._thread.start()
 
@@ -202,6 +204,8 @@ class ConversationSession(ProcessFigures):
 
     def _close_files(self) -> None:
         """The end of stop(): the state, and the session folder written."""
+        if self.tel.voice is not None:  # the audio handed over so far, analysed
+            self.tel.voice.close()
         if not self.end_reason:
             self.end_reason = "stopped"
         if self.tel.state != "error":

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from engine.model.sampling import Sampling
 from engine.model.source import ModelOptions
+from engine.telemetry.turns import TurnOptions
 
 
 @dataclass
@@ -28,4 +29,5 @@ class SessionConfig:
     sampling: Sampling = field(default_factory=Sampling)  # how the model picks its tokens
     aec: str = "auto"  # echo cancellation: "on", "off", "auto" (on when the output is a device)
     noise_suppression: bool = False  # WebRTC's noise suppressor on the microphone, with the AEC
+    turns: TurnOptions | None = None  # turn-taking thresholds (the VAD's lag in); None: defaults
 

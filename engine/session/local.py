@@ -17,13 +17,13 @@ from engine.pipeline.alloc import tune_allocator
 from engine.session.base import ConversationSession
 from engine.session.config import SessionConfig
 from engine.session.host import ModelHost
-from engine.telemetry.collect import Telemetry
+from engine.telemetry.collect import Telemetry, TelemetryConfig
 
 
 class Session(ConversationSession):
     def __init__(self, cfg: SessionConfig, telemetry: Telemetry | None = None):
         tune_allocator()
-        super().__init__(cfg, telemetry or Telemetry())
+        super().__init__(cfg, telemetry or Telemetry(config=TelemetryConfig(turns=cfg.turns)))
         self.pipeline = None
         self.server: ModelHost | None = None  # (a new one after restart_server)
         self.resolved = None

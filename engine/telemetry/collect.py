@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.audio import rms
+from engine.audio import FRAME_NS, SAMPLE_RATE, rms
 from engine.telemetry.info import SessionInfo
 from engine.telemetry.stages import ALL_STAGES, COUNTERS, QUEUES, FrameRecord, percentiles
 from engine.telemetry.late_frames import SlowestFrames, Underruns, underrun_text
+from engine.telemetry.turns import TurnOptions
+from engine.telemetry.voice import TurnsView, VoiceActivity, vad_available
 
 WINDOW = 250  # frames in the rolling windows (20 s)
 # the stages of a frame the model stepped, folded when its audio is not decoded
@@ -67,6 +69,7 @@ class Snapshot:
     first_frame_ms: float | None
     startup_ms: float | None
     warnings: list[str] = field(default_factory=list)
+    turns: TurnsView | None = None  # voice activity and turn-taking, while measured
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class TelemetryConfig:
     # where frames are paired with the audio that comes back in arrival order: no stage may
     # depend on that pairing, and the session reports its stages itself (the `stage` event)
     frame_timeline: bool = True
+    # Voice activity of both sides and the turns made of it (engine.telemetry.voice), on its own
+    # thread; the thresholds, or the defaults with the VAD's lag taken out
+    voice: bool = True
+    turns: TurnOptions | None = None
 
 
 class Telemetry:
@@ -132,6 +139,13 @@ class Telemetry:
         self.gc: dict[str, dict] = {}  # the model process's garbage collector ("server")
         self.gc_watch = None  # engine.telemetry.gcwatch.GcWatch of this process, once live
         self.slowest = SlowestFrames()
+        self.voice: VoiceActivity | None = None
+        if config.voice:
+            why = vad_available()
+            if why:
+                self.warn(why)
+            else:
+                self.voice = VoiceActivity(self.add_stage, config.turns, warn=self.warn)
 
     # --- writers (called from audio callbacks and loops; never block) ---
     def set_state(self, state: str, detail: str = "") -> None:
@@ -259,6 +273,8 @@ class Telemetry:
         self.frames_captured += 1
         if pcm is not None:
             self.add_level("input", rms(pcm))
+            if self.voice is not None:  # the frame spans the 80 ms before its capture stamp
+                self.voice.offer("user", rec.t_cap - FRAME_NS, pcm)
 
     def dropped(self, rec: FrameRecord, where: str, why: str = "") -> None:
         if where == "decode":  # stepped by the model: its stages up to the model count
@@ -290,12 +306,17 @@ class Telemetry:
         if aim_ms is not None:
             self.playout_aim(aim_ms)
         self.add_level("output", rms(pcm))
+        if self.voice is not None and rec.t_play:
+            delay = (rec.t_play - rec.t_cap) / 1e6 if rec.t_cap and self.config.frame_timeline else None
+            self.voice.offer("moshi", rec.t_play, pcm, len(pcm) * 1_000_000_000 // SAMPLE_RATE, delay)
 
     def silence(self, room: int, t_ns: int, underrun: bool) -> None:
         if underrun:
             self.count("underruns")
             self.underrun_at(t_ns)
         self.add_level("output", 0.0)
+        if self.voice is not None:
+            self.voice.offer("moshi", t_ns, None, room * 1_000_000_000 // SAMPLE_RATE)
 
     def trimmed(self, rec: FrameRecord) -> None:
         self.count("trims_output")
@@ -366,6 +387,7 @@ class Telemetry:
             first_frame_ms=self.first_frame_ms,
             startup_ms=self.startup_ms,
             warnings=list(self.warnings),
+            turns=self.voice.view(self.t_start) if self.voice is not None else None,
         )
 
     @property

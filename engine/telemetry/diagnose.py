@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from engine.audio import FRAME_MS
+from engine.telemetry.voice import answer_of, answer_verdict
 
 # --- thresholds (milliseconds unless named otherwise) ---------------------------------------
 BUDGET_MS = FRAME_MS  # one 80 ms frame: every stage must keep up with this to stay real time
@@ -79,6 +80,7 @@ class _View:
     output_latency_ms: float | None = None  # the output device's own latency
     mlx_device: str = ""  # where the model runs: "Device(gpu, 0)", "Device(cpu, 0)"
     lm_mode: str = ""  # how it steps (engine.model.graph.lm_step)
+    answer: tuple | None = None  # (response latency p50, its pipeline part p50), ms, when measured
     remote: bool = False  # a remote session: the model runs on a server
 
 
@@ -96,6 +98,7 @@ def _view(x) -> _View:
             output_latency_ms=x.info.output_latency_ms,
             mlx_device=str(x.info.server.get("mlx_device") or ""),
             lm_mode=str(x.info.server.get("lm_mode") or ""),
+            answer=answer_of(x.turns.response, x.turns.pipeline) if x.turns is not None else None,
             remote=x.info.remote_url is not None,
         )
     if isinstance(x, dict):
@@ -126,6 +129,8 @@ def _view(x) -> _View:
             output_latency_ms=(x.get("audio") or {}).get("output_latency_ms"),
             mlx_device=str((x.get("model") or {}).get("server_mlx_device") or ""),
             lm_mode=str((x.get("model") or {}).get("server_lm_mode") or ""),
+            answer=answer_of(*(((x.get("turns") or {}).get("summary") or {}).get(k)
+                             for k in ("response_ms", "response_pipeline_ms"))),
             remote=label.startswith("remote ") or bool((stages.get("rtt") or {}).get("n")),
         )
     raise TypeError(f"diagnose() needs a Snapshot or a stats dict, not {type(x).__name__}")
@@ -299,6 +304,8 @@ def diagnose(x, previous=None) -> list[Verdict]:
 
     # --- counters -------------------------------------------------------------------------
     _counters(v, _view(previous) if previous is not None else None, add)
+    if v.answer is not None:  # how long Moshi takes to answer: the pipeline, the model
+        add(*answer_verdict(*v.answer))
 
     if not any(vd.level != "ok" for vd in out):
         if v.remote:

@@ -24,9 +24,10 @@ STAGE_DEFS: dict[str, tuple[str, str]] = {
 STAGES = tuple(STAGE_DEFS)
 
 
-# Pure codec work, measured from the call into rustymimi to its result (no queue waits), and
-# the echo canceller's work per frame (microphone and speaker reference together).
-WORK_STAGES = ("encode_work", "decode_work", "aec")
+# Pure codec work, measured from the call into rustymimi to its result (no queue waits), the
+# echo canceller's work per frame (microphone and speaker reference together), and the voice
+# activity detector's per frame of either side (beside the audio path, engine.telemetry.voice).
+WORK_STAGES = ("encode_work", "decode_work", "aec", "vad")
 ALL_STAGES = STAGES + WORK_STAGES
 QUEUES = ("input", "c2s", "s2c", "output")
 

@@ -87,6 +87,8 @@ def build_stats(tel: Telemetry, *, options: dict | None = None, processes: dict 
             ],
         },
         "machine": machine_info(),
+        # voice activity of both sides and every turn (engine.telemetry.voice), when measured
+        "turns": tel.voice.record(tel.t_start) if tel.voice is not None else None,
     }
     from engine.telemetry.diagnose import diagnose
 

@@ -78,7 +78,32 @@ def build_trace(tel: Telemetry) -> dict:
         if rec.t_cap:
             ev.append({"ph": "i", "name": "capture", "s": "t", "pid": CLIENT_PID, "tid": 1,
                        "ts": us(rec.t_cap), "args": {"frame": rec.frame, "step": rec.step}})
+    ev += _voice_tracks(tel, us)
     for t, depths in tel.queue_samples:
         ev.append({"ph": "C", "name": "queue depth", "pid": CLIENT_PID, "ts": us(t),
                    "args": dict(depths)})
     return {"traceEvents": ev, "displayTimeUnit": "ms"}
+
+
+VOICE_TIDS = {"user": 8, "moshi": 9}  # the client's voice-activity tracks, after its stages
+
+
+def _voice_tracks(tel: Telemetry, us) -> list[dict]:
+    """One track per side: a slice per stretch of speech its voice activity found."""
+    if tel.voice is None or tel.voice.detector.t0_ms is None:
+        return []
+    det = tel.voice.detector
+    end_ms = det.now or 0.0
+    ev = []
+    for side, tid in VOICE_TIDS.items():
+        label = f"{side} speaking"
+        ev.append({"ph": "M", "name": "thread_name", "pid": CLIENT_PID, "tid": tid,
+                   "args": {"name": label}})
+        ev.append({"ph": "M", "name": "thread_sort_index", "pid": CLIENT_PID, "tid": tid,
+                   "args": {"sort_index": len(TRACKS) * LANE_STRIDE + tid}})
+        for on, off in list(det.segments[side]):
+            off = end_ms if off is None else off
+            t_ns = int((det.t0_ms + on) * 1e6)
+            ev.append({"ph": "X", "name": label, "cat": "voice", "pid": CLIENT_PID, "tid": tid,
+                       "ts": us(t_ns), "dur": max(0.0, off - on) * 1000.0})
+    return ev

@@ -27,8 +27,9 @@ STAGES: dict[str, tuple[str, bool]] = {
     "processing": ("process", True),
     "playback": ("mic→spk", False),
 }
-# Shown only while measured: the echo canceller's work per frame (--aec, the a key).
-EXTRA_STAGES: dict[str, tuple[str, bool]] = {"aec": ("echo canc", False)}
+# Shown only while measured: the echo canceller's work per frame (--aec, the a key), the voice
+# activity detector's per frame of either side (beside the audio path).
+EXTRA_STAGES: dict[str, tuple[str, bool]] = {"aec": ("echo canc", False), "vad": ("VAD", False)}
 # A remote session's own rows (engine.session.remote.session): the Opus decoder's work, the
 # websocket round trip, the end-to-end estimate (which holds Moshi's own delay: no frame budget).
 REMOTE_STAGES: dict[str, tuple[str, bool]] = {

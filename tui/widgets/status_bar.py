@@ -78,6 +78,7 @@ class StatusBar(Widget):
         line1 = Content.assemble(
             (f"● {state.upper()}", f"bold {STATE_STYLE.get(state, '')}"),
             "  ", (clock(s.elapsed_s), "bold"),
+            *answered(s),
             sep, ("model ", "$text-muted"), "…" if info.model is None else info.model,
             *where(info),
             *(((" · ", "$text-muted"), str(info.mode)) if info.mode == "translation" else ()),
@@ -115,3 +116,11 @@ def where(info: SessionInfo) -> tuple:
     if info.remote_url is not None:
         return ((" on ", "$text-muted"), f"the server's {kind}" if kind else "the remote server")
     return ((" on ", "$text-muted"), kind) if kind else ()
+
+
+def answered(s: Snapshot) -> tuple:
+    """"  answer 820 ms": how long Moshi took to answer the user's last turn, once measured."""
+    last = s.turns.last_response_ms if s.turns is not None else None
+    if last is None:
+        return ()
+    return (("  answer ", "$text-muted"), (f"{last:.0f} ms" if last < 1000 else f"{last / 1000:.1f} s"))

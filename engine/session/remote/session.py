@@ -35,6 +35,7 @@ The transcript survives reconnects: text keeps accumulating in the same telemetr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 import threading
@@ -79,7 +80,8 @@ class RemoteSession(ConversationSession):
         connect_timeout_s: float = 10.0,
     ):
         # (a telemetry passed in measures REMOTE_TELEMETRY)
-        super().__init__(cfg, telemetry or Telemetry(config=REMOTE_TELEMETRY))
+        super().__init__(cfg, telemetry or Telemetry(
+            config=dataclasses.replace(REMOTE_TELEMETRY, turns=cfg.turns)))
         self.events = Observers(self.tel)  # the recorder joins when the session goes live
         self.url_arg = url
         self.url: str | None = None
