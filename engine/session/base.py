@@ -119,6 +119,17 @@ class ConversationSession(ProcessFigures):
     def _run(self) -> None:
         raise NotImplementedError
 
+    def _note_endpoints(self) -> None:
+        """From the session's watch loop: the audio endpoints' errors become warnings, and the
+        output latency follows the sink (a device measures its own once it plays)."""
+        for end in (self.source, self.sink):
+            err = getattr(end, "error", None)
+            if err:
+                self.tel.warn(err)
+        lat = getattr(self.sink, "latency_s", None)
+        if lat is not None:
+            self.tel.info.output_latency_ms = round(lat * 1000.0, 1)
+
     def _watch_gc(self) -> None:
         """Going live: the objects loading left behind (codec, modules) are exempted from later
         collections, so the collector's pauses stay short; each pause is timed (stats.json

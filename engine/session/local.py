@@ -111,7 +111,7 @@ class Session(ConversationSession):
             self._watch_gc()
             self._cpu_start()
             self.sink.start(self._pull)
-            tel.note_endpoints(self.source, self.sink)
+            self._note_endpoints()
             self.source.start(self._on_frame, self._on_head if self.cfg.early_encode else None)
         tel.set_state("live", "")
         self.live.set()
@@ -183,7 +183,7 @@ class Session(ConversationSession):
                     f"the model server process died (exit code {self.server.exitcode})"
                 )
                 continue
-            self.tel.note_endpoints(self.source, self.sink)
+            self._note_endpoints()
             if self.cfg.seconds is not None and time.monotonic() - t_live >= self.cfg.seconds:
                 self.end_reason = "time limit"
                 break

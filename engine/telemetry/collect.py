@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.audio import FRAME_NS, SAMPLE_RATE, rms
+from engine.audio import rms
 from engine.telemetry.info import SessionInfo
 from engine.telemetry.stages import ALL_STAGES, COUNTERS, QUEUES, FrameRecord, percentiles
 from engine.telemetry.late_frames import SlowestFrames, Underruns, underrun_text
 from engine.telemetry.turns import TurnOptions
-from engine.telemetry.voice import TurnsView, VoiceActivity, vad_available
+from engine.telemetry.voice import TurnsView, voice_activity
 
 WINDOW = 250  # frames in the rolling windows (20 s)
 # the stages of a frame the model stepped, folded when its audio is not decoded
@@ -139,13 +139,7 @@ class Telemetry:
         self.gc: dict[str, dict] = {}  # the model process's garbage collector ("server")
         self.gc_watch = None  # engine.telemetry.gcwatch.GcWatch of this process, once live
         self.slowest = SlowestFrames()
-        self.voice: VoiceActivity | None = None
-        if config.voice:
-            why = vad_available()
-            if why:
-                self.warn(why)
-            else:
-                self.voice = VoiceActivity(self.add_stage, config.turns, warn=self.warn)
+        self.voice = voice_activity(config.voice, config.turns, self.add_stage, self.warn)
 
     # --- writers (called from audio callbacks and loops; never block) ---
     def set_state(self, state: str, detail: str = "") -> None:
@@ -180,17 +174,6 @@ class Telemetry:
     def warn(self, message: str) -> None:
         if not self.warnings or self.warnings[-1] != message:
             self.warnings.append(message)
-
-    def note_endpoints(self, source, sink) -> None:
-        """From the session's watch loop: the audio endpoints' errors become warnings, and the
-        output latency follows the sink (a device measures its own once it plays)."""
-        for end in (source, sink):
-            err = getattr(end, "error", None)
-            if err:
-                self.warn(err)
-        lat = getattr(sink, "latency_s", None)
-        if lat is not None:
-            self.info.output_latency_ms = round(lat * 1000.0, 1)
 
     def underrun_at(self, t_ns: int) -> None:
         if self.config.frame_timeline:
@@ -273,8 +256,8 @@ class Telemetry:
         self.frames_captured += 1
         if pcm is not None:
             self.add_level("input", rms(pcm))
-            if self.voice is not None:  # the frame spans the 80 ms before its capture stamp
-                self.voice.offer("user", rec.t_cap - FRAME_NS, pcm)
+            if self.voice is not None:
+                self.voice.heard(rec.t_cap, pcm)
 
     def dropped(self, rec: FrameRecord, where: str, why: str = "") -> None:
         if where == "decode":  # stepped by the model: its stages up to the model count
@@ -306,9 +289,8 @@ class Telemetry:
         if aim_ms is not None:
             self.playout_aim(aim_ms)
         self.add_level("output", rms(pcm))
-        if self.voice is not None and rec.t_play:
-            delay = (rec.t_play - rec.t_cap) / 1e6 if rec.t_cap and self.config.frame_timeline else None
-            self.voice.offer("moshi", rec.t_play, pcm, len(pcm) * 1_000_000_000 // SAMPLE_RATE, delay)
+        if self.voice is not None:
+            self.voice.played(rec, pcm, timeline=self.config.frame_timeline)
 
     def silence(self, room: int, t_ns: int, underrun: bool) -> None:
         if underrun:
@@ -316,7 +298,7 @@ class Telemetry:
             self.underrun_at(t_ns)
         self.add_level("output", 0.0)
         if self.voice is not None:
-            self.voice.offer("moshi", t_ns, None, room * 1_000_000_000 // SAMPLE_RATE)
+            self.voice.silent(t_ns, room)
 
     def trimmed(self, rec: FrameRecord) -> None:
         self.count("trims_output")

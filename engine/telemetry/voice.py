@@ -104,6 +104,18 @@ class TurnsView:
         return None
 
 
+def voice_activity(enabled: bool, opts: TurnOptions | None, stage, warn) -> "VoiceActivity | None":
+    """The voice activity a telemetry measures: None when not `enabled`, or when the VAD cannot
+    run here (said once through `warn`)."""
+    if not enabled:
+        return None
+    why = vad_available()
+    if why:
+        warn(why)
+        return None
+    return VoiceActivity(stage, opts, warn=warn)
+
+
 class VoiceActivity:
     """Both sides' voice activity on its own thread, and the turns made of it."""
 
@@ -127,6 +139,21 @@ class VoiceActivity:
         self._closed = False
 
     # ------------------------------------------------------------ from the pipeline's events
+    def heard(self, t_cap: int, pcm: np.ndarray) -> None:
+        """A microphone frame captured at `t_cap` (it spans the 80 ms before that stamp)."""
+        self.offer("user", t_cap - FRAME_NS, pcm)
+
+    def played(self, rec, pcm: np.ndarray, timeline: bool = True) -> None:
+        """Moshi's frame `rec` as the speaker started it; its mic -> speaker delay goes with it
+        where frames keep their capture stamps (`timeline`)."""
+        if rec.t_play:
+            delay = (rec.t_play - rec.t_cap) / 1e6 if rec.t_cap and timeline else None
+            self.offer("moshi", rec.t_play, pcm, len(pcm) * 1_000_000_000 // SAMPLE_RATE, delay)
+
+    def silent(self, t_ns: int, room: int) -> None:
+        """The speaker played `room` samples of silence from `t_ns`."""
+        self.offer("moshi", t_ns, None, room * 1_000_000_000 // SAMPLE_RATE)
+
     def offer(self, side: str, t_ns: int, pcm: np.ndarray | None, dur_ns: int = FRAME_NS,
               delay_ms: float | None = None) -> None:
         """`side`'s audio from `t_ns` (None: silence for `dur_ns`); `delay_ms`: a played frame's

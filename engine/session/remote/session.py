@@ -309,7 +309,7 @@ class RemoteSession(ConversationSession):
         self._watch_gc()
         self._cpu_start()
         self.sink.start(self.pull)
-        tel.note_endpoints(self.source, self.sink)
+        self._note_endpoints()
         self.source.start(self.on_frame)
         tel.set_state("live", "")
         self._t_live = time.monotonic()
@@ -325,7 +325,7 @@ class RemoteSession(ConversationSession):
                 break
             if not self.live.is_set():
                 continue
-            self.tel.note_endpoints(self.source, self.sink)
+            self._note_endpoints()
             seconds = getattr(self.cfg, "seconds", None)
             if seconds is not None and time.monotonic() - self._t_live >= seconds:
                 self._finish("time limit")
