@@ -542,7 +542,8 @@ def test_headless_remote_against_serve_shows_and_judges_what_it_measures(serve, 
     """`--remote --headless` against `serve --demo` (which sends its step times): every status
     line after the first second prints the round trip, the end-to-end estimate and the Opus
     work, and the server's step once it comes; the diagnosis judges them, never "0 frames
-    processed so far" while audio flows."""
+    processed so far" while audio flows; and the user's voice activity is measured, as in a
+    local session."""
     stats = tmp_path / "stats.json"
     r = subprocess.run(
         [sys.executable, "-m", "tui.cli", "--remote", serve.url, "--headless", "--input",
@@ -566,6 +567,9 @@ def test_headless_remote_against_serve_shows_and_judges_what_it_measures(serve, 
     data = json.loads(stats.read_text())
     assert data["diagnosis"][0]["rule"] != "measuring", data["diagnosis"]
     assert data["stages_ms"]["model"]["n"] > 0 and data["stages_ms"]["rtt"]["n"] > 0
+    # turn-taking from the remote audio too: the user's speech heard, the VAD's cost a stage
+    assert data["stages_ms"]["vad"]["n"] > 0, data["stages_ms"].get("vad")
+    assert data["turns"]["summary"]["speech_s"]["user"] > 0, data["turns"]["summary"]
 
 
 def test_kyutai_server_script_reads_the_servers_log_and_the_clients_stats(tmp_path, speech_wav):
