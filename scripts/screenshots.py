@@ -4,7 +4,8 @@
 
 Drives `tui.app.MoshiApp` on a real `engine.session.local.Session` (`--demo`, input = WAV,
 output = null) with Textual's `run_test`, and saves what the app shows with `save_screenshot`:
-main.svg (140x42), latency.svg (queues hidden), queues.svg (latency hidden), main-80x24.svg,
+main.svg (140x42), latency.svg (queues hidden), queues.svg (latency hidden), turns.svg (the
+Turns panel, queues and latency hidden), main-80x24.svg,
 and loading.svg when the model takes long enough to load to be seen.
 Each SVG is also converted to PNG when `rsvg-convert` (apt: librsvg2-bin) or cairosvg exists.
 """
@@ -62,7 +63,10 @@ async def shoot(out: Path, wav: Path, seconds: float) -> list[Path]:
         await _wait(pilot, lambda: app.snapshot.elapsed_s >= seconds and app.transcript.count >= 5,
                     seconds + 30, "the conversation")
         save("main.svg")
-        await pilot.press("u")  # queues off: latency + log
+        await pilot.press("u", "l", "t")  # queues and latency off, turns on: who spoke when
+        await pilot.pause(0.3)
+        save("turns.svg")
+        await pilot.press("t", "l")  # queues off: latency + log
         await pilot.pause(0.3)
         save("latency.svg")
         await pilot.press("u", "l")  # latency off: queues + log
